@@ -1,0 +1,3 @@
+"""django-pdr: Pantograph Database Replicator."""
+
+__version__ = "2.0.0"

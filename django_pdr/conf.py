@@ -1,0 +1,54 @@
+"""Settings: one ``PDR`` dict in the project's settings, merged over these defaults.
+
+Read every setting through :func:`get`, never from ``django.conf.settings``
+directly, so defaults live in one place and ``override_settings`` works.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+DEFAULTS = {
+    # Events read, collapsed and applied per destination transaction.
+    "BATCH_SIZE": 5000,
+    # Rows per chunk of an initial load or resync.
+    "LOAD_CHUNK_SIZE": 10000,
+    # Seconds a failed reflection waits before its next try; doubles up to the cap.
+    "RETRY_BACKOFF": 1.0,
+    "RETRY_BACKOFF_MAX": 60.0,
+    # Name of the checkpoint table PDR creates in each destination database.
+    "CHECKPOINT_TABLE": "pdr_checkpoint",
+    # Seconds a connection may take to open before the database counts as unreachable.
+    "CONNECT_TIMEOUT": 10,
+}
+
+
+@lru_cache(maxsize=None)
+def _config() -> dict:
+    merged = dict(DEFAULTS)
+    user = getattr(settings, "PDR", {}) or {}
+    unknown = set(user) - set(DEFAULTS)
+    if unknown:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"Unknown key(s) in settings.PDR: {', '.join(sorted(unknown))}. "
+            f"Known keys: {', '.join(sorted(DEFAULTS))}."
+        )
+    merged.update(user)
+    return merged
+
+
+def get(name: str):
+    """The value of setting ``name`` (a key of :data:`DEFAULTS`)."""
+    return _config()[name]
+
+
+def _reset(*, setting, **kwargs):
+    if setting == "PDR":
+        _config.cache_clear()
+
+
+setting_changed.connect(_reset)

@@ -1,0 +1,223 @@
+"""The dialect interface: everything that differs between database engines.
+
+A dialect renders SQL and SQLAlchemy constructs; it never opens a connection.
+Code outside this package asks a dialect for a statement and executes it in
+one place (``capture.py``, ``visibility.py``, ``apply.py``), so every statement
+can be printed and unit-tested without a server.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+#: Version of the capture objects (event table and triggers).  Bump it, never
+#: edit a released template in place: installed objects are fingerprinted.
+CAPTURE_VERSION = 1
+
+#: Operation codes recorded in the event table.
+OP_INSERT, OP_UPDATE, OP_DELETE = "I", "U", "D"
+
+#: Name of the per-destination checkpoint table.
+CHECKPOINT_TABLE = "pdr_checkpoint"
+
+
+@dataclass(frozen=True)
+class CaptureNames:
+    """Names of the objects installed for one source table."""
+
+    event_table: str
+    insert_trigger: str
+    update_trigger: str
+    delete_trigger: str
+    function: str  # trigger function (PostgreSQL); '' where the engine has none
+
+    @property
+    def triggers(self):
+        return (self.insert_trigger, self.update_trigger, self.delete_trigger)
+
+
+def _slug(text: str, size: int) -> str:
+    ascii_only = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return ascii_only[:size].rstrip("_") or "t"
+
+
+def event_key_name(position: int) -> str:
+    """Name of the event-table column that holds primary-key column ``position``."""
+    return f"pdr_k{position}"
+
+
+class Dialect:
+    """Base class: behaviour shared by all engines, overridden per engine."""
+
+    #: SQLAlchemy dialect names this class serves.
+    names: tuple[str, ...] = ()
+    #: Human label and driver used in ``URL.create``.
+    label = "?"
+    driver = ""
+    #: True when the live test suite runs this engine against a real server.
+    tested_live = False
+    #: Longest identifier the engine keeps, and whether it counts bytes.
+    max_identifier_length = 63
+    identifier_length_in_bytes = False
+    #: Largest number of bound parameters we put in one statement.
+    max_parameters = 30000
+    #: True when a schema name is meaningful (SQLite: attached database name).
+    default_schema: str | None = None
+
+    def __init__(self, sa_dialect: sa.engine.Dialect):
+        self.sa = sa_dialect
+        self.quote = sa_dialect.identifier_preparer.quote
+
+    # -- names -------------------------------------------------------------
+    def identifier_fits(self, name: str) -> bool:
+        size = len(name.encode("utf-8")) if self.identifier_length_in_bytes else len(name)
+        return size <= self.max_identifier_length
+
+    def capture_names(self, schema: str | None, table: str) -> CaptureNames:
+        """Prefixed, deterministic, collision-free names within the length limit."""
+        digest = hashlib.sha1(f"{schema or ''}\x00{table}".encode("utf-8")).hexdigest()[:10]
+        # pdr_ + slug + _ + digest + _suffix(3): keep well inside every limit (30 on old Oracle)
+        room = min(self.max_identifier_length, 63) - len("pdr_") - len(digest) - 2 - 4
+        base = f"pdr_{_slug(table, max(room, 1))}_{digest}"
+        return CaptureNames(
+            event_table=f"{base}_ev",
+            insert_trigger=f"{base}_ins",
+            update_trigger=f"{base}_upd",
+            delete_trigger=f"{base}_del",
+            function=f"{base}_fn",
+        )
+
+    def qualified(self, schema: str | None, name: str) -> str:
+        if schema:
+            return f"{self.quote(schema)}.{self.quote(name)}"
+        return self.quote(name)
+
+    # -- connection --------------------------------------------------------
+    #: What to check when a connection fails.
+    unreachable_hint = ("check host, port, database name, user and password, "
+                        "and that the server is running")
+
+    @classmethod
+    def make_url(cls, database) -> "sa.engine.URL":
+        """The connection URL for a ``Database`` row, built by ``URL.create``."""
+        return sa.engine.URL.create(
+            cls.driver,
+            username=database.username or None,
+            password=database.password or None,
+            host=database.host or None,
+            port=database.port or None,
+            database=database.database or None,
+            query={k: str(v) for k, v in cls.url_query(database.options or {}).items()},
+        )
+
+    @classmethod
+    def connect_args(cls, timeout: int) -> dict:
+        """DB-API connect() arguments; ``timeout`` bounds the time to connect."""
+        return {"connect_timeout": timeout}
+
+    @classmethod
+    def url_query(cls, options: dict) -> dict:
+        """Driver options added to the connection URL."""
+        return dict(options or {})
+
+    @classmethod
+    def engine_kwargs(cls) -> dict:
+        return {}
+
+    @classmethod
+    def on_connect_statements(cls) -> list[str]:
+        """Session settings run on every new connection (time zone, modes)."""
+        return []
+
+    # -- capture: event table ----------------------------------------------
+    def event_table(self, metadata: sa.MetaData, schema, names: CaptureNames, key_columns) -> sa.Table:
+        """The event table as a SQLAlchemy Table; keys copy the source key types."""
+        columns = [
+            sa.Column("pdr_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                      primary_key=True, autoincrement=True),
+            sa.Column("pdr_op", sa.String(1), nullable=False),
+            sa.Column("pdr_txid", sa.BigInteger(), nullable=True),
+            sa.Column("pdr_at", sa.DateTime(), nullable=False, server_default=sa.func.current_timestamp()),
+        ]
+        for position, column in enumerate(key_columns):
+            columns.append(sa.Column(event_key_name(position), self.event_key_type(column.type),
+                                     nullable=True))
+        return sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
+
+    def event_key_type(self, source_type):
+        return source_type
+
+    def event_table_kwargs(self) -> dict:
+        return {}
+
+    # -- capture: triggers -------------------------------------------------
+    def create_trigger_statements(self, source: sa.Table, event: sa.Table, names: CaptureNames,
+                                  key_names: list[str]) -> list[str]:
+        raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
+
+    def drop_trigger_statements(self, source: sa.Table, names: CaptureNames) -> list[str]:
+        raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
+
+    def existing_triggers_query(self, schema, table_name: str, names: CaptureNames):
+        """A query returning the names of our triggers that exist now."""
+        raise NotImplementedError(f"{self.label}: trigger discovery is not implemented")
+
+    # -- visibility --------------------------------------------------------
+    def open_transactions_query(self):
+        """A query returning one row per write transaction open now, or None
+        when the engine has a single writer (no out-of-order commit possible)."""
+        return None
+
+    #: Seconds between detecting a gap and capturing the open-transaction set
+    #: (MariaDB's INNODB_TRX view is a cache refreshed at most every 0.1 s).
+    waitset_delay = 0.0
+
+    # -- apply -------------------------------------------------------------
+    def key_filter(self, columns: list, keys: list[tuple]):
+        """WHERE clause matching any of ``keys`` on ``columns``."""
+        if len(columns) == 1:
+            return columns[0].in_([k[0] for k in keys])
+        return sa.tuple_(*columns).in_(keys)
+
+    def key_after(self, columns: list, after: tuple):
+        """WHERE clause for keyset pagination: (c1, c2, ...) > after."""
+        clauses = []
+        for i, column in enumerate(columns):
+            equal = [columns[j] == after[j] for j in range(i)]
+            clauses.append(sa.and_(*equal, column > after[i]))
+        return sa.or_(*clauses)
+
+    def upsert(self, table: sa.Table, key_names: list[str], update_names: list[str]):
+        """An INSERT that updates ``update_names`` when the key exists (executemany)."""
+        raise NotImplementedError(f"{self.label}: upsert is not implemented")
+
+    def insert_ignore(self, table: sa.Table, key_names: list[str]):
+        return self.upsert(table, key_names, [])
+
+    # -- types ---------------------------------------------------------------
+    def generic_type(self, source_type):
+        """The engine-neutral SQLAlchemy type of a reflected source column."""
+        try:
+            generic = source_type.as_generic()
+        except NotImplementedError:
+            return sa.Text()
+        return generic
+
+    def destination_type(self, generic, *, is_key: bool):
+        """The column type to create on this engine for an engine-neutral type."""
+        return generic
+
+    def table_kwargs(self) -> dict:
+        """Keyword arguments for destination tables created by PDR."""
+        return {}
+
+    def explain_error(self, exc: BaseException) -> str | None:
+        """A hint for a known server error, or None."""
+        return None
+
+
+def column_list(dialect: Dialect, names):
+    return ", ".join(dialect.quote(n) for n in names)

@@ -1,0 +1,160 @@
+"""MySQL and MariaDB: row-level triggers, INNODB_TRX for open transactions."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+
+
+class MySQLDialect(Dialect):
+    names = ("mysql", "mariadb")
+    label = "MySQL/MariaDB"
+    driver = "mysql+pymysql"
+    tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI
+    max_identifier_length = 64
+    max_parameters = 30000
+    # INFORMATION_SCHEMA.INNODB_TRX is served from a cache refreshed at most
+    # every 100 ms: capture the open-transaction set only after that much time.
+    waitset_delay = 0.25
+
+    @property
+    def is_mariadb(self):
+        return bool(getattr(self.sa, "is_mariadb", False))
+
+    @classmethod
+    def url_query(cls, options):
+        query = {"charset": "utf8mb4"}
+        query.update(options or {})
+        return query
+
+    @classmethod
+    def engine_kwargs(cls):
+        return {"isolation_level": "READ COMMITTED"}
+
+    @classmethod
+    def on_connect_statements(cls):
+        return ["SET time_zone = '+00:00'"]
+
+    def event_table_kwargs(self):
+        return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+    # -- capture -------------------------------------------------------------
+    def _insert_event(self, event, op, row, key_names):
+        keys = [event_key_name(i) for i in range(len(key_names))]
+        values = ", ".join(f"{row}.{self.quote(n)}" for n in key_names)
+        return (
+            f"INSERT INTO {self.qualified(event.schema, event.name)} "
+            f"({column_list(self, ['pdr_op', *keys])}) VALUES ('{op}', {values})"
+        )
+
+    def create_trigger_statements(self, source, event, names, key_names):
+        table = self.qualified(source.schema, source.name)
+        same_key = " AND ".join(
+            f"CAST(OLD.{self.quote(n)} AS BINARY) <=> CAST(NEW.{self.quote(n)} AS BINARY)" for n in key_names
+        )
+        # MariaDB replaces a trigger atomically; MySQL 8 has no CREATE OR REPLACE TRIGGER.
+        create = "CREATE OR REPLACE TRIGGER" if self.is_mariadb else "CREATE TRIGGER"
+        head = "{create} {name} AFTER {when} ON {table} FOR EACH ROW "
+        return [
+            head.format(create=create, name=self.qualified(source.schema, names.insert_trigger),
+                        when="INSERT", table=table)
+            + self._insert_event(event, OP_INSERT, "NEW", key_names),
+            head.format(create=create, name=self.qualified(source.schema, names.update_trigger),
+                        when="UPDATE", table=table)
+            + f"BEGIN IF NOT ({same_key}) THEN "
+            + self._insert_event(event, OP_DELETE, "OLD", key_names)
+            + "; END IF; "
+            + self._insert_event(event, OP_UPDATE, "NEW", key_names)
+            + "; END",
+            head.format(create=create, name=self.qualified(source.schema, names.delete_trigger),
+                        when="DELETE", table=table)
+            + self._insert_event(event, OP_DELETE, "OLD", key_names),
+        ]
+
+    def replace_needs_drop(self):
+        return not self.is_mariadb
+
+    def drop_trigger_statements(self, source, names):
+        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in names.triggers]
+
+    def existing_triggers_query(self, schema, table_name, names):
+        return sa.text(
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
+            "WHERE TRIGGER_SCHEMA = :schema AND EVENT_OBJECT_TABLE = :table"
+        ).bindparams(schema=schema, table=table_name)
+
+    # -- visibility ----------------------------------------------------------
+    def open_transactions_query(self):
+        return sa.text(
+            "SELECT trx_id FROM information_schema.INNODB_TRX "
+            "WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_rows_modified > 0"
+        )
+
+    # -- apply ---------------------------------------------------------------
+    def upsert(self, table, key_names, update_names):
+        stmt = mysql.insert(table)
+        if not update_names:
+            # a no-op update keeps the row and counts the key as applied
+            update_names = key_names[:1]
+        return stmt.on_duplicate_key_update({n: stmt.inserted[n] for n in update_names})
+
+    # -- types ---------------------------------------------------------------
+    def generic_type(self, source_type):
+        if isinstance(source_type, mysql.TINYINT):
+            return sa.SmallInteger()
+        if isinstance(source_type, (mysql.YEAR,)):
+            return sa.SmallInteger()
+        if isinstance(source_type, (mysql.SET, mysql.ENUM)):
+            return sa.String(255)
+        if isinstance(source_type, (mysql.TEXT, mysql.MEDIUMTEXT, mysql.LONGTEXT, mysql.TINYTEXT)):
+            return sa.Text()
+        if isinstance(source_type, mysql.BIT):
+            return sa.BigInteger()
+        return super().generic_type(source_type)
+
+    def destination_type(self, generic, *, is_key):
+        if isinstance(generic, sa.Uuid):
+            return mysql.CHAR(36)
+        if isinstance(generic, sa.JSON):
+            return mysql.JSON()
+        if isinstance(generic, sa.LargeBinary):
+            return mysql.VARBINARY(255) if is_key else mysql.LONGBLOB()
+        if isinstance(generic, sa.Float):
+            return mysql.DOUBLE() if (generic.precision or 53) > 24 or isinstance(generic, sa.Double) \
+                else mysql.FLOAT()
+        if isinstance(generic, sa.Numeric):
+            precision = generic.precision or 65
+            scale = generic.scale if generic.scale is not None else (30 if not generic.precision else 0)
+            return mysql.DECIMAL(min(precision, 65), min(scale, 30))
+        if isinstance(generic, sa.DateTime):
+            return mysql.DATETIME(fsp=6)
+        if isinstance(generic, sa.Time):
+            return mysql.TIME(fsp=6)
+        if isinstance(generic, sa.Interval):
+            return mysql.LONGTEXT()
+        if isinstance(generic, sa.Enum):
+            return mysql.VARCHAR(255)
+        if isinstance(generic, sa.String):
+            length = generic.length
+            if is_key:
+                return mysql.VARCHAR(min(length or 255, 768))
+            if not length or length > 16000 or isinstance(generic, sa.Text):
+                return mysql.LONGTEXT()
+            return mysql.VARCHAR(length)
+        return generic
+
+    def table_kwargs(self):
+        # utf8mb4 holds every code point; a binary collation keeps keys that differ
+        # only in case, accents or trailing spaces distinct, as on the source.
+        return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+    def explain_error(self, exc):
+        code = getattr(getattr(exc, "orig", None), "args", (None,))[0]
+        if code == 1419:
+            return ("Binary logging is on: creating triggers needs the SUPER privilege or "
+                    "log_bin_trust_function_creators=1 on the server.")
+        if code in (1142, 1044, 1227):
+            return ("The MySQL user lacks a privilege: it needs TRIGGER and CREATE on the source "
+                    "schema to install capture, and PROCESS to read INFORMATION_SCHEMA.INNODB_TRX.")
+        return None

@@ -1,0 +1,118 @@
+"""PostgreSQL: statement-level triggers with transition tables, xid8 snapshots."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+
+
+class PostgreSQLDialect(Dialect):
+    names = ("postgresql",)
+    label = "PostgreSQL"
+    driver = "postgresql+psycopg2"
+    tested_live = True
+    max_identifier_length = 63
+    identifier_length_in_bytes = True
+    max_parameters = 30000
+
+    @classmethod
+    def connect_args(cls, timeout):
+        # psycopg2 reads timestamptz at year 1/9999 only with the session in UTC.
+        return {"connect_timeout": timeout, "options": "-c timezone=UTC"}
+
+    # -- capture -------------------------------------------------------------
+    def _insert_events(self, event, op, alias, source_names, from_clause):
+        keys = [event_key_name(i) for i in range(len(source_names))]
+        values = ", ".join(f"{alias}.{self.quote(n)}" for n in source_names)
+        return (
+            f"INSERT INTO {self.qualified(event.schema, event.name)} "
+            f"({column_list(self, ['pdr_op', 'pdr_txid', *keys])}) "
+            f"SELECT '{op}', pg_current_xact_id()::text::bigint, {values} FROM {from_clause}"
+        )
+
+    def create_trigger_statements(self, source, event, names, key_names):
+        fn = self.qualified(source.schema, names.function)
+        table = self.qualified(source.schema, source.name)
+        cols = column_list(self, key_names)
+        key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
+        body = f"""
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {self._insert_events(event, OP_INSERT, 'n', key_names, 'pdr_new AS n')};
+  ELSIF TG_OP = 'UPDATE' THEN
+    {self._insert_events(event, OP_DELETE, 'o', key_names, key_changed)};
+    {self._insert_events(event, OP_UPDATE, 'n', key_names, 'pdr_new AS n')};
+  ELSIF TG_OP = 'DELETE' THEN
+    {self._insert_events(event, OP_DELETE, 'o', key_names, 'pdr_old AS o')};
+  END IF;
+  RETURN NULL;
+END
+"""
+        statements = [
+            f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $pdr${body}$pdr$",
+        ]
+        for trigger, when, referencing in (
+            (names.insert_trigger, "INSERT", "NEW TABLE AS pdr_new"),
+            (names.update_trigger, "UPDATE", "OLD TABLE AS pdr_old NEW TABLE AS pdr_new"),
+            (names.delete_trigger, "DELETE", "OLD TABLE AS pdr_old"),
+        ):
+            statements.append(
+                f"CREATE OR REPLACE TRIGGER {self.quote(trigger)} AFTER {when} ON {table} "
+                f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+            )
+        return statements
+
+    def drop_trigger_statements(self, source, names):
+        table = self.qualified(source.schema, source.name)
+        statements = [f"DROP TRIGGER IF EXISTS {self.quote(t)} ON {table}" for t in names.triggers]
+        statements.append(f"DROP FUNCTION IF EXISTS {self.qualified(source.schema, names.function)}()")
+        return statements
+
+    def existing_triggers_query(self, schema, table_name, names):
+        return sa.text(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal"
+        ).bindparams(schema=schema, table=table_name)
+
+    # -- visibility ----------------------------------------------------------
+    def open_transactions_query(self):
+        return sa.text("SELECT x::text FROM unnest(pg_snapshot_xip(pg_current_snapshot())) AS x")
+
+    # -- apply ---------------------------------------------------------------
+    def upsert(self, table, key_names, update_names):
+        stmt = pg.insert(table)
+        if not update_names:
+            return stmt.on_conflict_do_nothing(index_elements=key_names)
+        return stmt.on_conflict_do_update(
+            index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
+        )
+
+    # -- types ---------------------------------------------------------------
+    def destination_type(self, generic, *, is_key):
+        if isinstance(generic, sa.Uuid):
+            return pg.UUID(as_uuid=True)
+        if isinstance(generic, sa.JSON):
+            return pg.JSONB()
+        if isinstance(generic, sa.LargeBinary):
+            return pg.BYTEA()
+        if isinstance(generic, sa.Float):
+            single = generic.precision is not None and generic.precision <= 24
+            return pg.REAL() if single and not isinstance(generic, sa.Double) else pg.DOUBLE_PRECISION()
+        if isinstance(generic, sa.DateTime):
+            return pg.TIMESTAMP(timezone=bool(generic.timezone), precision=6)
+        if isinstance(generic, sa.Time):
+            return pg.TIME(precision=6)
+        if isinstance(generic, sa.Enum):
+            return sa.Text()
+        if isinstance(generic, sa.String) and not generic.length:
+            return sa.Text()
+        return generic
+
+    def explain_error(self, exc):
+        text = str(getattr(exc, "orig", exc))
+        if "permission denied" in text:
+            return ("The PostgreSQL user lacks a privilege: it needs CREATE on the schema and "
+                    "TRIGGER on the table to install capture, SELECT to read rows.")
+        return None

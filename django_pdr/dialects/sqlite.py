@@ -1,0 +1,93 @@
+"""SQLite: row-level triggers; one writer at a time, so ids commit in order."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+
+
+class SQLiteDialect(Dialect):
+    names = ("sqlite",)
+    label = "SQLite"
+    driver = "sqlite+pysqlite"
+    tested_live = True
+    max_identifier_length = 128  # no real limit; keep names readable
+    max_parameters = 30000  # SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32
+
+    unreachable_hint = "check that the file path exists and is readable and writable by this process"
+
+    @classmethod
+    def make_url(cls, database):
+        return sa.engine.URL.create(cls.driver, database=database.database or None)
+
+    @classmethod
+    def connect_args(cls, timeout):
+        return {"timeout": 30}
+
+    @classmethod
+    def on_connect_statements(cls):
+        return ["PRAGMA busy_timeout = 30000"]
+
+    def event_table_kwargs(self):
+        return {"sqlite_autoincrement": True}  # ids are never reused after a purge
+
+    def _insert_event(self, event, op, row, key_names, where=""):
+        keys = [event_key_name(i) for i in range(len(key_names))]
+        values = ", ".join(f"{row}.{self.quote(n)}" for n in key_names)
+        # SQLite forbids schema-qualified tables inside a trigger body.
+        return (f"INSERT INTO {self.quote(event.name)} ({column_list(self, ['pdr_op', *keys])}) "
+                f"SELECT '{op}', {values}{where}")
+
+    def create_trigger_statements(self, source, event, names, key_names):
+        table = self.quote(source.name)
+        changed = " OR ".join(f"OLD.{self.quote(n)} IS NOT NEW.{self.quote(n)}" for n in key_names)
+        head = "CREATE TRIGGER {name} AFTER {when} ON {table} BEGIN "
+        return [
+            head.format(name=self.qualified(source.schema, names.insert_trigger), when="INSERT", table=table)
+            + self._insert_event(event, OP_INSERT, "NEW", key_names) + "; END",
+            head.format(name=self.qualified(source.schema, names.update_trigger), when="UPDATE", table=table)
+            + self._insert_event(event, OP_DELETE, "OLD", key_names, f" WHERE {changed}") + "; "
+            + self._insert_event(event, OP_UPDATE, "NEW", key_names) + "; END",
+            head.format(name=self.qualified(source.schema, names.delete_trigger), when="DELETE", table=table)
+            + self._insert_event(event, OP_DELETE, "OLD", key_names) + "; END",
+        ]
+
+    def replace_needs_drop(self):
+        return True
+
+    def drop_trigger_statements(self, source, names):
+        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in names.triggers]
+
+    def existing_triggers_query(self, schema, table_name, names):
+        master = self.qualified(schema, "sqlite_master") if schema else "sqlite_master"
+        return sa.text(
+            f"SELECT name FROM {master} WHERE type = 'trigger' AND tbl_name = :table"
+        ).bindparams(table=table_name)
+
+    # SQLite has one writer at a time: event ids become visible in id order,
+    # so the base class's "no open transactions" answer is exact.
+
+    def upsert(self, table, key_names, update_names):
+        stmt = sqlite.insert(table)
+        if not update_names:
+            return stmt.on_conflict_do_nothing(index_elements=key_names)
+        return stmt.on_conflict_do_update(
+            index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
+        )
+
+    def generic_type(self, source_type):
+        if isinstance(source_type, sa.types.NullType):
+            return sa.Text()
+        return super().generic_type(source_type)
+
+    def destination_type(self, generic, *, is_key):
+        if isinstance(generic, sa.Uuid):
+            return sa.CHAR(36)
+        if isinstance(generic, sa.DateTime):
+            return sqlite.DATETIME()
+        if isinstance(generic, sa.Interval):
+            return sa.Text()
+        if isinstance(generic, sa.Enum):
+            return sa.Text()
+        return generic

@@ -1,0 +1,52 @@
+"""``manage.py pdr-reflect``: apply captured changes to every destination."""
+import logging
+import signal
+import sys
+import threading
+
+from django.core.management.base import BaseCommand, CommandError
+
+from django_pdr import worker
+
+LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+class Command(BaseCommand):
+    help = ("Apply pending changes of every active reflection. Without --interval: one pass, "
+            "then exit (non-zero if a reflection failed). With --interval: run until SIGINT/SIGTERM.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("-i", "--interval", type=float, default=None, metavar="SECONDS",
+                            help="keep running; wait this long between passes when idle")
+        parser.add_argument("-r", "--reflection", type=int, action="append", dest="reflections",
+                            metavar="ID", help="only this reflection (repeatable)")
+
+    def handle(self, *args, interval=None, reflections=None, verbosity=1, **options):
+        if interval is not None and interval < 0:
+            raise CommandError("--interval must be zero or more seconds.")
+        self._configure_logging(verbosity, options.get("no_color"))
+        stop = threading.Event()
+
+        def request_stop(signum, frame):
+            logging.getLogger("django_pdr.worker").info(
+                "signal %s: finishing the current batch, then exiting", signum)
+            stop.set()
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            result = worker.run(reflections, interval=interval, stop_event=stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if interval is None and result.failed:
+            names = "; ".join(f"reflection {r.pk}: {message}" for r, message in result.failed)
+            raise CommandError(f"{len(result.failed)} reflection(s) failed: {names}")
+
+    def _configure_logging(self, verbosity, no_color):
+        logger = logging.getLogger("django_pdr")
+        if not any(getattr(h, "_pdr_command", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler._pdr_command = True
+            logger.addHandler(handler)
+        logger.setLevel(LEVELS.get(verbosity, logging.INFO))

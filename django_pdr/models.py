@@ -1,0 +1,193 @@
+"""Configuration and state of replication.
+
+``Database``: a connection.  ``SourceTable``: a table whose changes are captured
+by triggers.  ``Reflection``: a source table mirrored into a destination table.
+The models hold configuration and a *copy* of the progress for display; the
+authoritative checkpoint lives in the destination database, written in the same
+transaction as the rows it covers.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from pgcrypto import fields as encrypted
+
+from .dialects import KINDS
+
+
+class Database(models.Model):
+    KIND_CHOICES = [
+        ("postgresql", "PostgreSQL"),
+        ("mysql", "MySQL / MariaDB"),
+        ("sqlite", "SQLite"),
+    ]
+
+    name = models.CharField(_("name"), max_length=100, unique=True,
+                            help_text=_("A unique handle for this connection."))
+    kind = models.CharField(_("kind"), max_length=20, choices=KIND_CHOICES)
+    host = models.CharField(_("host"), max_length=255, blank=True)
+    port = models.PositiveIntegerField(_("port"), null=True, blank=True)
+    database = models.CharField(
+        _("database"), max_length=1024, blank=True,
+        help_text=_("Database name; for SQLite, the path of the database file."))
+    username = encrypted.EncryptedCharField(_("user"), max_length=255, blank=True)
+    password = encrypted.EncryptedTextField(_("password"), blank=True)
+    options = models.JSONField(
+        _("driver options"), default=dict, blank=True,
+        help_text=_('Extra driver options added to the connection URL, e.g. {"sslmode": "require"}.'))
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_check_ok = models.BooleanField(null=True, blank=True, editable=False)
+    last_check_message = models.TextField(blank=True, editable=False)
+    modified_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("database")
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if self.kind not in KINDS:
+            raise ValidationError({"kind": _("Choose a supported kind.")})
+        if self.kind == "sqlite":
+            if not self.database:
+                raise ValidationError({"database": _("Give the path of the SQLite database file.")})
+        elif not self.database:
+            raise ValidationError({"database": _("Give the name of the database on the server.")})
+
+    def describe(self) -> str:
+        """Where this database is, without any credential (safe for logs and errors)."""
+        if self.kind == "sqlite":
+            return f"{self.name} (SQLite file {self.database})"
+        where = self.host or "localhost"
+        if self.port:
+            where = f"{where}:{self.port}"
+        return f"{self.name} ({self.get_kind_display()} {self.database} at {where})"
+
+    def url(self):
+        from .connections import database_url
+
+        return database_url(self)
+
+
+class SourceTable(models.Model):
+    database = models.ForeignKey(Database, on_delete=models.PROTECT, related_name="source_tables")
+    schema = models.CharField(_("schema"), max_length=255, blank=True,
+                              help_text=_("Leave blank for the connection's default schema."))
+    table = models.CharField(_("table"), max_length=255)
+    key_columns = models.JSONField(default=list, blank=True, editable=False,
+                                   help_text=_("Primary-key columns, discovered from the live table."))
+    columns = models.JSONField(default=list, blank=True, editable=False)
+    event_table = models.CharField(max_length=255, blank=True, editable=False)
+    installed_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+    installed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    purged_through = models.BigIntegerField(
+        default=0, editable=False, help_text=_("Every event id at or below this has been purged."))
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["database__name", "schema", "table"]
+        constraints = [
+            models.UniqueConstraint(fields=["database", "schema", "table"], name="pdr_unique_source_table"),
+        ]
+        verbose_name = _("source table")
+
+    def __str__(self):
+        return f"{self.database.name}: {self.qualified_name}"
+
+    @property
+    def qualified_name(self):
+        return f"{self.schema}.{self.table}" if self.schema else self.table
+
+    def clean(self):
+        """Discover the primary key from the live table; refuse a table without one."""
+        if not self.database_id or not self.table:
+            return
+        from .errors import PdrError
+        from .schema import discover_source
+
+        try:
+            info = discover_source(self.database, self.schema or None, self.table)
+        except PdrError as exc:
+            raise ValidationError(str(exc))
+        self.key_columns = info.key_columns
+        self.columns = info.column_summary
+
+    def install(self):
+        from .capture import install
+
+        return install(self)
+
+    def uninstall(self):
+        from .capture import uninstall
+
+        return uninstall(self)
+
+
+class Reflection(models.Model):
+    DELETE_POLICIES = [
+        ("delete", _("delete the destination row")),
+        ("nullify", _("set this reflection's columns to NULL")),
+        ("ignore", _("ignore deletes (keep the row)")),
+    ]
+    STATUS_CHOICES = [
+        ("new", _("new: initial load pending")),
+        ("loading", _("initial load running")),
+        ("running", _("replicating")),
+        ("error", _("error")),
+    ]
+
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False,
+                           help_text=_("Identifies this reflection's checkpoint in the destination."))
+    source = models.ForeignKey(SourceTable, on_delete=models.PROTECT, related_name="reflections")
+    destination = models.ForeignKey(Database, on_delete=models.PROTECT, related_name="reflections")
+    destination_schema = models.CharField(max_length=255, blank=True)
+    destination_table = models.CharField(max_length=255)
+    active = models.BooleanField(default=True)
+    mapping = models.TextField(
+        blank=True,
+        help_text=_("JSON mapping of destination columns; empty means an exact mirror of all columns."))
+    delete_policy = models.CharField(max_length=10, choices=DELETE_POLICIES, default="delete")
+    batch_size = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text=_("Events per batch; empty uses PDR['BATCH_SIZE']."))
+
+    # State (written by the worker; a copy of the destination checkpoint for display).
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default="new", editable=False)
+    resync_requested = models.BooleanField(default=False)
+    position = models.JSONField(default=dict, blank=True, editable=False)
+    load_progress = models.JSONField(default=dict, blank=True, editable=False)
+    events_applied = models.BigIntegerField(default=0, editable=False)
+    rows_applied = models.BigIntegerField(default=0, editable=False)
+    last_applied_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
+    failures = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "destination", "destination_schema", "destination_table"],
+                name="pdr_unique_reflection"),
+        ]
+        verbose_name = _("reflection")
+
+    def __str__(self):
+        dest = f"{self.destination_schema}.{self.destination_table}" if self.destination_schema \
+            else self.destination_table
+        return f"{self.source} → {self.destination.name}: {dest}"
+
+    def record_error(self, message: str, backoff: float):
+        self.status = "error"
+        self.last_error = message
+        self.last_error_at = timezone.now()
+        self.failures += 1
+        self.next_attempt_at = timezone.now() + timezone.timedelta(seconds=backoff)
+        self.save(update_fields=["status", "last_error", "last_error_at", "failures", "next_attempt_at"])

@@ -1,0 +1,285 @@
+"""One pass of a reflection: initial load, then batches of events.
+
+Each batch: read visible events (bounded), collapse them per key, read the
+current source rows for those keys in one query, and apply deletes and upserts
+to the destination in one transaction that also writes the checkpoint.  A
+crash before that commit repeats nothing and loses nothing: the next pass
+starts from the checkpoint the destination holds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from django.utils import timezone
+
+from . import conf, keycodec
+from .capture import plan as capture_plan
+from .coerce import row_converter
+from .connections import begin, describe_failure, get_engine
+from .dialects import get_dialect
+from .errors import ConfigurationError, ConnectionFailed, TableNotFound
+from .mapping import Mapping
+from .schema import destination_table, reflect_table
+from .visibility import EventReader, Position
+
+logger = logging.getLogger("django_pdr.reflect")
+
+LOAD, STREAM = "load", "stream"
+
+
+@dataclass
+class PassResult:
+    events: int = 0
+    rows: int = 0
+    batches: int = 0
+    loaded: int = 0
+    caught_up: bool = False
+
+
+def _connect(database):
+    try:
+        return get_engine(database).connect()
+    except Exception as exc:
+        raise ConnectionFailed(describe_failure(database, exc)) from None
+
+
+def checkpoint_table(dialect, schema) -> sa.Table:
+    return sa.Table(
+        conf.get("CHECKPOINT_TABLE"), sa.MetaData(),
+        sa.Column("reflection", sa.String(36), primary_key=True),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        schema=schema or None, **dialect.table_kwargs(),
+    )
+
+
+def chunks(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class ReflectionRunner:
+    """Carries out the work of one Reflection; built fresh for each pass."""
+
+    def __init__(self, reflection):
+        self.reflection = reflection
+        self.source_table = reflection.source
+        self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
+        self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
+
+    # -- set-up ------------------------------------------------------------
+    def prepare(self, src, dst):
+        """Reflect the source, make sure capture and the destination exist."""
+        st = self.source_table
+        capture = capture_plan(src, st)
+        if st.installed_fingerprint != capture.fingerprint:
+            from .capture import install
+
+            src.rollback()
+            install(st)
+            capture = capture_plan(src, st)
+        src.rollback()
+        self.src_dialect = capture.dialect
+        self.source = capture.source
+        self.source_key = capture.key_names
+        self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
+        self.mapping = Mapping.from_reflection(self.reflection, [c.name for c in self.source.columns],
+                                               self.source_key)
+
+        self.dst_dialect = get_dialect(dst)
+        r = self.reflection
+        schema = r.destination_schema or None
+        inspector = sa.inspect(dst)
+        if not inspector.has_table(r.destination_table, schema=schema):
+            table = destination_table(self.source, self.src_dialect, self.dst_dialect, schema,
+                                      r.destination_table, columns=list(self.mapping.columns.values()))
+            with begin(dst):
+                table.create(dst)
+            logger.info("%s: created destination table %s", r, table.fullname)
+        self.dest = reflect_table(dst, schema, r.destination_table, r.destination.describe())
+        missing = [c for c in self.mapping.dest_columns if c not in self.dest.c]
+        if missing:
+            raise ConfigurationError(
+                f"Destination table {self.dest.fullname!r} has no column(s) {', '.join(missing)}: "
+                f"add them, or map the source columns to existing ones.")
+        self.checkpoints = checkpoint_table(self.dst_dialect, schema)
+        with begin(dst):
+            self.checkpoints.create(dst, checkfirst=True)
+        dst.rollback()
+        self.convert = row_converter(self.dest, self.mapping.dest_columns)
+        self.upsert = self.dst_dialect.upsert(self.dest, self.mapping.dest_key, self.mapping.value_columns)
+        self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
+        self.source_key_columns = [self.source.c[n] for n in self.source_key]
+
+    # -- checkpoint --------------------------------------------------------
+    def read_state(self, dst) -> dict | None:
+        value = dst.execute(
+            sa.select(self.checkpoints.c.state).where(self.checkpoints.c.reflection == str(self.reflection.uid))
+        ).scalar()
+        dst.rollback()
+        return json.loads(value) if value else None
+
+    def _write_state(self, dst, state: dict):
+        stmt = self.dst_dialect.upsert(self.checkpoints, ["reflection"], ["state", "updated_at"])
+        dst.execute(stmt, [{"reflection": str(self.reflection.uid), "state": json.dumps(state),
+                            "updated_at": timezone.now().replace(tzinfo=None)}])
+
+    # -- applying rows -----------------------------------------------------
+    def _source_rows(self, src, keys: list[tuple]) -> dict[tuple, dict]:
+        """Current source rows for ``keys``, by exact key (one query per chunk)."""
+        found = {}
+        per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
+        names = self.source_key
+        for part in chunks(keys, per_chunk):
+            query = sa.select(self.source).where(self.src_dialect.key_filter(self.source_key_columns, part))
+            for row in src.execute(query).mappings():
+                found[tuple(row[n] for n in names)] = dict(row)
+        src.rollback()
+        return found
+
+    def _apply(self, dst, upserts: list[dict], deletes: list[tuple]):
+        """Write one batch (caller holds the transaction)."""
+        if deletes and self.reflection.delete_policy != "ignore":
+            per_chunk = max(1, self.dst_dialect.max_parameters // max(1, len(self.dest_key_columns)))
+            dest_keys = [tuple(self.convert(self.mapping.dest_key_values(k))[n] for n in self.mapping.dest_key)
+                         for k in deletes]
+            for part in chunks(dest_keys, per_chunk):
+                where = self.dst_dialect.key_filter(self.dest_key_columns, part)
+                if self.reflection.delete_policy == "nullify":
+                    values = {c: None for c in self.mapping.value_columns}
+                    if values:
+                        dst.execute(sa.update(self.dest).where(where).values(**values))
+                else:
+                    dst.execute(sa.delete(self.dest).where(where))
+        if upserts:
+            dst.execute(self.upsert, upserts)
+
+    def _dest_rows(self, rows) -> tuple[list[dict], list[tuple]]:
+        upserts, filtered = [], []
+        for key, row in rows:
+            out = self.mapping.transform(row)
+            if out is None:
+                filtered.append(key)
+            else:
+                upserts.append(self.convert(out))
+        return upserts, filtered
+
+    # -- phases ------------------------------------------------------------
+    def start_state(self) -> dict:
+        floor = int(self.source_table.purged_through or 0)
+        return {"phase": LOAD, "after": None, "pos": self.reader.start_position(floor).to_json(),
+                "loaded": 0}
+
+    def load_chunk_once(self, src, dst, state: dict) -> dict:
+        """Copy the next key-ordered chunk of source rows; return the new state."""
+        after = keycodec.decode_key(state.get("after"))
+        query = sa.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
+        if after is not None:
+            query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
+        rows = [dict(r) for r in src.execute(query).mappings()]
+        src.rollback()
+        keyed = [(tuple(r[n] for n in self.source_key), r) for r in rows]
+        upserts, filtered = self._dest_rows(keyed)
+        new_state = dict(state)
+        new_state["loaded"] = state.get("loaded", 0) + len(rows)
+        if len(rows) < self.load_chunk:
+            new_state = {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"]}
+        else:
+            new_state["after"] = keycodec.encode_key(keyed[-1][0])
+        with begin(dst):
+            if after is None:
+                # a (re)load starts from an empty mirror: rows deleted at the source
+                # while no checkpoint existed must not survive it
+                dst.execute(sa.delete(self.dest))
+            self._apply(dst, upserts, filtered)
+            self._write_state(dst, new_state)
+        return new_state
+
+    def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
+        """Apply the next batch of events; return (state, events read, rows written)."""
+        position = Position.from_json(state["pos"])
+        events, new_position = self.reader.read(src, position, self.batch_size)
+        if not events and new_position.to_json() == position.to_json():
+            return state, 0, 0
+        keys = list(dict.fromkeys(e.key for e in events))
+        current = self._source_rows(src, keys) if keys else {}
+        present = [(k, current[k]) for k in keys if k in current]
+        # rows matched by the engine's collation but not exactly (case-insensitive keys)
+        seen = set(keys)
+        present += [(k, row) for k, row in current.items() if k not in seen]
+        deletes = [k for k in keys if k not in current]
+        upserts, filtered = self._dest_rows(present)
+        new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
+        with begin(dst):
+            self._apply(dst, upserts, deletes + filtered)
+            self._write_state(dst, new_state)
+        return new_state, len(events), len(upserts) + len(deletes) + len(filtered)
+
+    def run(self, stop=lambda: False, max_seconds: float | None = None) -> PassResult:
+        """Work until caught up (or stopped / out of time)."""
+        result = PassResult()
+        r = self.reflection
+        started = time.monotonic()
+        with _connect(self.source_table.database) as src, _connect(r.destination) as dst:
+            self.prepare(src, dst)
+            state = self.read_state(dst)
+            if state is None or r.resync_requested:
+                state = self.start_state()
+                if r.resync_requested:
+                    type(r).objects.filter(pk=r.pk).update(resync_requested=False)
+                    r.resync_requested = False
+            while not stop():
+                if state["phase"] == LOAD:
+                    self._save_progress(status="loading", state=state)
+                    state = self.load_chunk_once(src, dst, state)
+                    result.loaded = state.get("loaded", 0)
+                    logger.info("%s: initial load, %d rows copied", r, result.loaded)
+                    continue
+                state, events, rows = self.batch_once(src, dst, state)
+                if not events and not rows:
+                    result.caught_up = True
+                    break
+                result.events += events
+                result.rows += rows
+                result.batches += 1
+                self._save_progress(status="running", state=state, events=events, rows=rows)
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+            self._save_progress(status="running", state=state, events=0, rows=0)
+        return result
+
+    def _save_progress(self, *, status, state, events=0, rows=0):
+        r = self.reflection
+        fields = {"status": status, "position": state.get("pos", {}),
+                  "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}}
+        if events or rows or status == "running":
+            fields.update(last_error="", failures=0, next_attempt_at=None)
+        if events or rows:
+            fields.update(last_applied_at=timezone.now(),
+                          events_applied=sa_add(type(r), "events_applied", events),
+                          rows_applied=sa_add(type(r), "rows_applied", rows))
+        type(r).objects.filter(pk=r.pk).update(**fields)
+        for key, value in fields.items():
+            if not hasattr(value, "resolve_expression"):
+                setattr(r, key, value)
+
+
+def sa_add(model, field, amount):
+    from django.db.models import F
+
+    return F(field) + amount
+
+
+def pending_events(reflection) -> int | None:
+    """Events not yet applied (None when the source cannot be read)."""
+    try:
+        with _connect(reflection.source.database) as src:
+            capture = capture_plan(src, reflection.source)
+            reader = EventReader(capture.dialect, capture.event, len(capture.key_names))
+            return reader.count_pending(src, Position.from_json(reflection.position or {}))
+    except (ConnectionFailed, TableNotFound, ConfigurationError):
+        return None

@@ -1,0 +1,83 @@
+"""Reading live table structure and building destination tables."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .connections import describe_failure, get_engine
+from .errors import ConnectionFailed, NoPrimaryKey, TableNotFound
+
+
+@dataclass
+class SourceInfo:
+    table: sa.Table
+    key_columns: list[str]
+
+    @property
+    def column_summary(self):
+        return [{"name": c.name, "type": _type_label(c.type), "nullable": bool(c.nullable)}
+                for c in self.table.columns]
+
+
+def _type_label(type_):
+    try:
+        return str(type_)
+    except Exception:  # some reflected types cannot render without a dialect
+        return type(type_).__name__
+
+
+def reflect_table(conn, schema: str | None, name: str, database_label: str) -> sa.Table:
+    """Reflect ``schema.name``; raise TableNotFound naming it and what to check."""
+    metadata = sa.MetaData()
+    try:
+        return sa.Table(name, metadata, schema=schema or None, autoload_with=conn)
+    except sa.exc.NoSuchTableError:
+        where = f"{schema}.{name}" if schema else name
+        raise TableNotFound(
+            f"Table {where!r} does not exist in {database_label}: check the schema and table name "
+            f"(names are case-sensitive on most engines)."
+        ) from None
+
+
+def discover_source(database, schema: str | None, table: str) -> SourceInfo:
+    """Reflect a source table and its primary key (composite keys included)."""
+    engine = get_engine(database)
+    try:
+        conn = engine.connect()
+    except Exception as exc:
+        raise ConnectionFailed(describe_failure(database, exc)) from None
+    with conn:
+        reflected = reflect_table(conn, schema, table, database.describe())
+    keys = [c.name for c in reflected.primary_key.columns]
+    if not keys:
+        raise NoPrimaryKey(
+            f"Table {reflected.fullname!r} in {database.describe()} has no primary key. django-pdr "
+            f"matches changes to rows by primary key: add one (ALTER TABLE ... ADD PRIMARY KEY) and save again."
+        )
+    return SourceInfo(table=reflected, key_columns=keys)
+
+
+def destination_table(source_table: sa.Table, source_dialect, dest_dialect, schema: str | None,
+                      name: str, columns: list[str] | None = None) -> sa.Table:
+    """A new Table on ``dest_dialect`` with the source's columns, types mapped.
+
+    Same-engine copies keep the reflected type; across engines each column goes
+    through the engine-neutral type (``docs/dialects.md`` lists every mapping).
+    """
+    same_engine = type(source_dialect) is type(dest_dialect)
+    keys = {c.name for c in source_table.primary_key.columns}
+    metadata = sa.MetaData()
+    new_columns = []
+    for column in source_table.columns:
+        if columns is not None and column.name not in columns:
+            continue
+        is_key = column.name in keys
+        if same_engine:
+            type_ = column.type
+        else:
+            type_ = dest_dialect.destination_type(source_dialect.generic_type(column.type), is_key=is_key)
+        new_columns.append(sa.Column(column.name, type_, primary_key=is_key,
+                                     nullable=bool(column.nullable) and not is_key, autoincrement=False))
+    return sa.Table(name, metadata, *new_columns, schema=schema or None, **dest_dialect.table_kwargs())
+
