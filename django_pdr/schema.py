@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from .connections import describe_failure, get_engine
+from .dialects import get_dialect
 from .errors import ConnectionFailed, NoPrimaryKey, TableNotFound
 
 
@@ -31,13 +32,19 @@ def reflect_table(conn, schema: str | None, name: str, database_label: str) -> s
     """Reflect ``schema.name``; raise TableNotFound naming it and what to check."""
     metadata = sa.MetaData()
     try:
-        return sa.Table(name, metadata, schema=schema or None, autoload_with=conn)
+        table = sa.Table(name, metadata, schema=schema or None, autoload_with=conn)
     except sa.exc.NoSuchTableError:
         where = f"{schema}.{name}" if schema else name
         raise TableNotFound(
             f"Table {where!r} does not exist in {database_label}: check the schema and table name "
             f"(names are case-sensitive on most engines)."
         ) from None
+    for column in table.columns:
+        # read floating-point columns as float: a Decimal conversion rounds to 10 digits
+        if isinstance(column.type, sa.Float) and column.type.asdecimal:
+            column.type.asdecimal = False
+    get_dialect(conn).refine_reflected(conn, table)
+    return table
 
 
 def discover_source(database, schema: str | None, table: str) -> SourceInfo:

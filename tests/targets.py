@@ -116,5 +116,8 @@ def rows(engine, table, key, schema=None):
     """All rows of ``table`` as dicts, ordered by ``key`` (a list of column names)."""
     with engine.connect() as conn:
         t = sa.Table(table, sa.MetaData(), schema=schema, autoload_with=conn)
+        for column in t.columns:
+            if isinstance(column.type, sa.Float):
+                column.type.asdecimal = False  # MySQL DOUBLE reflects as Decimal(10 places)
         query = sa.select(t).order_by(*[t.c[k] for k in key])
         return [dict(r) for r in conn.execute(query).mappings()]

@@ -198,6 +198,9 @@ class Dialect:
         return self.upsert(table, key_names, [])
 
     # -- types ---------------------------------------------------------------
+    def refine_reflected(self, conn, table: sa.Table) -> None:
+        """Correct reflected column types SQLAlchemy cannot tell apart (in place)."""
+
     def generic_type(self, source_type):
         """The engine-neutral SQLAlchemy type of a reflected source column."""
         try:

@@ -100,6 +100,15 @@ class MySQLDialect(Dialect):
         return stmt.on_duplicate_key_update({n: stmt.inserted[n] for n in update_names})
 
     # -- types ---------------------------------------------------------------
+    def refine_reflected(self, conn, table):
+        # MariaDB's JSON is LONGTEXT with a CHECK (json_valid(col)) constraint.
+        checks = sa.inspect(conn).get_check_constraints(table.name, schema=table.schema)
+        for check in checks:
+            text = (check.get("sqltext") or "").lower().replace("`", "")
+            for column in table.columns:
+                if text == f"json_valid({column.name.lower()})":
+                    column.type = sa.JSON()
+
     def generic_type(self, source_type):
         if isinstance(source_type, mysql.TINYINT):
             return sa.SmallInteger()

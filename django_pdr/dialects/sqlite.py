@@ -76,6 +76,16 @@ class SQLiteDialect(Dialect):
             index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
         )
 
+    def refine_reflected(self, conn, table):
+        # SQLite gives an undeclared type NUMERIC affinity; a column declared UUID
+        # holds text (or 16 bytes) that a NUMERIC reader would mangle.
+        pragma = f"PRAGMA {self.quote(table.schema)}.table_info" if table.schema else "PRAGMA table_info"
+        declared = {row[1]: (row[2] or "").upper()
+                    for row in conn.exec_driver_sql(f"{pragma}({self.quote(table.name)})")}
+        for column in table.columns:
+            if declared.get(column.name) == "UUID":
+                column.type = sa.Uuid()
+
     def generic_type(self, source_type):
         if isinstance(source_type, sa.types.NullType):
             return sa.Text()
