@@ -168,6 +168,11 @@ class Reflection(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True, editable=False)
     failures = models.PositiveIntegerField(default=0, editable=False)
     next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
+    pending_events = models.BigIntegerField(null=True, blank=True, editable=False)
+    lag_seconds = models.FloatField(null=True, blank=True, editable=False,
+                                    help_text=_("Age of the oldest pending event."))
+    lease_owner = models.CharField(max_length=200, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -191,3 +196,42 @@ class Reflection(models.Model):
         self.failures += 1
         self.next_attempt_at = timezone.now() + timezone.timedelta(seconds=backoff)
         self.save(update_fields=["status", "last_error", "last_error_at", "failures", "next_attempt_at"])
+
+
+class DeadLetter(models.Model):
+    """A source row the destination rejected.  Later events for the same key wait
+    behind it (per-key order); a retry re-applies the current source row."""
+
+    reflection = models.ForeignKey(Reflection, on_delete=models.CASCADE, related_name="dead_letters")
+    key = models.JSONField(help_text=_("Source primary-key values (JSON-encoded)."))
+    key_hash = models.CharField(max_length=64, editable=False)
+    error = models.TextField()
+    attempts = models.PositiveIntegerField(default=1)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(auto_now=True)
+    retry_requested = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["first_seen"]
+        constraints = [
+            models.UniqueConstraint(fields=["reflection", "key_hash"], name="pdr_unique_dead_letter"),
+        ]
+        verbose_name = _("dead-lettered row")
+
+    def __str__(self):
+        return f"{self.reflection_id}: {self.key}"
+
+
+class Sample(models.Model):
+    """Lag and throughput of a reflection at one moment (for the dashboard plot)."""
+
+    reflection = models.ForeignKey(Reflection, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(db_index=True)
+    pending_events = models.BigIntegerField(null=True)
+    lag_seconds = models.FloatField(null=True)
+    events = models.BigIntegerField(default=0, help_text=_("Events applied since the previous sample."))
+    rows = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["at"]
+        indexes = [models.Index(fields=["reflection", "at"], name="pdr_sample_reflection_at")]
