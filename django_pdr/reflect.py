@@ -111,7 +111,6 @@ class ReflectionRunner:
             self.checkpoints.create(dst, checkfirst=True)
         dst.rollback()
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
-        self.upsert = self.dst_dialect.upsert(self.dest, self.mapping.dest_key, self.mapping.value_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
         self.source_key_columns = [self.source.c[n] for n in self.source_key]
 
@@ -124,9 +123,11 @@ class ReflectionRunner:
         return json.loads(value) if value else None
 
     def _write_state(self, dst, state: dict):
-        stmt = self.dst_dialect.upsert(self.checkpoints, ["reflection"], ["state", "updated_at"])
-        dst.execute(stmt, [{"reflection": str(self.reflection.uid), "state": json.dumps(state),
-                            "updated_at": timezone.now().replace(tzinfo=None)}])
+        row = {"reflection": str(self.reflection.uid), "state": json.dumps(state),
+               "updated_at": timezone.now().replace(tzinfo=None)}
+        for statement, params in self.dst_dialect.upsert_batches(self.checkpoints, ["reflection"],
+                                                                ["state", "updated_at"], [row]):
+            dst.execute(statement, params) if params is not None else dst.execute(statement)
 
     # -- applying rows -----------------------------------------------------
     def _source_rows(self, src, keys: list[tuple]) -> dict[tuple, dict]:
@@ -156,7 +157,9 @@ class ReflectionRunner:
                 else:
                     dst.execute(sa.delete(self.dest).where(where))
         if upserts:
-            dst.execute(self.upsert, upserts)
+            for statement, params in self.dst_dialect.upsert_batches(
+                    self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts):
+                dst.execute(statement, params) if params is not None else dst.execute(statement)
 
     def _dest_rows(self, rows) -> tuple[list[dict], list[tuple]]:
         upserts, filtered = [], []

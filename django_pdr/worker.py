@@ -65,7 +65,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
             message = error_message(exc)
             delay = backoff_seconds(reflection.failures)
             logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
-                         message, delay, exc_info=logger.isEnabledFor(logging.DEBUG))
+                         message, delay, exc_info=True)
             reflection.record_error(message, delay)
             result.failed.append((reflection, message))
             continue

@@ -194,8 +194,9 @@ class Dialect:
         """An INSERT that updates ``update_names`` when the key exists (executemany)."""
         raise NotImplementedError(f"{self.label}: upsert is not implemented")
 
-    def insert_ignore(self, table: sa.Table, key_names: list[str]):
-        return self.upsert(table, key_names, [])
+    def upsert_batches(self, table: sa.Table, key_names: list[str], update_names: list[str], rows: list[dict]):
+        """(statement, parameters) pairs that upsert ``rows``: one executemany here."""
+        return [(self.upsert(table, key_names, update_names), rows)]
 
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table: sa.Table) -> None:

@@ -92,12 +92,24 @@ class MySQLDialect(Dialect):
         )
 
     # -- apply ---------------------------------------------------------------
-    def upsert(self, table, key_names, update_names):
+    def upsert(self, table, key_names, update_names, rows=None):
         stmt = mysql.insert(table)
+        if rows is not None:
+            stmt = stmt.values(rows)
         if not update_names:
             # a no-op update keeps the row and counts the key as applied
             update_names = key_names[:1]
-        return stmt.on_duplicate_key_update({n: stmt.inserted[n] for n in update_names})
+        # VALUES(col) spelled with func: SQLAlchemy's stmt.inserted[...] escapes a "%" in
+        # the column name twice for format-paramstyle drivers.
+        return stmt.on_duplicate_key_update({n: sa.func.values(sa.column(n)) for n in update_names})
+
+    def upsert_batches(self, table, key_names, update_names, rows):
+        # One multi-row INSERT per chunk rather than executemany: PyMySQL's executemany
+        # leaves the ON DUPLICATE KEY UPDATE clause unformatted, so a column name with
+        # "%" would reach the server as "%%".
+        per_statement = max(1, self.max_parameters // max(1, len(table.columns)))
+        return [(self.upsert(table, key_names, update_names, rows[i:i + per_statement]), None)
+                for i in range(0, len(rows), per_statement)]
 
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table):
