@@ -78,7 +78,7 @@ END
 
     # -- visibility ----------------------------------------------------------
     def open_transactions_query(self):
-        return sa.text("SELECT x::text FROM unnest(pg_snapshot_xip(pg_current_snapshot())) AS x")
+        return sa.text("SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x")
 
     # -- apply ---------------------------------------------------------------
     def upsert(self, table, key_names, update_names):

@@ -1,0 +1,89 @@
+"""What a configured database holds, for the admin's pickers.
+
+Engine-neutral: everything comes from SQLAlchemy's inspector.  Only real tables
+are listed (no views), and django-pdr's own tables (event tables and the
+checkpoint table) are hidden.  Nothing here writes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from . import conf
+from .connections import describe_failure, get_engine
+from .errors import ConnectionFailed
+
+#: Schemas that belong to the engine itself, never a user's tables.
+SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "pg_toast", "mysql",
+                            "performance_schema", "sys"})
+
+#: Names of event tables (``Dialect.capture_names``: pdr_<slug>_<10 hex>_ev).
+_EVENT_TABLE = re.compile(r"^pdr_.*_[0-9a-f]{10}_ev$")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table found in a database.  ``schema`` is "" for the connection's default schema."""
+
+    schema: str
+    name: str
+    shown_schema: str = ""
+
+    @property
+    def label(self) -> str:
+        """Schema-qualified name for display (the default schema named too)."""
+        return f"{self.shown_schema}.{self.name}" if self.shown_schema else self.name
+
+    @property
+    def value(self) -> str:
+        """An unambiguous form value (names may contain dots)."""
+        return json.dumps([self.schema, self.name])
+
+    @classmethod
+    def from_value(cls, value: str) -> "TableRef":
+        try:
+            schema, name = json.loads(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"not a table reference: {value!r}") from None
+        return cls(str(schema or ""), str(name))
+
+
+def is_pdr_table(name: str) -> bool:
+    """True for tables django-pdr creates (event tables, checkpoint table)."""
+    return name == conf.get("CHECKPOINT_TABLE") or bool(_EVENT_TABLE.match(name))
+
+
+def _is_system_schema(name: str) -> bool:
+    return name.lower() in SYSTEM_SCHEMAS or name.lower().startswith("pg_")
+
+
+def connect(database):
+    """A connection to ``database``; ConnectionFailed (readable, no credential) if it cannot open."""
+    try:
+        return get_engine(database).connect()
+    except Exception as exc:  # each driver has its own exception classes
+        raise ConnectionFailed(describe_failure(database, exc)) from None
+
+
+def list_tables(database) -> list[TableRef]:
+    """Every user table of ``database``, default schema first, then other schemas."""
+    with connect(database) as conn:
+        try:
+            inspector = sa.inspect(conn)
+            default = inspector.default_schema_name
+            others = sorted(s for s in inspector.get_schema_names()
+                            if s != default and not _is_system_schema(s))
+            found = []
+            for schema in [default, *others]:
+                for name in sorted(inspector.get_table_names(schema=schema)):
+                    if not is_pdr_table(name):
+                        found.append(TableRef("" if schema == default else schema, name, schema or ""))
+            return found
+        except sa.exc.SQLAlchemyError as exc:
+            raise ConnectionFailed(f"Cannot list the tables of {database.describe()}: "
+                                   f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+        finally:
+            conn.rollback()
