@@ -22,6 +22,14 @@ DEFAULTS = {
     "CHECKPOINT_TABLE": "pdr_checkpoint",
     # Seconds a connection may take to open before the database counts as unreachable.
     "CONNECT_TIMEOUT": 10,
+    # Seconds a worker's claim on a reflection lasts without renewal (several workers).
+    "LEASE_SECONDS": 30,
+    # Events deleted per statement when purging applied events from an event table.
+    "PURGE_CHUNK": 10000,
+    # Seconds between two lag/throughput samples of a reflection (dashboard history).
+    "SAMPLE_INTERVAL": 10,
+    # Days of samples kept.
+    "SAMPLE_RETENTION_DAYS": 7,
 }
 
 

@@ -32,6 +32,8 @@ import warnings
 
 import sqlalchemy as sa
 
+from .errors import PdrError
+
 TABLE = "orders"
 MIRROR = "orders_mirror"
 KEY = ("region", "order_no")
@@ -72,8 +74,8 @@ SEED = [
 
 # -- terminal output ------------------------------------------------------------
 
-def say(text: str = "") -> None:
-    print(text, flush=True)
+def say(text: str = "", end: str = "\n") -> None:
+    print(text, end=end, flush=True)
 
 
 def display_width(text: str) -> int:
@@ -115,7 +117,7 @@ def table_lines(columns, rows, max_width=22):
     numeric = [all(isinstance(r[i], (int, float, decimal.Decimal)) or r[i] is None for r in rows)
                for i in range(len(columns))]
     widths = [max([display_width(c)] + [display_width(t[i]) for t in texts]) for i, c in enumerate(columns)]
-    lines = ["  ".join(pad(c, w, n) for c, w, n in zip(columns, widths, numeric)),
+    lines = ["  ".join(pad(c, w, n) for c, w, n in zip(columns, widths, numeric)).rstrip(),
              "  ".join("─" * w for w in widths)]
     for t in texts:
         lines.append("  ".join(pad(v, w, n) for v, w, n in zip(t, widths, numeric)).rstrip())
@@ -193,6 +195,8 @@ def read_rows(engine: sa.Engine, table_name: str):
             table = sa.Table(table_name, sa.MetaData(), autoload_with=conn)
         except sa.exc.NoSuchTableError:
             return None
+        if not all(k in table.c for k in KEY):
+            return None  # reflected while the worker was creating it (SQLite reflects in several reads)
         key = [table.c[k] for k in KEY]
         return [tuple(r) for r in conn.execute(sa.select(table).order_by(*key))]
 
@@ -206,6 +210,8 @@ class Demo:
         self.directory = directory
         self.rows = rows
         self.timeout = timeout
+        #: about ten insert transactions, committed while the worker runs
+        self.insert_chunk = max(10, -(-rows // 10))
         self.paths = {k: os.path.join(directory, v) for k, v in FILES.items()}
         self.worker_error: BaseException | None = None
         self.stop = threading.Event()
@@ -275,35 +281,34 @@ class Demo:
         return stopped
 
     # -- comparing ---------------------------------------------------------------
-    def wait_replicated(self, label: str, started: float) -> bool:
-        """Poll until both destinations equal the source; print how long it took."""
+    def wait_replicated(self, started: float) -> tuple[bool, str]:
+        """Poll until both destinations equal the source: (ok, what happened)."""
         expected = read_rows(self.source, TABLE)
         deadline = started + self.timeout
         pending = set(range(len(self.dests)))
         while True:
+            checked = time.monotonic()
             for i in sorted(pending):
                 if read_rows(self.dests[i], MIRROR) == expected:
                     pending.discard(i)
+            checked = time.monotonic() - checked
             if not pending:
-                took = time.monotonic() - started
-                say(f"   {pad(label, 58)} ✓ both mirrors in {took:.2f} s")
-                return True
+                return True, f"✓ both equal after {time.monotonic() - started:.2f} s"
             if self.worker_error is not None or time.monotonic() > deadline:
-                say(f"   {pad(label, 58)} ✗")
                 names = " and ".join(f"destination {i + 1}" for i in sorted(pending))
                 why = (f"the worker stopped: {self.worker_error}" if self.worker_error is not None
-                       else f"still not equal to the source after {self.timeout:.0f} s")
-                say(f"   {names}: {why}")
-                self.explain_reflections()
-                return False
-            time.sleep(0.02)
+                       else f"still not equal to the source after {self.timeout:g} s")
+                return False, f"✗\n   {names}: {why}" + "".join(
+                    f"\n   {line}" for line in self.reflection_errors())
+            # comparing big tables takes time (and the GIL) from the worker: poll less often then
+            time.sleep(max(0.02, checked))
 
-    def explain_reflections(self):
+    def reflection_errors(self):
         from django_pdr.models import Reflection
 
-        for r in Reflection.objects.filter(pk__in=[r.pk for r in self.reflections]).order_by("id"):
-            if r.last_error:
-                say(f"   reflection {r.pk} ({r.status}): {r.last_error}")
+        return [f"reflection {r.pk} ({r.status}): {r.last_error}"
+                for r in Reflection.objects.filter(pk__in=[r.pk for r in self.reflections]).order_by("id")
+                if r.last_error]
 
     # -- the rounds ----------------------------------------------------------------
     def write(self, statements, per_transaction=False):
@@ -328,7 +333,7 @@ class Demo:
             amount = decimal.Decimal(rng.randrange(100, 2_000_000)) / 100
             out.append({
                 "region": REGIONS[i % len(REGIONS)],
-                "order_no": 100 + i,
+                "order_no": 1000 + i,
                 "customer": CUSTOMERS[rng.randrange(len(CUSTOMERS))],
                 "amount": None if i % 17 == 5 else amount,
                 "placed_at": base + dt.timedelta(minutes=97 * i, seconds=rng.randrange(60)),
@@ -341,9 +346,9 @@ class Demo:
         def insert():
             rows = self.generated_rows()
             with self.source.connect() as conn:
-                for start in range(0, len(rows), 10):
+                for start in range(0, len(rows), self.insert_chunk):
                     with conn.begin():
-                        conn.execute(sa.insert(self.orders), rows[start:start + 10])
+                        conn.execute(sa.insert(self.orders), rows[start:start + self.insert_chunk])
             return len(rows)
 
         def update():
@@ -351,7 +356,7 @@ class Demo:
                 ("UPDATE orders SET amount = round(amount * 1.1, 2), "
                  "note = coalesce(note || ' ', '') || '✅ +10%' WHERE region = :r", {"r": "Zürich"}),
                 # a key change: the mirror must drop the old key and gain the new one
-                ("UPDATE orders SET region = 'Cairo', order_no = 9001 "
+                ("UPDATE orders SET region = 'Cairo', order_no = 500 "
                  "WHERE region = '東京' AND order_no = 1", None),
             ])
 
@@ -359,9 +364,9 @@ class Demo:
             return self.write([
                 ("DELETE FROM orders WHERE order_no % 7 = 0", None),
                 # inserted and deleted in one transaction: the mirrors never see it
-                ("INSERT INTO orders (region, order_no, customer) VALUES ('Cairo', 5000, 'ephemeral 👻')",
+                ("INSERT INTO orders (region, order_no, customer) VALUES ('Cairo', 999, 'ephemeral 👻')",
                  None),
-                ("DELETE FROM orders WHERE region = 'Cairo' AND order_no = 5000", None),
+                ("DELETE FROM orders WHERE region = 'Cairo' AND order_no = 999", None),
             ])
 
         def nulls():
@@ -374,9 +379,9 @@ class Demo:
             ], per_transaction=True)
 
         return [
-            (f"INSERT {self.rows} rows, 10 per transaction", insert),
-            ("UPDATE amounts in Zürich; move 東京/1 to key Cairo/9001", update),
-            ("DELETE every 7th order; insert+delete in one transaction", delete),
+            (f"INSERT {self.rows} rows, {self.insert_chunk} per transaction", insert),
+            ("UPDATE Zürich amounts +10%; key 東京/1 → Cairo/500", update),
+            ("DELETE every 7th order; INSERT+DELETE in one transaction", delete),
             ("set NULLs in São Paulo and 東京; NULL → 42.00 in Cairo", nulls),
         ]
 
@@ -385,38 +390,49 @@ class Demo:
         source_rows = read_rows(self.source, TABLE)
         say()
         say("3. Result")
-        say(f"   source:        {len(source_rows):>5} rows  checksum {checksum(source_rows)}")
+        say(f"   source:        {len(source_rows)} rows (checksum {checksum(source_rows)})")
         ok = True
-        first_dest = None
+        first_dest = shown = None  # the sample shows the first differing destination, else the first
         for i, engine in enumerate(self.dests, start=1):
             rows = read_rows(engine, MIRROR)
             if i == 1:
                 first_dest = rows
             if rows == source_rows:
-                say(f"   destination {i}: {len(rows)} rows, identical to the source ✓  "
+                say(f"   destination {i}: {len(rows)} rows, identical to the source ✓ "
                     f"(checksum {checksum(rows)})")
                 continue
             ok = False
             if rows is None:
                 say(f"   destination {i}: table {MIRROR} does not exist ✗")
                 continue
-            missing = set(source_rows) - set(rows)
-            extra = set(rows) - set(source_rows)
-            say(f"   destination {i}: {len(rows)} rows, DIFFERS from the source ✗  "
+            missing = sorted(set(source_rows) - set(rows), key=repr)
+            extra = sorted(set(rows) - set(source_rows), key=repr)
+            say(f"   destination {i}: {len(rows)} rows, DIFFERS from the source ✗ "
                 f"({len(missing)} source rows missing or different, {len(extra)} extra; "
                 f"checksum {checksum(rows)})")
-        shown = 6
-        cols = self.columns()
-        say()
-        say(f"   source {TABLE} (first {min(shown, len(source_rows))} of {len(source_rows)} rows, by key):")
-        for line in table_lines(cols, source_rows[:shown]):
-            say("     " + line)
-        if first_dest is not None:
-            say()
-            say(f"   destination 1 {MIRROR} (first {min(shown, len(first_dest))} of {len(first_dest)} rows):")
-            for line in table_lines(cols, first_dest[:shown]):
-                say("     " + line)
+            for what, sample in (("only in the source:", missing[:3]),
+                                 (f"only in destination {i}:", extra[:3])):
+                for row in sample:
+                    say(f"      {what} {tuple(cell(v) for v in row)}")
+            if shown is None:
+                shown = (i, rows)
+        if shown is None:
+            shown = (1, first_dest)
+        self.print_sample(f"source table {TABLE}", source_rows)
+        if shown[1] is not None:
+            self.print_sample(f"destination {shown[0]} table {MIRROR}", shown[1])
         return ok
+
+    def print_sample(self, title, rows, per_region=2):
+        sample, seen = [], {}
+        for row in rows:
+            seen[row[0]] = seen.get(row[0], 0) + 1
+            if seen[row[0]] <= per_region:
+                sample.append(row)
+        say()
+        say(f"   {title}: first {per_region} rows of each region (of {len(rows)} rows)")
+        for line in table_lines(self.columns(), sample):
+            say("     " + line)
 
 
 def prepare_directory(path: str | None):
@@ -448,13 +464,16 @@ def parse_args(argv):
     parser.add_argument("--rows", type=int, default=100, metavar="N",
                         help="rows to insert in the first round (default: 100)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long to wait for the mirrors after each round (default: 10)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for the mirrors after each round "
+                             "(default: 10, plus 1 per 1000 rows)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="show the worker's log (-v: INFO, -vv: DEBUG)")
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error("--rows must be 0 or more")
+    if args.timeout is None:
+        args.timeout = 10.0 + args.rows // 1000
     if args.timeout <= 0:
         parser.error("--timeout must be more than 0")
     return args
@@ -475,7 +494,8 @@ def main(argv=None) -> int:
     keep = args.keep or not temporary
     started = time.monotonic()
     demo = None
-    ok = False
+    ok = interrupted = False
+    problems = []
     try:
         say("django-pdr live demo: one SQLite table replicated into two SQLite mirrors")
         say(f"   files in {directory}")
@@ -485,28 +505,51 @@ def main(argv=None) -> int:
         say(f"   Django app database      {FILES['django']} (migrated)")
         demo = Demo(directory, args.rows, args.timeout)
         demo.create_source()
-        say(f"   source                   {FILES['source']}: table {TABLE}, key {KEY}, {len(SEED)} rows")
+        say(f"   source                   {FILES['source']}: table {TABLE}, key ({', '.join(KEY)}), "
+            f"{len(SEED)} rows")
         demo.configure_replication()
-        say(f"   capture installed        3 triggers on {TABLE} → event table {demo.source_table.event_table}")
+        say(f"   capture installed        3 triggers on {TABLE} → event table "
+            f"{demo.source_table.event_table}")
         for i, r in enumerate(demo.reflections, start=1):
             say(f"   reflection {i}             → {FILES['dest' + str(i)]}: table {MIRROR}")
         demo.start_worker()
-        say(f"   worker                   running in a background thread (idle poll every {WORKER_INTERVAL} s)")
+        say(f"   worker                   running in a background thread "
+            f"(idle poll every {WORKER_INTERVAL} s)")
         say()
         say("2. Writing to the source while the worker runs")
-        ok = demo.wait_replicated(f"initial copy of the {len(SEED)} existing rows", time.monotonic())
-        for label, action in demo.rounds() if ok else []:
+        rounds = [(f"the {len(SEED)} rows already there (initial copy)", lambda: len(SEED)),
+                  *demo.rounds()]
+        width = max(display_width(label) for label, _ in rounds)
+        for number, (label, action) in enumerate(rounds):
+            head = f"   round {number}  {pad(label, width)}  "
+            if args.verbose:  # the worker's log goes between the lines
+                say(head.rstrip())
+            else:  # the line completes when the mirrors have caught up
+                say(head, end="")
             t0 = time.monotonic()
-            affected = action()
-            ok = demo.wait_replicated(f"{label} ({affected})", t0)
+            count = f"{action():>5} rows"
+            ok, outcome = demo.wait_replicated(t0)
+            if args.verbose:
+                say(f"   round {number}: {count.strip()}; {outcome}")
+            else:
+                say(f"{count}  {outcome}")
             if not ok:
                 break
-        stopped = demo.stop_worker()
-        if not stopped:
-            say("   the worker did not stop within 30 s")
+        if not ok:
+            problems.append("replication did not catch up (see above)")
+        if not demo.stop_worker():
+            problems.append("the worker did not stop within 30 s")
         if demo.worker_error is not None:
-            ok = False
-        ok = demo.summary() and ok and stopped
+            problems.append(f"the worker stopped with an error: {demo.worker_error}")
+        if not demo.summary():
+            problems.insert(0, "the mirrors are not identical to the source")
+        ok = not problems
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+        interrupted = True
+    except PdrError as exc:  # a configuration or connection problem, explained by the message
+        say()
+        problems.append(str(exc))
     finally:
         if demo is not None:
             demo.stop_worker()
@@ -521,18 +564,20 @@ def main(argv=None) -> int:
             dispose_all()
             db.connections.close_all()
         if keep:
-            say(f"\n   files kept in {directory}")
+            say(f"\n   files kept in {directory}: {', '.join(FILES.values())} (open them with sqlite3)")
         else:
             shutil.rmtree(directory, ignore_errors=True)
 
     say()
     elapsed = time.monotonic() - started
+    if interrupted:
+        return 130
     if ok:
         say(f"Done in {elapsed:.1f} s: both mirrors are identical to the source.")
         if not keep:
             say("Run with --keep (or --dir DIR) to look at the SQLite files afterwards.")
         return 0
-    say(f"FAILED after {elapsed:.1f} s: a destination differs from the source (see above).")
+    say(f"FAILED after {elapsed:.1f} s: {'; '.join(problems) or 'see above'}.")
     return 1
 
 

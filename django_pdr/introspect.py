@@ -87,3 +87,18 @@ def list_tables(database) -> list[TableRef]:
                                    f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
         finally:
             conn.rollback()
+
+
+def table_columns(database, schema: str | None, name: str) -> list[str] | None:
+    """Column names of ``schema.name`` in ``database``, or None when the table does not exist."""
+    with connect(database) as conn:
+        try:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(name, schema=schema or None):
+                return None
+            return [c["name"] for c in inspector.get_columns(name, schema=schema or None)]
+        except sa.exc.SQLAlchemyError as exc:
+            raise ConnectionFailed(f"Cannot read table {name!r} of {database.describe()}: "
+                                   f"{str(getattr(exc, 'orig', exc)).strip().splitlines()[0]}") from None
+        finally:
+            conn.rollback()

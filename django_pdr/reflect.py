@@ -22,6 +22,7 @@ from .coerce import row_converter
 from .connections import begin, describe_failure, get_engine
 from .dialects import get_dialect
 from .errors import ConfigurationError, ConnectionFailed, TableNotFound
+from .maintenance import measure, record_sample
 from .mapping import Mapping
 from .schema import destination_table, reflect_table
 from .visibility import EventReader, Position
@@ -31,6 +32,26 @@ logger = logging.getLogger("django_pdr.reflect")
 LOAD, STREAM = "load", "stream"
 
 
+class StaleCheckpoint(Exception):
+    """Another worker moved this reflection's checkpoint: abandon the batch."""
+
+
+class LeaseLost(Exception):
+    """This worker's lease on the reflection expired and another worker holds it."""
+
+
+def describe_row_error(exc) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip()
+    return f"{type(orig).__name__}: {text.splitlines()[0] if text else ''}"[:2000]
+
+
+def key_hash(key: tuple) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(keycodec.encode_key(key), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class PassResult:
     events: int = 0
@@ -38,6 +59,7 @@ class PassResult:
     batches: int = 0
     loaded: int = 0
     caught_up: bool = False
+    position_changed: bool = False
 
 
 def _connect(database):
@@ -65,8 +87,9 @@ def chunks(items, size):
 class ReflectionRunner:
     """Carries out the work of one Reflection; built fresh for each pass."""
 
-    def __init__(self, reflection):
+    def __init__(self, reflection, owner: str | None = None):
         self.reflection = reflection
+        self.owner = owner  # lease holder; progress writes renew the lease
         self.source_table = reflection.source
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
@@ -122,12 +145,80 @@ class ReflectionRunner:
         dst.rollback()
         return json.loads(value) if value else None
 
+    def _fence(self, dst, expected: dict | None):
+        """Lock this reflection's checkpoint row and check nobody moved it since we read it.
+
+        Two workers whose leases overlapped (a stalled worker outliving its lease) can
+        then never both commit the same batch: the second one finds a new state."""
+        query = (sa.select(self.checkpoints.c.state)
+                 .where(self.checkpoints.c.reflection == str(self.reflection.uid)))
+        if self.dst_dialect.supports_for_update:
+            query = query.with_for_update()
+        value = dst.execute(query).scalar()
+        current = json.loads(value) if value else None
+        if current != expected:
+            raise StaleCheckpoint(
+                f"{self.reflection}: the checkpoint moved under this worker (another worker applied "
+                f"the batch); starting again from the new checkpoint.")
+
     def _write_state(self, dst, state: dict):
         row = {"reflection": str(self.reflection.uid), "state": json.dumps(state),
                "updated_at": timezone.now().replace(tzinfo=None)}
-        for statement, params in self.dst_dialect.upsert_batches(self.checkpoints, ["reflection"],
-                                                                ["state", "updated_at"], [row]):
-            dst.execute(statement, params) if params is not None else dst.execute(statement)
+        self._execute_upsert(dst, self.checkpoints, ["reflection"], ["state", "updated_at"], [row])
+
+    def _execute_upsert(self, dst, table, keys, values, rows):
+        for statement, params in self.dst_dialect.upsert_batches(table, keys, values, rows):
+            if params is None:
+                dst.execute(statement)
+            else:
+                dst.execute(statement, params)
+
+    def _commit(self, dst, expected: dict | None, new_state: dict, upserts: list, deletes: list):
+        """Apply rows and write the checkpoint in one destination transaction.
+
+        ``upserts`` holds (source key, destination row) pairs.  When the destination
+        rejects the batch for a data error, rows are tried one by one: the rejected
+        ones go to dead letters (recorded before the checkpoint commits), the rest
+        are applied.  Returns the number of rows written."""
+        try:
+            with begin(dst):
+                self._fence(dst, expected)
+                self._apply(dst, [row for _, row in upserts], deletes)
+                self._write_state(dst, new_state)
+            return len(upserts) + len(deletes)
+        except StaleCheckpoint:
+            raise
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated or len(upserts) + len(deletes) == 0:
+                raise
+            batch_error = exc
+        return self._commit_isolating(dst, expected, new_state, upserts, deletes, batch_error)
+
+    def _commit_isolating(self, dst, expected, new_state, upserts, deletes, batch_error):
+        from .deadletters import record as record_dead_letter
+
+        bad, written = [], 0
+        items = [(key, row, None) for key, row in upserts] + [(key, None, key) for key in deletes]
+        for key, row, delete_key in items:
+            try:
+                with begin(dst):
+                    self._apply(dst, [row] if row is not None else [], [delete_key] if delete_key else [])
+                written += 1
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                bad.append((key, exc))
+        if len(bad) == len(items) and len(items) > 1:
+            # every row fails: the destination itself is wrong, not the rows
+            raise batch_error
+        for key, exc in bad:
+            record_dead_letter(self.reflection, key, describe_row_error(exc))
+            logger.warning("%s: row %s rejected by the destination, dead-lettered: %s", self.reflection,
+                           list(key), describe_row_error(exc))
+        with begin(dst):
+            self._fence(dst, expected)
+            self._write_state(dst, new_state)
+        return written
 
     # -- applying rows -----------------------------------------------------
     def _source_rows(self, src, keys: list[tuple]) -> dict[tuple, dict]:
@@ -143,7 +234,7 @@ class ReflectionRunner:
         return found
 
     def _apply(self, dst, upserts: list[dict], deletes: list[tuple]):
-        """Write one batch (caller holds the transaction)."""
+        """Write rows (the caller holds the transaction)."""
         if deletes and self.reflection.delete_policy != "ignore":
             per_chunk = max(1, self.dst_dialect.max_parameters // max(1, len(self.dest_key_columns)))
             dest_keys = [tuple(self.convert(self.mapping.dest_key_values(k))[n] for n in self.mapping.dest_key)
@@ -157,18 +248,28 @@ class ReflectionRunner:
                 else:
                     dst.execute(sa.delete(self.dest).where(where))
         if upserts:
-            for statement, params in self.dst_dialect.upsert_batches(
-                    self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts):
-                dst.execute(statement, params) if params is not None else dst.execute(statement)
+            self._execute_upsert(dst, self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts)
 
-    def _dest_rows(self, rows) -> tuple[list[dict], list[tuple]]:
+    def keyed_rows(self, src, keys):
+        """(upserts as (key, destination row), deletes) for the current source state of ``keys``."""
+        current = self._source_rows(src, keys) if keys else {}
+        present = [(k, current[k]) for k in keys if k in current]
+        # rows the engine's collation matched without exact equality (case-insensitive keys)
+        seen = set(keys)
+        present += [(k, row) for k, row in current.items() if k not in seen]
+        deletes = [k for k in keys if k not in current]
+        upserts, filtered = self._dest_rows(present)
+        return upserts, deletes + filtered
+
+    def _dest_rows(self, rows) -> tuple[list[tuple], list[tuple]]:
+        """Transform (key, source row) pairs: ((key, destination row) pairs, filtered-out keys)."""
         upserts, filtered = [], []
         for key, row in rows:
             out = self.mapping.transform(row)
             if out is None:
                 filtered.append(key)
             else:
-                upserts.append(self.convert(out))
+                upserts.append((key, self.convert(out)))
         return upserts, filtered
 
     # -- phases ------------------------------------------------------------
@@ -177,7 +278,7 @@ class ReflectionRunner:
         return {"phase": LOAD, "after": None, "pos": self.reader.start_position(floor).to_json(),
                 "loaded": 0}
 
-    def load_chunk_once(self, src, dst, state: dict) -> dict:
+    def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
         """Copy the next key-ordered chunk of source rows; return the new state."""
         after = keycodec.decode_key(state.get("after"))
         query = sa.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
@@ -193,13 +294,15 @@ class ReflectionRunner:
             new_state = {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"]}
         else:
             new_state["after"] = keycodec.encode_key(keyed[-1][0])
-        with begin(dst):
-            if after is None:
-                # a (re)load starts from an empty mirror: rows deleted at the source
-                # while no checkpoint existed must not survive it
+        if after is None:
+            # a (re)load starts from an empty mirror: rows deleted at the source
+            # while no checkpoint existed must not survive it
+            with begin(dst):
+                self._fence(dst, expected)
                 dst.execute(sa.delete(self.dest))
-            self._apply(dst, upserts, filtered)
-            self._write_state(dst, new_state)
+                self._write_state(dst, state)
+            expected = state
+        self._commit(dst, expected, new_state, upserts, filtered)
         return new_state
 
     def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
@@ -209,18 +312,31 @@ class ReflectionRunner:
         if not events and new_position.to_json() == position.to_json():
             return state, 0, 0
         keys = list(dict.fromkeys(e.key for e in events))
-        current = self._source_rows(src, keys) if keys else {}
-        present = [(k, current[k]) for k in keys if k in current]
-        # rows matched by the engine's collation but not exactly (case-insensitive keys)
-        seen = set(keys)
-        present += [(k, row) for k, row in current.items() if k not in seen]
-        deletes = [k for k in keys if k not in current]
-        upserts, filtered = self._dest_rows(present)
+        if self.held_keys:
+            # per-key order: a dead-lettered key waits until its retry applies the current row
+            keys = [k for k in keys if key_hash(k) not in self.held_keys]
+        upserts, deletes = self.keyed_rows(src, keys)
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
-        with begin(dst):
-            self._apply(dst, upserts, deletes + filtered)
-            self._write_state(dst, new_state)
-        return new_state, len(events), len(upserts) + len(deletes) + len(filtered)
+        written = self._commit(dst, state, new_state, upserts, deletes)
+        return new_state, len(events), written
+
+    def retry_dead_letters(self, src, dst, state: dict):
+        """Re-apply the current source row of each dead letter whose retry was requested."""
+        from .deadletters import requested, resolve
+
+        for letter in requested(self.reflection):
+            key = keycodec.decode_key(letter.key)
+            upserts, deletes = self.keyed_rows(src, [key])
+            try:
+                with begin(dst):
+                    self._apply(dst, [row for _, row in upserts], deletes)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise
+                resolve(letter, error=describe_row_error(exc))
+                continue
+            resolve(letter)
+            logger.info("%s: dead-lettered row %s applied on retry", self.reflection, list(key))
 
     def run(self, stop=lambda: False, max_seconds: float | None = None) -> PassResult:
         """Work until caught up (or stopped / out of time)."""
@@ -235,15 +351,24 @@ class ReflectionRunner:
                 if r.resync_requested:
                     type(r).objects.filter(pk=r.pk).update(resync_requested=False)
                     r.resync_requested = False
+            from .deadletters import held_keys
+
+            self.held_keys = held_keys(r)
+            if self.held_keys:
+                self.retry_dead_letters(src, dst, state)
+                self.held_keys = held_keys(r)
             while not stop():
                 if state["phase"] == LOAD:
                     self._save_progress(status="loading", state=state)
-                    state = self.load_chunk_once(src, dst, state)
+                    stored = self.read_state(dst)
+                    state = self.load_chunk_once(src, dst, state, stored)
                     result.loaded = state.get("loaded", 0)
                     logger.info("%s: initial load, %d rows copied", r, result.loaded)
                     continue
+                before = state
                 state, events, rows = self.batch_once(src, dst, state)
-                if not events and not rows:
+                result.position_changed |= state is not before
+                if not events and not rows and state is before:
                     result.caught_up = True
                     break
                 result.events += events
@@ -253,6 +378,11 @@ class ReflectionRunner:
                 if max_seconds is not None and time.monotonic() - started > max_seconds:
                     break
             self._save_progress(status="running", state=state, events=0, rows=0)
+            if state["phase"] == STREAM:
+                pending, lag = measure(r, src, self.reader.table)
+                type(r).objects.filter(pk=r.pk).update(pending_events=pending, lag_seconds=lag)
+                r.pending_events, r.lag_seconds = pending, lag
+                record_sample(r, pending, lag, result.events, result.rows)
         return result
 
     def _save_progress(self, *, status, state, events=0, rows=0):
@@ -265,7 +395,12 @@ class ReflectionRunner:
             fields.update(last_applied_at=timezone.now(),
                           events_applied=sa_add(type(r), "events_applied", events),
                           rows_applied=sa_add(type(r), "rows_applied", rows))
-        type(r).objects.filter(pk=r.pk).update(**fields)
+        rows_updated = type(r).objects.filter(pk=r.pk)
+        if self.owner:
+            rows_updated = rows_updated.filter(lease_owner=self.owner)
+            fields["lease_expires_at"] = timezone.now() + timezone.timedelta(seconds=float(conf.get("LEASE_SECONDS")))
+        if not rows_updated.update(**fields):
+            raise LeaseLost(f"{r}: another worker took this reflection over; stopping here.")
         for key, value in fields.items():
             if not hasattr(value, "resolve_expression"):
                 setattr(r, key, value)

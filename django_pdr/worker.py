@@ -1,13 +1,20 @@
 """The replication loop behind ``manage.py pdr-reflect``.
 
 Each active reflection gets a pass; an error in one is logged, recorded on it
-with an exponential back-off, and the others go on.
+with an exponential back-off, and the others go on.  Several workers (on one
+host or many) share the reflections through leases held in the Django
+database: a conditional UPDATE claims a reflection, progress renews the claim,
+and a dead worker's claim expires after ``LEASE_SECONDS``.  The destination
+checkpoint is the last line of defence: a batch commits only if the checkpoint
+is still the one it started from.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-import time
+import uuid
 from dataclasses import dataclass, field
 
 from django.db.models import Q
@@ -15,10 +22,15 @@ from django.utils import timezone
 
 from . import conf
 from .errors import PdrError
+from .maintenance import purge
 from .models import Reflection
-from .reflect import ReflectionRunner
+from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint
 
 logger = logging.getLogger("django_pdr.worker")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass
@@ -53,39 +65,79 @@ def due_reflections(ids=None):
     return list(query.order_by("id"))
 
 
-def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.0) -> RoundResult:
-    """One pass over every due reflection."""
+def acquire(reflection, owner: str) -> bool:
+    """Claim ``reflection`` for ``owner`` unless another live worker holds it."""
+    now = timezone.now()
+    claimed = (Reflection.objects.filter(pk=reflection.pk)
+               .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__isnull=True)
+                       | Q(lease_expires_at__lt=now))
+               .update(lease_owner=owner,
+                       lease_expires_at=now + timezone.timedelta(seconds=float(conf.get("LEASE_SECONDS")))))
+    return claimed == 1
+
+
+def release(owner: str, ids=None):
+    query = Reflection.objects.filter(lease_owner=owner)
+    if ids:
+        query = query.filter(pk__in=ids)
+    query.update(lease_owner="", lease_expires_at=None)
+
+
+def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.0,
+              owner: str | None = None) -> RoundResult:
+    """One pass over every due reflection this worker can claim."""
     result = RoundResult()
-    for reflection in due_reflections(ids):
-        if stop():
-            break
-        try:
-            outcome = ReflectionRunner(reflection).run(stop=stop, max_seconds=max_seconds_each)
-        except Exception as exc:  # one reflection's failure must not stop the others
-            message = error_message(exc)
-            delay = backoff_seconds(reflection.failures)
-            logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
-                         message, delay, exc_info=True)
-            reflection.record_error(message, delay)
-            result.failed.append((reflection, message))
-            continue
-        result.ok.append(reflection)
-        result.events += outcome.events
-        result.rows += outcome.rows
-        if outcome.events or outcome.loaded:
-            logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
-                        outcome.rows, "" if outcome.caught_up else " (more pending)")
+    single = owner is None
+    owner = owner or new_worker_id()
+    try:
+        for reflection in due_reflections(ids):
+            if stop():
+                break
+            if not acquire(reflection, owner):
+                logger.debug("reflection %s is held by another worker", reflection.pk)
+                continue
+            try:
+                outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
+            except (LeaseLost, StaleCheckpoint) as exc:
+                logger.warning("%s", exc)
+                continue
+            except Exception as exc:  # one reflection's failure must not stop the others
+                message = error_message(exc)
+                delay = backoff_seconds(reflection.failures)
+                logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
+                             message, delay, exc_info=logger.isEnabledFor(logging.DEBUG))
+                reflection.record_error(message, delay)
+                result.failed.append((reflection, message))
+                continue
+            result.ok.append(reflection)
+            result.events += outcome.events
+            result.rows += outcome.rows
+            if outcome.events or outcome.loaded:
+                logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
+                            outcome.rows, "" if outcome.caught_up else " (more pending)")
+            if outcome.events or outcome.position_changed:
+                try:
+                    purge(reflection.source)
+                except Exception as exc:  # purging is housekeeping: never fail the pass for it
+                    logger.warning("purging events of %s failed: %s", reflection.source, error_message(exc))
+    finally:
+        if single:
+            release(owner)
     return result
 
 
 def run(ids=None, interval: float | None = None, stop_event: threading.Event | None = None) -> RoundResult:
-    """Run once (``interval`` None) or forever, sleeping ``interval`` seconds when idle."""
+    """Run once (``interval`` None) or until stopped, sleeping ``interval`` seconds when idle."""
     stop_event = stop_event or threading.Event()
-    while True:
-        result = run_round(ids, stop=stop_event.is_set)
-        if interval is None or stop_event.is_set():
-            return result
-        if result.events == 0:
-            stop_event.wait(interval)
-        if stop_event.is_set():
-            return result
+    owner = new_worker_id()
+    try:
+        while True:
+            result = run_round(ids, stop=stop_event.is_set, owner=owner)
+            if interval is None or stop_event.is_set():
+                return result
+            if result.events == 0:
+                stop_event.wait(interval)
+            if stop_event.is_set():
+                return result
+    finally:
+        release(owner)

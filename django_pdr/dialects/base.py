@@ -62,6 +62,8 @@ class Dialect:
     #: Longest identifier the engine keeps, and whether it counts bytes.
     max_identifier_length = 63
     identifier_length_in_bytes = False
+    #: SELECT ... FOR UPDATE locks a row (SQLite serialises writers instead).
+    supports_for_update = True
     #: Largest number of bound parameters we put in one statement.
     max_parameters = 30000
     #: True when a schema name is meaningful (SQLite: attached database name).
@@ -140,12 +142,19 @@ class Dialect:
                       primary_key=True, autoincrement=True),
             sa.Column("pdr_op", sa.String(1), nullable=False),
             sa.Column("pdr_txid", sa.BigInteger(), nullable=True),
-            sa.Column("pdr_at", sa.DateTime(), nullable=False, server_default=sa.func.current_timestamp()),
+            sa.Column("pdr_at", self.event_time_type(), nullable=False, server_default=self.event_time_default()),
         ]
         for position, column in enumerate(key_columns):
             columns.append(sa.Column(event_key_name(position), self.event_key_type(column.type),
                                      nullable=True))
         return sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
+
+    def event_time_type(self):
+        return sa.DateTime()
+
+    def event_time_default(self):
+        """Server-side default of the event time: UTC, whatever the writer's session zone."""
+        return sa.func.current_timestamp()  # SQLite: always UTC
 
     def event_key_type(self, source_type):
         return source_type

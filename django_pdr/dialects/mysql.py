@@ -40,6 +40,12 @@ class MySQLDialect(Dialect):
         return {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
     # -- capture -------------------------------------------------------------
+    def event_time_type(self):
+        return mysql.DATETIME(fsp=6)
+
+    def event_time_default(self):
+        return sa.text("(UTC_TIMESTAMP(6))")
+
     def _insert_event(self, event, op, row, key_names):
         keys = [event_key_name(i) for i in range(len(key_names))]
         values = ", ".join(f"{row}.{self.quote(n)}" for n in key_names)

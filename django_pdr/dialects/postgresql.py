@@ -22,6 +22,9 @@ class PostgreSQLDialect(Dialect):
         return {"connect_timeout": timeout, "options": "-c timezone=UTC"}
 
     # -- capture -------------------------------------------------------------
+    def event_time_default(self):
+        return sa.text("(now() AT TIME ZONE 'utc')")
+
     def _insert_events(self, event, op, alias, source_names, from_clause):
         keys = [event_key_name(i) for i in range(len(source_names))]
         values = ", ".join(f"{alias}.{self.quote(n)}" for n in source_names)

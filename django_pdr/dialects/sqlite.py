@@ -13,6 +13,7 @@ class SQLiteDialect(Dialect):
     driver = "sqlite+pysqlite"
     tested_live = True
     max_identifier_length = 128  # no real limit; keep names readable
+    supports_for_update = False  # one writer at a time: the write lock serialises
     max_parameters = 30000  # SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32
 
     unreachable_hint = "check that the file path exists and is readable and writable by this process"

@@ -1,0 +1,85 @@
+"""Purging applied events, and measuring lag for the admin and the dashboard."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import sqlalchemy as sa
+from django.utils import timezone
+
+from . import conf
+from .capture import plan as capture_plan
+from .connections import begin, get_engine
+from .models import Reflection, Sample
+from .visibility import Position
+
+logger = logging.getLogger("django_pdr.maintenance")
+
+
+def purge_horizon(source_table) -> int:
+    """The highest event id every reflection of ``source_table`` has settled.
+
+    A reflection that has not recorded a position yet holds the horizon at the
+    current floor (it may still need every retained event)."""
+    floor = int(source_table.purged_through or 0)
+    horizons = []
+    for position in Reflection.objects.filter(source=source_table).values_list("position", flat=True):
+        if not position:
+            return floor
+        horizons.append(Position.from_json(position).horizon)
+    return max(floor, min(horizons)) if horizons else floor
+
+
+def purge(source_table) -> int:
+    """Delete events that every reflection has applied, in bounded chunks; returns the count."""
+    floor = int(source_table.purged_through or 0)
+    horizon = purge_horizon(source_table)
+    if horizon <= floor:
+        return 0
+    chunk = int(conf.get("PURGE_CHUNK"))
+    deleted = 0
+    with get_engine(source_table.database).connect() as conn:
+        event = capture_plan(conn, source_table).event
+        low = floor
+        while low < horizon:
+            high = min(horizon, low + chunk)
+            with begin(conn):
+                result = conn.execute(sa.delete(event).where(event.c.pdr_id > low, event.c.pdr_id <= high))
+            deleted += max(result.rowcount or 0, 0)
+            low = high
+            type(source_table).objects.filter(pk=source_table.pk).update(purged_through=low)
+    source_table.purged_through = horizon
+    if deleted:
+        logger.info("%s: purged %d applied events (through id %d)", source_table, deleted, horizon)
+    return deleted
+
+
+def measure(reflection, src_conn, event_table) -> tuple[int, float | None]:
+    """(pending events, seconds since the oldest pending event was written)."""
+    position = Position.from_json(reflection.position or {})
+    where = event_table.c.pdr_id > position.cursor
+    if position.gaps:
+        where = sa.or_(where, *[event_table.c.pdr_id.between(g.lo, g.hi) for g in position.gaps[:50]])
+    count, oldest = src_conn.execute(
+        sa.select(sa.func.count(), sa.func.min(event_table.c.pdr_at)).where(where)).one()
+    src_conn.rollback()
+    lag = None
+    if oldest is not None:
+        if isinstance(oldest, str):
+            oldest = dt.datetime.fromisoformat(oldest)
+        now = timezone.now().astimezone(dt.timezone.utc).replace(tzinfo=None)
+        lag = max(0.0, (now - oldest.replace(tzinfo=None)).total_seconds())
+    return int(count or 0), (lag if count else 0.0)
+
+
+def record_sample(reflection, pending, lag, events, rows, force=False):
+    """Store a Sample at most every SAMPLE_INTERVAL seconds; prune old ones."""
+    now = timezone.now()
+    last = Sample.objects.filter(reflection=reflection).order_by("-at").first()
+    if not force and last and (now - last.at).total_seconds() < float(conf.get("SAMPLE_INTERVAL")):
+        Sample.objects.filter(pk=last.pk).update(events=last.events + events, rows=last.rows + rows)
+        return
+    Sample.objects.create(reflection=reflection, at=now, pending_events=pending, lag_seconds=lag,
+                          events=events, rows=rows)
+    cutoff = now - dt.timedelta(days=float(conf.get("SAMPLE_RETENTION_DAYS")))
+    Sample.objects.filter(reflection=reflection, at__lt=cutoff).delete()
