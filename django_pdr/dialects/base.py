@@ -167,6 +167,10 @@ class Dialect:
                                   key_names: list[str]) -> list[str]:
         raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
 
+    def replace_needs_drop(self) -> bool:
+        """True when an existing trigger must be dropped before it is created again."""
+        return False
+
     def drop_trigger_statements(self, source: sa.Table, names: CaptureNames) -> list[str]:
         raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
 

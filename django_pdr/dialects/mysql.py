@@ -79,7 +79,7 @@ class MySQLDialect(Dialect):
         ]
 
     def replace_needs_drop(self):
-        return not self.is_mariadb
+        return not self.is_mariadb  # MySQL 8 has no CREATE OR REPLACE TRIGGER
 
     def drop_trigger_statements(self, source, names):
         return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in names.triggers]
@@ -119,13 +119,19 @@ class MySQLDialect(Dialect):
 
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table):
-        # MariaDB's JSON is LONGTEXT with a CHECK (json_valid(col)) constraint.
-        checks = sa.inspect(conn).get_check_constraints(table.name, schema=table.schema)
-        for check in checks:
-            text = (check.get("sqltext") or "").lower().replace("`", "")
-            for column in table.columns:
-                if text == f"json_valid({column.name.lower()})":
-                    column.type = sa.JSON()
+        # MariaDB's JSON is LONGTEXT with a column-level CHECK (json_valid(col)),
+        # listed in INFORMATION_SCHEMA.CHECK_CONSTRAINTS (SQLAlchemy does not report it).
+        if not self.is_mariadb:
+            return  # MySQL 8 has a real JSON type, reflected as such
+        query = sa.text(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+            "WHERE CONSTRAINT_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+        ).bindparams(schema=table.schema, table=table.name)
+        clauses = {(row[0] or "").lower().replace("`", "").replace(" ", "") for row in conn.execute(query)}
+        for column in table.columns:
+            if isinstance(column.type, sa.String) and \
+                    f"json_valid({column.name.lower().replace(' ', '')})" in clauses:
+                column.type = sa.JSON()
 
     def generic_type(self, source_type):
         if isinstance(source_type, mysql.TINYINT):

@@ -52,8 +52,15 @@ BEGIN
   RETURN NULL;
 END
 """
+        tag, n = "$pdr$", 0
+        while tag in body:  # a column name may contain the dollar-quote tag
+            n += 1
+            tag = f"$pdr{n}$"
+        # SECURITY DEFINER: roles that may write the source table need no grant on the
+        # event table; a fixed search_path keeps the function immune to the caller's.
         statements = [
-            f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $pdr${body}$pdr$",
+            f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+            f"SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}",
         ]
         for trigger, when, referencing in (
             (names.insert_trigger, "INSERT", "NEW TABLE AS pdr_new"),

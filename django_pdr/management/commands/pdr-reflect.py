@@ -20,11 +20,18 @@ class Command(BaseCommand):
                             help="keep running; wait this long between passes when idle")
         parser.add_argument("-r", "--reflection", type=int, action="append", dest="reflections",
                             metavar="ID", help="only this reflection (repeatable)")
+        parser.add_argument("--retry-dead-letters", action="store_true",
+                            help="re-apply the rows the destination rejected (after fixing the cause)")
 
     def handle(self, *args, interval=None, reflections=None, verbosity=1, **options):
         if interval is not None and interval < 0:
             raise CommandError("--interval must be zero or more seconds.")
         self._configure_logging(verbosity, options.get("no_color"))
+        if options.get("retry_dead_letters"):
+            from django_pdr.deadletters import request_retry
+
+            count = request_retry(reflections)
+            logging.getLogger("django_pdr.worker").info("%d dead-lettered row(s) queued for retry", count)
         stop = threading.Event()
 
         def request_stop(signum, frame):

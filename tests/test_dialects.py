@@ -1,0 +1,1034 @@
+"""Dialect SQL without a database server.
+
+Every statement django-pdr runs comes from ``django_pdr.dialects``; here it is
+rendered with each engine's SQLAlchemy dialect and checked as text.  Where SQLite
+can prove behaviour cheaply (an in-memory database), the SQL is also executed:
+triggers, upserts, key filters and the event reader of ``django_pdr.visibility``.
+Per-engine facts asserted here are the ones listed in ``docs/dialects.md``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+import sqlite3
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from django_pdr import coerce
+from django_pdr.dialects import (
+    KINDS, MySQLDialect, PostgreSQLDialect, SQLiteDialect, dialect_for_kind, event_key_name, get_dialect,
+)
+from django_pdr.schema import destination_table
+from django_pdr.visibility import EventReader, Gap, Position, _split
+
+UTC = dt.timezone.utc
+
+
+# -- dialect fixtures ----------------------------------------------------------
+
+def pg():
+    return PostgreSQLDialect(postgresql.dialect())
+
+
+def my(mariadb=False):
+    sa_dialect = mysql.dialect()
+    sa_dialect.is_mariadb = mariadb
+    return MySQLDialect(sa_dialect)
+
+
+def lite():
+    return SQLiteDialect(sqlite.dialect())
+
+
+ALL = {"postgresql": pg, "mysql": my, "mariadb": lambda: my(mariadb=True), "sqlite": lite}
+ENGINES = sorted(ALL)
+
+#: A source table whose name and key columns try every way to break SQL text.
+HOSTILE_TABLE = "Order \"Lines\" `x` it's; select :colon 50% Straße 日本"
+HOSTILE_KEYS = ["select", "order", "Mixed \"q\" `b` 's'; :colon 50% Straße 日本"]
+SCHEMA = {"postgresql": "My \"Schema\"", "mysql": "db", "mariadb": "db", "sqlite": None}
+
+
+def hand_quoted(dialect, name):
+    """The quoted form of ``name``, derived by hand (not by the preparer under test)."""
+    percent = "%%" if dialect.sa.paramstyle in ("format", "pyformat") else "%"
+    if isinstance(dialect, MySQLDialect):
+        return "`" + name.replace("`", "``").replace("%", percent) + "`"
+    return '"' + name.replace('"', '""').replace("%", percent) + '"'
+
+
+def hostile_source(engine, metadata=None):
+    metadata = metadata or sa.MetaData()
+    return sa.Table(
+        HOSTILE_TABLE, metadata,
+        sa.Column(HOSTILE_KEYS[0], sa.Integer, primary_key=True),
+        sa.Column(HOSTILE_KEYS[1], sa.String(20), primary_key=True),
+        sa.Column(HOSTILE_KEYS[2], sa.String(20), primary_key=True),
+        sa.Column("Value 100%", sa.Integer),
+        schema=SCHEMA[engine],
+    )
+
+
+def rendered(engine):
+    dialect = ALL[engine]()
+    source = hostile_source(engine)
+    names = dialect.capture_names(source.schema, source.name)
+    event = dialect.event_table(sa.MetaData(), source.schema, names, list(source.primary_key.columns))
+    create = dialect.create_trigger_statements(source, event, names, HOSTILE_KEYS)
+    drop = dialect.drop_trigger_statements(source, names)
+    return dialect, source, names, event, create, drop
+
+
+def outside_quotes(sql, quotes):
+    """``sql`` with every quoted identifier / string literal replaced by ``Q``.
+
+    Raises AssertionError when a quote is not closed (the SQL would not parse)."""
+    out, i = [], 0
+    while i < len(sql):
+        ch = sql[i]
+        if ch not in quotes:
+            out.append(ch)
+            i += 1
+            continue
+        j = i + 1
+        while True:
+            k = sql.find(ch, j)
+            assert k != -1, f"unterminated {ch} quote in {sql!r}"
+            if sql[k + 1:k + 2] == ch:  # doubled quote: escaped, keep scanning
+                j = k + 2
+                continue
+            break
+        out.append("Q")
+        i = k + 1
+    return "".join(out)
+
+
+#: Words that may appear unquoted in trigger SQL; anything else outside quotes
+#: would be a piece of a hostile identifier leaking into the statement.
+SQL_WORDS = {
+    "CREATE", "OR", "REPLACE", "TRIGGER", "FUNCTION", "AFTER", "INSERT", "UPDATE", "DELETE", "ON", "FOR",
+    "EACH", "ROW", "STATEMENT", "BEGIN", "END", "INTO", "VALUES", "SELECT", "FROM", "WHERE", "IS", "NOT",
+    "IF", "THEN", "ELSIF", "AND", "CAST", "AS", "BINARY", "REFERENCING", "NEW", "OLD", "TABLE", "EXECUTE",
+    "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
+    "pg_current_xact_id", "text", "bigint", "n", "o", "Q", "db",
+}
+
+
+def leaked_words(stripped):
+    words = set(re.findall(r"[^\W\d]\w*", stripped))
+    return {w for w in words if w not in SQL_WORDS and not w.startswith("pdr_")}
+
+
+# -- engine registry -------------------------------------------------------------
+
+def test_registry_maps_engines_and_refuses_unimplemented_ones():
+    assert set(KINDS) == {"postgresql", "mysql", "sqlite"}
+    assert isinstance(get_dialect(postgresql.dialect()), PostgreSQLDialect)
+    assert isinstance(get_dialect(mysql.dialect()), MySQLDialect)
+    assert isinstance(get_dialect(sqlite.dialect()), SQLiteDialect)
+    mariadb = mysql.dialect()
+    mariadb.name = "mariadb"  # what SQLAlchemy reports after connecting to a MariaDB server
+    assert isinstance(get_dialect(mariadb), MySQLDialect)
+    # SQL Server and Oracle are not implemented: a loud error, never a fallback
+    from sqlalchemy.dialects import mssql, oracle
+
+    for sa_dialect in (mssql.dialect(), oracle.dialect()):
+        with pytest.raises(NotImplementedError, match="no support"):
+            get_dialect(sa_dialect)
+    with pytest.raises(NotImplementedError, match="unknown database kind"):
+        dialect_for_kind("mssql")
+
+
+def test_live_flags_and_identifier_limits():
+    assert PostgreSQLDialect.tested_live and MySQLDialect.tested_live and SQLiteDialect.tested_live
+    for cls, limit, in_bytes in ((PostgreSQLDialect, 63, True), (MySQLDialect, 64, False)):
+        assert (cls.max_identifier_length, cls.identifier_length_in_bytes) == (limit, in_bytes)
+    assert pg().identifier_fits("é" * 31) and not pg().identifier_fits("é" * 32)  # 62 vs 64 bytes
+    assert my().identifier_fits("é" * 64) and not my().identifier_fits("é" * 65)  # characters
+    assert pg().identifier_fits("x" * 63) and not pg().identifier_fits("x" * 64)
+
+
+def test_every_dialect_says_whether_replacing_triggers_needs_a_drop():
+    # capture.install() asks this of every dialect when triggers already exist
+    # (re-install, upgrade, force): it must answer, never raise AttributeError.
+    # PostgreSQL and MariaDB replace atomically (CREATE OR REPLACE TRIGGER).
+    assert pg().replace_needs_drop() is False
+    assert my(mariadb=True).replace_needs_drop() is False
+    assert my(mariadb=False).replace_needs_drop() is True  # MySQL 8: DROP then CREATE
+    assert lite().replace_needs_drop() is True
+
+
+# -- capture names -----------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_capture_names_are_prefixed_safe_and_deterministic(engine):
+    names = ALL[engine]().capture_names("public", "Order Lines")
+    again = ALL[engine]().capture_names("public", "Order Lines")
+    assert names == again
+    every = [names.event_table, *names.triggers, names.function]
+    assert len(set(every)) == 5
+    for name in every:
+        assert name.startswith("pdr_")
+        assert re.fullmatch(r"[a-z0-9_]+", name), name  # never needs quoting, any engine, any case rule
+    assert names.event_table.endswith("_ev")
+    assert names.insert_trigger.endswith("_ins") and names.update_trigger.endswith("_upd")
+    assert names.delete_trigger.endswith("_del")
+    assert "order_lines" in names.event_table  # readable
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_capture_names_distinct_for_tables_and_schemas_that_look_alike(engine):
+    dialect = ALL[engine]()
+    keys = [(schema, table)
+            for schema in (None, "public", "Public", "other")
+            for table in ("Order Lines", "order_lines", "order-lines", "ORDER_LINES", "order lines",
+                          "order_lines ", "orderlines", "🍮", "🍰", "é" * 63, "è" * 63)]
+    seen = {}
+    for schema, table in keys:
+        names = dialect.capture_names(schema, table)
+        for name in (names.event_table, *names.triggers, names.function):
+            assert name not in seen, (name, (schema, table), seen.get(name))
+            seen[name] = (schema, table)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("table", ["é" * 63, "日本" * 40, "x" * 300, "a" * 63, "🍮" * 63,
+                                   "Order \"Lines\" `x`; 50%"])
+def test_capture_names_fit_the_identifier_limit(engine, table):
+    dialect = ALL[engine]()
+    names = dialect.capture_names("a_schema_with_a_rather_long_name_" * 3, table)
+    for name in (names.event_table, *names.triggers, names.function):
+        assert dialect.identifier_fits(name), name
+        assert len(name.encode("utf-8")) <= 63  # inside every engine's limit, PostgreSQL's bytes included
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("table", ["🍮🍰", "!!!", "—", "???", "_", " "])
+def test_capture_names_never_empty_for_symbol_only_tables(engine, table):
+    names = ALL[engine]().capture_names(None, table)
+    for name in (names.event_table, *names.triggers, names.function):
+        assert re.fullmatch(r"pdr_[a-z0-9]+(_[a-z0-9]+)*", name), name
+        middle = name[len("pdr_"):].rsplit("_", 2)[0]
+        assert middle, name
+
+
+# -- quoting ---------------------------------------------------------------------
+
+def test_identifier_preparers_quote_as_documented():
+    for dialect in (pg(), lite()):
+        assert dialect.quote('a"b') == '"a""b"'
+        assert dialect.quote("select") == '"select"'
+        assert dialect.quote("Order") == '"Order"'  # mixed case must keep its case
+        assert dialect.quote("Straße") == '"Straße"'
+        assert dialect.quote("plain_name") == "plain_name"
+    assert my().quote("a`b") == "`a``b`"
+    assert my().quote("select") == "`select`"
+    assert my().quote('a"b') == '`a"b`'
+    # pyformat drivers (psycopg2, PyMySQL) expect "%" doubled in any statement text;
+    # sqlite3 (qmark) takes it as is
+    assert pg().quote("50%") == '"50%%"'
+    assert my().quote("50%") == "`50%%`"
+    assert lite().quote("50%") == '"50%"'
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_hostile_identifiers_are_quoted_in_every_trigger_statement(engine):
+    dialect, source, names, event, create, drop = rendered(engine)
+    table = hand_quoted(dialect, HOSTILE_TABLE)
+    keys = [hand_quoted(dialect, k) for k in HOSTILE_KEYS]
+    assert keys[0] in ('"select"', "`select`") and keys[1] in ('"order"', "`order`")
+    if engine == "postgresql":
+        function, triggers = create[0], create[1:]
+        for key in keys:
+            assert f"n.{key}" in function and f"o.{key}" in function
+        for statement in triggers:
+            assert f"ON {hand_quoted(dialect, SCHEMA[engine])}.{table} " in statement
+        for statement in drop[:3]:
+            assert statement.endswith(f" ON {hand_quoted(dialect, SCHEMA[engine])}.{table}")
+    else:
+        schema = f"{hand_quoted(dialect, SCHEMA[engine])}." if SCHEMA[engine] else ""
+        schema = schema.replace("`db`", "db")  # a plain name needs no quotes
+        for statement in create:
+            assert f" ON {schema}{table} " in statement
+            for key in keys:
+                assert f".{key}" in statement  # NEW.key / OLD.key
+    # nothing of a hostile name is left outside quotes
+    quotes = {"`", "'"} if isinstance(dialect, MySQLDialect) else {'"', "'"}
+    for statement in create[1:] if engine == "postgresql" else create:
+        stripped = outside_quotes(statement, quotes)
+        assert leaked_words(stripped) == set(), statement
+        assert all(ord(c) < 128 for c in stripped)
+        assert "%" not in stripped and ":colon" not in stripped
+    for statement in drop:
+        stripped = outside_quotes(statement, quotes)
+        assert leaked_words(stripped) == set() and ";" not in stripped, statement
+
+
+def test_postgresql_function_body_is_one_dollar_quoted_plpgsql_block():
+    dialect, source, names, event, create, drop = rendered("postgresql")
+    function = create[0]
+    schema = hand_quoted(dialect, SCHEMA["postgresql"])
+    match = re.fullmatch(
+        rf"CREATE OR REPLACE FUNCTION {re.escape(schema)}\.{names.function}\(\) RETURNS trigger "
+        r"LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS (\$\w*\$)(.*)\1",
+        function, re.S)
+    assert match, function
+    tag, body = match.groups()
+    assert tag not in body
+    stripped = outside_quotes(body, {'"', "'"})
+    assert leaked_words(stripped) == set(), stripped
+    assert all(ord(c) < 128 for c in stripped)
+
+
+def test_postgresql_function_body_survives_a_column_named_with_the_dollar_tag():
+    # PostgreSQL identifiers may contain "$": the body's dollar-quote tag must not
+    # occur inside the body, or the function text ends early (and the rest of the
+    # body is parsed as SQL).  Correct behaviour: choose a tag absent from the body.
+    dialect = pg()
+    source = sa.Table("t", sa.MetaData(), sa.Column("k$pdr$x", sa.Integer, primary_key=True),
+                      sa.Column("a$$b", sa.Integer, primary_key=True), schema="public")
+    names = dialect.capture_names("public", "t")
+    event = dialect.event_table(sa.MetaData(), "public", names, list(source.primary_key.columns))
+    function = dialect.create_trigger_statements(source, event, names, ["k$pdr$x", "a$$b"])[0]
+    match = re.fullmatch(r"CREATE OR REPLACE FUNCTION .*? LANGUAGE plpgsql .*? AS (\$\w*\$)(.*)\1",
+                         function, re.S)
+    assert match, function
+    tag, body = match.groups()
+    assert tag not in body, f"dollar-quote tag {tag} occurs inside the function body"
+
+
+def test_postgresql_capture_is_statement_level_with_transition_tables():
+    dialect, source, names, event, create, drop = rendered("postgresql")
+    schema = hand_quoted(dialect, SCHEMA["postgresql"])
+    table = f"{schema}.{hand_quoted(dialect, HOSTILE_TABLE)}"
+    fn = f"{schema}.{names.function}()"
+    assert len(create) == 4
+    assert create[1:] == [
+        f"CREATE OR REPLACE TRIGGER {names.insert_trigger} AFTER INSERT ON {table} "
+        f"REFERENCING NEW TABLE AS pdr_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}",
+        f"CREATE OR REPLACE TRIGGER {names.update_trigger} AFTER UPDATE ON {table} "
+        f"REFERENCING OLD TABLE AS pdr_old NEW TABLE AS pdr_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}",
+        f"CREATE OR REPLACE TRIGGER {names.delete_trigger} AFTER DELETE ON {table} "
+        f"REFERENCING OLD TABLE AS pdr_old FOR EACH STATEMENT EXECUTE FUNCTION {fn}",
+    ]
+    assert drop == [
+        f"DROP TRIGGER IF EXISTS {names.insert_trigger} ON {table}",
+        f"DROP TRIGGER IF EXISTS {names.update_trigger} ON {table}",
+        f"DROP TRIGGER IF EXISTS {names.delete_trigger} ON {table}",
+        f"DROP FUNCTION IF EXISTS {fn}",
+    ]
+
+
+def test_postgresql_update_records_old_key_as_delete_only_when_the_key_changed():
+    dialect, source, names, event, create, drop = rendered("postgresql")
+    body = create[0]
+    keys = ", ".join(hand_quoted(dialect, k) for k in HOSTILE_KEYS)
+    target = (f"INSERT INTO {hand_quoted(dialect, SCHEMA['postgresql'])}.{names.event_table} "
+              f"(pdr_op, pdr_txid, pdr_k0, pdr_k1, pdr_k2) ")
+    txid = "pg_current_xact_id()::text::bigint"
+
+    def values(alias):
+        return ", ".join(f"{alias}.{hand_quoted(dialect, k)}" for k in HOSTILE_KEYS)
+
+    insert_branch = body.split("IF TG_OP = 'INSERT' THEN", 1)[1].split("ELSIF", 1)[0]
+    update_branch = body.split("ELSIF TG_OP = 'UPDATE' THEN", 1)[1].split("ELSIF", 1)[0]
+    delete_branch = body.split("ELSIF TG_OP = 'DELETE' THEN", 1)[1].split("END IF", 1)[0]
+    assert insert_branch.strip() == f"{target}SELECT 'I', {txid}, {values('n')} FROM pdr_new AS n;"
+    assert delete_branch.strip() == f"{target}SELECT 'D', {txid}, {values('o')} FROM pdr_old AS o;"
+    deleted, updated = [s.strip() for s in update_branch.strip().rstrip(";").split(";\n")]
+    # old keys absent from the new rows (the key changed): 'D'; every new row: 'U'
+    assert deleted == (f"{target}SELECT 'D', {txid}, {values('o')} FROM "
+                       f"(SELECT {keys} FROM pdr_old EXCEPT SELECT {keys} FROM pdr_new) AS o")
+    assert updated == f"{target}SELECT 'U', {txid}, {values('n')} FROM pdr_new AS n"
+    assert "RETURN NULL;" in body
+
+
+@pytest.mark.parametrize("engine", ["mysql", "mariadb"])
+def test_mysql_triggers_are_row_level_one_statement_each(engine):
+    dialect, source, names, event, create, drop = rendered(engine)
+    create_word = "CREATE OR REPLACE TRIGGER" if engine == "mariadb" else "CREATE TRIGGER"
+    table = f"db.{hand_quoted(dialect, HOSTILE_TABLE)}"
+    assert len(create) == 3
+    for statement, trigger, when in zip(create, names.triggers, ("INSERT", "UPDATE", "DELETE")):
+        assert statement.startswith(f"{create_word} db.{trigger} AFTER {when} ON {table} FOR EACH ROW ")
+        stripped = outside_quotes(statement, {"`", "'"})
+        assert stripped.count("CREATE") == 1 and "DELIMITER" not in stripped
+        if when == "UPDATE":
+            # a compound body is still one statement: every ";" sits inside BEGIN ... END
+            assert re.fullmatch(r"[^;]* FOR EACH ROW BEGIN [^;]+; END IF; [^;]+; END", stripped), stripped
+        else:
+            assert ";" not in stripped
+    assert drop == [f"DROP TRIGGER IF EXISTS db.{t}" for t in names.triggers]
+
+
+@pytest.mark.parametrize("engine", ["mysql", "mariadb"])
+def test_mysql_update_records_old_key_as_delete_only_when_the_key_changed(engine):
+    dialect, source, names, event, create, drop = rendered(engine)
+    q = [hand_quoted(dialect, k) for k in HOSTILE_KEYS]
+    insert = f"INSERT INTO db.{names.event_table} (pdr_op, pdr_k0, pdr_k1, pdr_k2) VALUES "
+    same_key = " AND ".join(f"CAST(OLD.{k} AS BINARY) <=> CAST(NEW.{k} AS BINARY)" for k in q)
+    body = create[1].split(" FOR EACH ROW ", 1)[1]
+    assert body == (
+        f"BEGIN IF NOT ({same_key}) THEN {insert}('D', {', '.join('OLD.' + k for k in q)}); END IF; "
+        f"{insert}('U', {', '.join('NEW.' + k for k in q)}); END"
+    )
+    assert create[0].endswith(f"{insert}('I', {', '.join('NEW.' + k for k in q)})")
+    assert create[2].endswith(f"{insert}('D', {', '.join('OLD.' + k for k in q)})")
+
+
+def test_mariadb_replaces_atomically_and_mysql_drops_first():
+    for dialect, word in ((my(mariadb=True), "CREATE OR REPLACE TRIGGER "),
+                          (my(mariadb=False), "CREATE TRIGGER ")):
+        source = hostile_source("mysql")
+        names = dialect.capture_names("db", source.name)
+        event = dialect.event_table(sa.MetaData(), "db", names, list(source.primary_key.columns))
+        statements = dialect.create_trigger_statements(source, event, names, HOSTILE_KEYS)
+        assert [s[:len(word)] for s in statements] == [word] * 3
+        # MySQL 8 has no CREATE OR REPLACE TRIGGER: install drops the old triggers first
+        assert dialect.replace_needs_drop() is (not dialect.is_mariadb)
+
+
+def test_sqlite_triggers_render_one_statement_each():
+    dialect, source, names, event, create, drop = rendered("sqlite")
+    table = hand_quoted(dialect, HOSTILE_TABLE)
+    q = [hand_quoted(dialect, k) for k in HOSTILE_KEYS]
+    insert = f"INSERT INTO {names.event_table} (pdr_op, pdr_k0, pdr_k1, pdr_k2) SELECT "
+    changed = " OR ".join(f"OLD.{k} IS NOT NEW.{k}" for k in q)
+    assert create == [
+        f"CREATE TRIGGER {names.insert_trigger} AFTER INSERT ON {table} BEGIN "
+        f"{insert}'I', {', '.join('NEW.' + k for k in q)}; END",
+        f"CREATE TRIGGER {names.update_trigger} AFTER UPDATE ON {table} BEGIN "
+        f"{insert}'D', {', '.join('OLD.' + k for k in q)} WHERE {changed}; "
+        f"{insert}'U', {', '.join('NEW.' + k for k in q)}; END",
+        f"CREATE TRIGGER {names.delete_trigger} AFTER DELETE ON {table} BEGIN "
+        f"{insert}'D', {', '.join('OLD.' + k for k in q)}; END",
+    ]
+    for statement in create:
+        assert sqlite3.complete_statement(statement + ";")
+    assert drop == [f"DROP TRIGGER IF EXISTS {t}" for t in names.triggers]
+
+
+def test_sqlite_trigger_in_an_attached_schema_is_named_by_schema_not_by_table():
+    dialect = lite()
+    source = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), schema="aux db")
+    names = dialect.capture_names("aux db", "t")
+    event = dialect.event_table(sa.MetaData(), "aux db", names, [source.c.id])
+    create = dialect.create_trigger_statements(source, event, names, ["id"])
+    # SQLite: CREATE TRIGGER schema.name ... ON table (a qualified table is a syntax error)
+    assert create[0].startswith(f'CREATE TRIGGER "aux db".{names.insert_trigger} AFTER INSERT ON t BEGIN ')
+    assert f"INSERT INTO {names.event_table} " in create[0]  # unqualified inside the body
+    assert dialect.drop_trigger_statements(source, names)[0] == \
+        f'DROP TRIGGER IF EXISTS "aux db".{names.insert_trigger}'
+
+
+# -- executing the SQLite capture SQL (in memory) ------------------------------------
+
+def sqlite_engine():
+    return sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+
+
+@pytest.mark.parametrize("schema", [None, "aux db"])
+def test_sqlite_capture_records_the_right_events_for_hostile_names(schema):
+    dialect = lite()
+    engine = sqlite_engine()
+    metadata = sa.MetaData()
+    source = sa.Table(
+        HOSTILE_TABLE, metadata,
+        sa.Column(HOSTILE_KEYS[0], sa.Integer, primary_key=True),
+        sa.Column(HOSTILE_KEYS[1], sa.String(20), primary_key=True),
+        sa.Column(HOSTILE_KEYS[2], sa.String(20), primary_key=True),
+        sa.Column("Value 100%", sa.Integer),
+        schema=schema,
+    )
+    names = dialect.capture_names(schema, source.name)
+    event = dialect.event_table(metadata, schema, names, list(source.primary_key.columns))
+    k0, k1, k2 = (source.c[k] for k in HOSTILE_KEYS)
+    value = source.c["Value 100%"]
+    with engine.connect() as conn:
+        if schema:
+            conn.exec_driver_sql(f"ATTACH DATABASE ':memory:' AS \"{schema}\"")
+        metadata.create_all(conn)
+        for statement in dialect.create_trigger_statements(source, event, names, HOSTILE_KEYS):
+            conn.exec_driver_sql(statement)  # sqlite3 refuses more than one statement per call
+        existing = {r[0] for r in conn.execute(dialect.existing_triggers_query(schema, source.name, names))}
+        assert existing == set(names.triggers)
+
+        conn.execute(source.insert(), [{k0.name: 1, k1.name: "a", k2.name: "Straße", value.name: 0},
+                                       {k0.name: 2, k1.name: "b", k2.name: "日本", value.name: 0}])
+        conn.execute(source.update().where(k0 == 1).values({value.name: 5}))      # key unchanged
+        conn.execute(source.update().where(k0 == 2).values({k2.name: "日本語"}))  # key changed
+        conn.execute(source.update().where(k0 == 1).values({k2.name: "Straße"}))  # same value: unchanged
+        conn.execute(source.delete().where(k0 == 1))
+        query = sa.select(event.c.pdr_op, event.c.pdr_k0, event.c.pdr_k1, event.c.pdr_k2)
+        got = [tuple(r) for r in conn.execute(query.order_by(event.c.pdr_id))]
+        assert got == [
+            ("I", 1, "a", "Straße"), ("I", 2, "b", "日本"),
+            ("U", 1, "a", "Straße"),
+            ("D", 2, "b", "日本"), ("U", 2, "b", "日本語"),
+            ("U", 1, "a", "Straße"),
+            ("D", 1, "a", "Straße"),
+        ]
+
+        for statement in dialect.drop_trigger_statements(source, names):
+            conn.exec_driver_sql(statement)
+        assert list(conn.execute(dialect.existing_triggers_query(schema, source.name, names))) == []
+        conn.execute(source.insert(), [{k0.name: 3, k1.name: "c", k2.name: "x", value.name: 0}])
+        assert conn.execute(sa.select(sa.func.count()).select_from(event)).scalar() == 7
+
+
+# -- event table ---------------------------------------------------------------------
+
+def test_event_table_ddl_per_engine():
+    key = sa.Table("src", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                   sa.Column("code", sa.String(12), primary_key=True))
+    for dialect, expected in (
+        (pg(), ["pdr_id BIGSERIAL NOT NULL", "pdr_op VARCHAR(1) NOT NULL", "pdr_txid BIGINT",
+                "pdr_k0 BIGINT", "pdr_k1 VARCHAR(12)", "PRIMARY KEY (pdr_id)"]),
+        (my(), ["pdr_id BIGINT NOT NULL AUTO_INCREMENT", "pdr_k0 BIGINT", "pdr_k1 VARCHAR(12)",
+                "ENGINE=InnoDB", "CHARSET=utf8mb4"]),
+        (lite(), ["pdr_id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT", "pdr_k0 BIGINT",
+                  "pdr_k1 VARCHAR(12)"]),
+    ):
+        names = dialect.capture_names(None, "src")
+        event = dialect.event_table(sa.MetaData(), None, names, [key.c.id, key.c.code])
+        ddl = str(sa.schema.CreateTable(event).compile(dialect=dialect.sa))
+        assert event.name == names.event_table
+        for fragment in expected:
+            assert fragment in ddl, (fragment, ddl)
+    assert [event_key_name(i) for i in range(3)] == ["pdr_k0", "pdr_k1", "pdr_k2"]
+
+
+# -- upsert ---------------------------------------------------------------------------
+
+def upsert_table():
+    return sa.Table("Order Lines", sa.MetaData(), sa.Column("select", sa.Integer, primary_key=True),
+                    sa.Column("Order", sa.String(5), primary_key=True), sa.Column("v 50%", sa.Text),
+                    sa.Column("w", sa.Text))
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "sqlite"])
+def test_upsert_on_conflict(engine):
+    dialect = ALL[engine]()
+    table = upsert_table()
+    v = hand_quoted(dialect, "v 50%")
+    sql = str(dialect.upsert(table, ["select", "Order"], ["v 50%", "w"]).compile(dialect=dialect.sa))
+    assert sql.endswith(f'ON CONFLICT ("select", "Order") DO UPDATE SET {v} = excluded.{v}, w = excluded.w')
+    assert sql.startswith(f'INSERT INTO "Order Lines" ("select", "Order", {v}, w) VALUES ')
+    nothing = str(dialect.upsert(table, ["select", "Order"], []).compile(dialect=dialect.sa))
+    assert nothing.endswith('ON CONFLICT ("select", "Order") DO NOTHING')
+
+
+@pytest.mark.parametrize("engine", ["mysql", "mariadb"])
+def test_upsert_on_duplicate_key(engine):
+    dialect = ALL[engine]()
+    table = upsert_table()
+    sql = str(dialect.upsert(table, ["select", "Order"], ["v 50%", "w"]).compile(dialect=dialect.sa))
+    pattern = r"ON DUPLICATE KEY UPDATE `v 50%%` = values\(`v 50%%`\), w = values\(w\)$"
+    assert re.search(pattern, sql, re.I), sql
+    nothing = str(dialect.upsert(table, ["select", "Order"], []).compile(dialect=dialect.sa))
+    # no value columns: a no-op assignment of a key column to itself (the row is kept)
+    match = re.search(r"ON DUPLICATE KEY UPDATE (`\w+`) = values\((`\w+`)\)$", nothing, re.I)
+    assert match and match.group(1) == match.group(2) and match.group(1) in ("`select`", "`Order`"), nothing
+
+
+def test_sqlite_upsert_updates_and_do_nothing_keeps_rows():
+    dialect = lite()
+    table = upsert_table()
+    engine = sqlite_engine()
+    with engine.begin() as conn:
+        table.create(conn)
+        rows = [{"select": 1, "Order": "a", "v 50%": "one", "w": "x"},
+                {"select": 2, "Order": "b", "v 50%": "two", "w": "y"}]
+        conn.execute(dialect.upsert(table, ["select", "Order"], ["v 50%", "w"]), rows)
+        conn.execute(dialect.upsert(table, ["select", "Order"], ["v 50%", "w"]),
+                     [{"select": 1, "Order": "a", "v 50%": "ONE", "w": "X"}])
+        conn.execute(dialect.upsert(table, ["select", "Order"], []),
+                     [{"select": 2, "Order": "b", "v 50%": "ignored", "w": "ignored"},
+                      {"select": 3, "Order": "c", "v 50%": "three", "w": "z"}])
+        got = [tuple(r) for r in conn.execute(sa.select(table).order_by(table.c["select"]))]
+    assert got == [(1, "a", "ONE", "X"), (2, "b", "two", "y"), (3, "c", "three", "z")]
+
+
+# -- key_filter / key_after ------------------------------------------------------------
+
+def key_table():
+    return sa.Table("t", sa.MetaData(), sa.Column("a", sa.Integer, primary_key=True),
+                    sa.Column("Order", sa.String(5), primary_key=True), sa.Column("v", sa.Integer))
+
+
+def literal(expr, dialect):
+    return str(expr.compile(dialect=dialect.sa, compile_kwargs={"literal_binds": True}))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_key_filter_renders(engine):
+    dialect = ALL[engine]()
+    t = key_table()
+    q = hand_quoted(dialect, "Order")
+    assert literal(dialect.key_filter([t.c.a], [(1,), (2,)]), dialect) == "t.a IN (1, 2)"
+    composite = literal(dialect.key_filter([t.c.a, t.c.Order], [(1, "x"), (2, "it's")]), dialect)
+    values = "(1, 'x'), (2, 'it''s')"
+    if engine == "sqlite":
+        assert composite == f"(t.a, t.{q}) IN (VALUES {values})"
+    else:
+        assert composite == f"(t.a, t.{q}) IN ({values})"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_key_after_renders(engine):
+    dialect = ALL[engine]()
+    t = key_table()
+    q = hand_quoted(dialect, "Order")
+    assert literal(dialect.key_after([t.c.a], (5,)), dialect) == "t.a > 5"
+    assert literal(dialect.key_after([t.c.a, t.c.Order], (5, "m")), dialect) == \
+        f"t.a > 5 OR t.a = 5 AND t.{q} > 'm'"
+    three = sa.Table("t3", sa.MetaData(), *[sa.Column(c, sa.Integer, primary_key=True) for c in "xyz"])
+    assert literal(dialect.key_after(list(three.c), (1, 2, 3)), dialect) == \
+        "t3.x > 1 OR t3.x = 1 AND t3.y > 2 OR t3.x = 1 AND t3.y = 2 AND t3.z > 3"
+
+
+def test_key_filter_and_key_after_select_the_right_rows_on_sqlite():
+    dialect = lite()
+    t = key_table()
+    keys = [(a, o) for a in (1, 2, 3) for o in ("a", "b", "c")]
+    engine = sqlite_engine()
+    with engine.begin() as conn:
+        t.create(conn)
+        conn.execute(t.insert(), [{"a": a, "Order": o, "v": 0} for a, o in keys])
+        columns = [t.c.a, t.c.Order]
+
+        def select(where):
+            return [tuple(r) for r in conn.execute(sa.select(*columns).where(where).order_by(*columns))]
+
+        assert select(dialect.key_filter([t.c.a], [(2,), (9,)])) == [(2, "a"), (2, "b"), (2, "c")]
+        assert select(dialect.key_filter(columns, [(1, "c"), (3, "a"), (9, "z")])) == [(1, "c"), (3, "a")]
+        for after in keys:
+            assert select(dialect.key_after(columns, after)) == [k for k in keys if k > after]
+        assert select(dialect.key_after([t.c.a], (2,))) == [k for k in keys if k[0] > 2]
+
+
+# -- types --------------------------------------------------------------------------
+
+#: (generic type, is_key) -> compiled destination type per engine
+TYPE_CASES = [
+    (sa.Integer(), False, "INTEGER", "INTEGER", "INTEGER"),
+    (sa.Integer(), True, "INTEGER", "INTEGER", "INTEGER"),
+    (sa.SmallInteger(), False, "SMALLINT", "SMALLINT", "SMALLINT"),
+    (sa.BigInteger(), False, "BIGINT", "BIGINT", "BIGINT"),
+    (sa.BigInteger(), True, "BIGINT", "BIGINT", "BIGINT"),
+    (sa.Numeric(12, 2), False, "NUMERIC(12, 2)", "DECIMAL(12, 2)", "NUMERIC(12, 2)"),
+    (sa.Numeric(12, 2), True, "NUMERIC(12, 2)", "DECIMAL(12, 2)", "NUMERIC(12, 2)"),
+    (sa.Numeric(), False, "NUMERIC", "DECIMAL(65, 30)", "NUMERIC"),
+    (sa.Numeric(70, 40), False, "NUMERIC(70, 40)", "DECIMAL(65, 30)", "NUMERIC(70, 40)"),
+    (sa.Float(), False, "DOUBLE PRECISION", "DOUBLE", "FLOAT"),
+    (sa.Float(precision=10), False, "REAL", "FLOAT", "FLOAT"),
+    (sa.Double(), False, "DOUBLE PRECISION", "DOUBLE", "DOUBLE"),
+    (sa.Double(), True, "DOUBLE PRECISION", "DOUBLE", "DOUBLE"),
+    (sa.Boolean(), False, "BOOLEAN", "BOOL", "BOOLEAN"),
+    (sa.Boolean(), True, "BOOLEAN", "BOOL", "BOOLEAN"),
+    (sa.String(50), False, "VARCHAR(50)", "VARCHAR(50)", "VARCHAR(50)"),
+    (sa.String(50), True, "VARCHAR(50)", "VARCHAR(50)", "VARCHAR(50)"),
+    (sa.String(2000), True, "VARCHAR(2000)", "VARCHAR(768)", "VARCHAR(2000)"),
+    (sa.String(20000), False, "VARCHAR(20000)", "LONGTEXT", "VARCHAR(20000)"),
+    (sa.String(), False, "TEXT", "LONGTEXT", "VARCHAR"),
+    (sa.String(), True, "TEXT", "VARCHAR(255)", "VARCHAR"),
+    (sa.Text(), False, "TEXT", "LONGTEXT", "TEXT"),
+    (sa.Text(), True, "TEXT", "VARCHAR(255)", "TEXT"),
+    (sa.Date(), False, "DATE", "DATE", "DATE"),
+    (sa.Date(), True, "DATE", "DATE", "DATE"),
+    (sa.Time(), False, "TIME(6) WITHOUT TIME ZONE", "TIME(6)", "TIME"),
+    (sa.DateTime(), False, "TIMESTAMP(6) WITHOUT TIME ZONE", "DATETIME(6)", "DATETIME"),
+    (sa.DateTime(), True, "TIMESTAMP(6) WITHOUT TIME ZONE", "DATETIME(6)", "DATETIME"),
+    (sa.DateTime(timezone=True), False, "TIMESTAMP(6) WITH TIME ZONE", "DATETIME(6)", "DATETIME"),
+    (sa.DateTime(timezone=True), True, "TIMESTAMP(6) WITH TIME ZONE", "DATETIME(6)", "DATETIME"),
+    (sa.JSON(), False, "JSONB", "JSON", "JSON"),
+    (sa.LargeBinary(), False, "BYTEA", "LONGBLOB", "BLOB"),
+    (sa.LargeBinary(), True, "BYTEA", "VARBINARY(255)", "BLOB"),
+    (sa.Uuid(), False, "UUID", "CHAR(36)", "CHAR(36)"),
+    (sa.Uuid(), True, "UUID", "CHAR(36)", "CHAR(36)"),
+    (sa.Enum("a", "b"), False, "TEXT", "VARCHAR(255)", "TEXT"),
+    (sa.Interval(), False, "INTERVAL", "LONGTEXT", "TEXT"),
+]
+
+
+@pytest.mark.parametrize("generic,is_key,pg_type,mysql_type,sqlite_type", TYPE_CASES,
+                         ids=[f"{type(c[0]).__name__}-{'key' if c[1] else 'value'}-{i}"
+                              for i, c in enumerate(TYPE_CASES)])
+def test_destination_type(generic, is_key, pg_type, mysql_type, sqlite_type):
+    for dialect, want in ((pg(), pg_type), (my(), mysql_type), (my(mariadb=True), mysql_type),
+                          (lite(), sqlite_type)):
+        got = dialect.destination_type(generic, is_key=is_key).compile(dialect=dialect.sa)
+        assert got == want, (type(dialect).__name__, generic, is_key, got)
+
+
+@pytest.mark.parametrize("length", [None, 1, 255, 768, 769, 5000, 100000])
+def test_mysql_string_keys_fit_an_index(length):
+    # InnoDB indexes at most 3072 bytes: 768 utf8mb4 characters
+    for generic in (sa.String(length), sa.Unicode(length), sa.Text(length)):
+        type_ = my().destination_type(generic, is_key=True)
+        assert isinstance(type_, mysql.VARCHAR) and 1 <= type_.length <= 768
+        if length and length <= 768:
+            assert type_.length == length
+
+
+def test_generic_types_of_reflected_source_types():
+    cases = [
+        (pg(), postgresql.JSONB(), sa.JSON), (pg(), postgresql.UUID(), sa.Uuid),
+        (pg(), postgresql.BYTEA(), sa.LargeBinary), (pg(), postgresql.DOUBLE_PRECISION(53), sa.Double),
+        (my(), mysql.TINYINT(display_width=1), sa.SmallInteger), (my(), mysql.YEAR(), sa.SmallInteger),
+        (my(), mysql.LONGTEXT(), sa.Text), (my(), mysql.MEDIUMTEXT(), sa.Text),
+        (my(), mysql.SET("a", "b"), sa.String), (my(), mysql.ENUM("a", "b"), sa.String),
+        (my(), mysql.BIT(8), sa.BigInteger), (my(), mysql.DATETIME(fsp=6), sa.DateTime),
+        (my(), mysql.LONGBLOB(), sa.LargeBinary), (my(), mysql.JSON(), sa.JSON),
+        (lite(), sa.types.NullType(), sa.Text), (lite(), sqlite.DATETIME(), sa.DateTime),
+        (lite(), sa.Uuid(), sa.Uuid),
+    ]
+    for dialect, source, want in cases:
+        assert isinstance(dialect.generic_type(source), want), (dialect, source)
+    assert pg().generic_type(postgresql.TIMESTAMP(timezone=True)).timezone is True
+    assert my().generic_type(mysql.SET("a", "b")).length == 255
+
+
+#: The ``types`` table of tests/test_types.py as SQLAlchemy reflects it from each
+#: engine (MariaDB JSON after refine_reflected; SQLite "uuid" after refine_reflected).
+REFLECTED = {
+    "postgresql": dict(
+        id=postgresql.INTEGER(), i=postgresql.INTEGER(), bi=postgresql.BIGINT(), n=postgresql.NUMERIC(12, 2),
+        f=postgresql.DOUBLE_PRECISION(53), b=postgresql.BOOLEAN(), vc=postgresql.VARCHAR(50),
+        t=postgresql.TEXT(), d=postgresql.DATE(), tm=postgresql.TIME(), ts=postgresql.TIMESTAMP(),
+        tstz=postgresql.TIMESTAMP(timezone=True), j=postgresql.JSONB(), by=postgresql.BYTEA(),
+        u=postgresql.UUID()),
+    "mysql": dict(
+        id=mysql.INTEGER(display_width=11), i=mysql.INTEGER(display_width=11),
+        bi=mysql.BIGINT(display_width=20), n=mysql.DECIMAL(12, 2), f=mysql.DOUBLE(),
+        b=mysql.TINYINT(display_width=1), vc=mysql.VARCHAR(50), t=mysql.LONGTEXT(), d=mysql.DATE(),
+        tm=mysql.TIME(fsp=6), ts=mysql.DATETIME(fsp=6), tstz=mysql.DATETIME(fsp=6), j=sa.JSON(),
+        by=mysql.LONGBLOB(), u=sa.UUID()),
+    "sqlite": dict(
+        id=sqlite.INTEGER(), i=sqlite.INTEGER(), bi=sa.BIGINT(), n=sqlite.NUMERIC(12, 2), f=sa.DOUBLE(),
+        b=sqlite.BOOLEAN(), vc=sqlite.VARCHAR(50), t=sqlite.TEXT(), d=sqlite.DATE(), tm=sqlite.TIME(),
+        ts=sqlite.DATETIME(), tstz=sqlite.DATETIME(), j=sqlite.JSON(), by=sa.BLOB(), u=sa.Uuid()),
+}
+# Column types PDR creates, per source engine -> destination engine (docs/dialects.md, "Type matrix").
+_INTS = dict(id="INTEGER", i="INTEGER", bi="BIGINT", d="DATE", vc="VARCHAR(50)")
+_TO_PG = dict(_INTS, n="NUMERIC(12, 2)", f="DOUBLE PRECISION", b="BOOLEAN", t="TEXT",
+              tm="TIME(6) WITHOUT TIME ZONE", ts="TIMESTAMP(6) WITHOUT TIME ZONE",
+              tstz="TIMESTAMP(6) WITHOUT TIME ZONE", j="JSONB", by="BYTEA", u="UUID")
+_TO_MY = dict(_INTS, n="DECIMAL(12, 2)", f="DOUBLE", b="BOOL", t="LONGTEXT", tm="TIME(6)", ts="DATETIME(6)",
+              tstz="DATETIME(6)", j="JSON", by="LONGBLOB", u="CHAR(36)")
+_TO_LITE = dict(_INTS, n="NUMERIC(12, 2)", f="DOUBLE", b="BOOLEAN", t="TEXT", tm="TIME", ts="DATETIME",
+                tstz="DATETIME", j="JSON", by="BLOB", u="CHAR(36)")
+CREATED = {
+    ("postgresql", "mysql"): _TO_MY,
+    ("postgresql", "sqlite"): _TO_LITE,
+    ("mysql", "postgresql"): dict(_TO_PG, b="SMALLINT"),  # TINYINT(1) is an integer
+    ("mysql", "sqlite"): dict(_TO_LITE, b="SMALLINT"),
+    ("sqlite", "postgresql"): _TO_PG,
+    ("sqlite", "mysql"): _TO_MY,
+}
+SA_DIALECT = {"postgresql": pg, "mysql": my, "sqlite": lite}
+
+
+@pytest.mark.parametrize("src,dst", sorted(CREATED))
+def test_type_matrix_across_engines(src, dst):
+    source = sa.Table("types", sa.MetaData(), *[
+        sa.Column(name, type_, primary_key=(name == "id")) for name, type_ in REFLECTED[src].items()])
+    src_dialect, dst_dialect = SA_DIALECT[src](), SA_DIALECT[dst]()
+    table = destination_table(source, src_dialect, dst_dialect, None, "types_copy")
+    got = {c.name: str(c.type.compile(dialect=dst_dialect.sa)) for c in table.columns}
+    assert got == CREATED[(src, dst)]
+    assert [c.name for c in table.primary_key.columns] == ["id"]
+    assert not table.c.id.nullable and table.c.i.nullable and table.c.id.autoincrement is False
+
+
+@pytest.mark.parametrize("kind", sorted(SA_DIALECT))
+def test_same_engine_copies_keep_the_reflected_type(kind):
+    source = sa.Table("types", sa.MetaData(), *[
+        sa.Column(name, type_, primary_key=(name == "id")) for name, type_ in REFLECTED[kind].items()])
+    table = destination_table(source, SA_DIALECT[kind](), SA_DIALECT[kind](), None, "types_copy",
+                              columns=["id", "b", "tstz", "j"])
+    assert [c.name for c in table.columns] == ["id", "b", "tstz", "j"]
+    for column in table.columns:
+        assert column.type is source.c[column.name].type
+
+
+def test_mysql_destination_tables_use_utf8mb4_bin():
+    source = sa.Table("t", sa.MetaData(), sa.Column("k", sa.Text, primary_key=True))
+    table = destination_table(source, pg(), my(), None, "t_copy")
+    ddl = str(sa.schema.CreateTable(table).compile(dialect=my().sa))
+    assert "k VARCHAR(255) NOT NULL" in ddl
+    assert "ENGINE=InnoDB" in ddl and "CHARSET=utf8mb4" in ddl and "COLLATE utf8mb4_bin" in ddl
+    assert pg().table_kwargs() == {} and lite().table_kwargs() == {}
+
+
+# -- coerce ---------------------------------------------------------------------------
+
+def convert(type_, value):
+    func = coerce.converter_for(type_)
+    assert func is not None, type_
+    return func(value)
+
+
+def test_coerce_datetimes():
+    aware = dt.datetime(2024, 5, 6, 7, 8, 9, 654321, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    naive_utc = dt.datetime(2024, 5, 6, 5, 8, 9, 654321)
+    for type_ in (sa.DateTime(), mysql.DATETIME(fsp=6), sqlite.DATETIME(), postgresql.TIMESTAMP()):
+        got = convert(type_, aware)
+        assert got == naive_utc and got.tzinfo is None
+        assert convert(type_, naive_utc) == naive_utc
+        assert convert(type_, "2024-05-06T07:08:09.654321+02:00") == naive_utc
+    for type_ in (sa.DateTime(timezone=True), postgresql.TIMESTAMP(timezone=True)):
+        got = convert(type_, naive_utc)
+        assert got == naive_utc.replace(tzinfo=UTC) and got.utcoffset() == dt.timedelta(0)
+        assert convert(type_, aware) == aware  # same instant, kept aware
+        assert convert(type_, "2024-05-06T05:08:09.654321").tzinfo == UTC
+
+
+def test_coerce_dates_and_times():
+    assert convert(sa.Date(), dt.datetime(2024, 2, 29, 23, 59)) == dt.date(2024, 2, 29)
+    assert type(convert(sa.Date(), dt.datetime(2024, 2, 29, 23, 59))) is dt.date
+    assert convert(sa.Date(), "2024-02-29") == dt.date(2024, 2, 29)
+    t = dt.time(13, 14, 15, 123456)
+    assert convert(sa.Time(), dt.timedelta(hours=13, minutes=14, seconds=15, microseconds=123456)) == t
+    assert convert(mysql.TIME(fsp=6), "13:14:15.123456") == t
+    got = convert(postgresql.TIME(), t.replace(tzinfo=UTC))
+    assert got == t and got.tzinfo is None
+
+
+def test_coerce_json():
+    for type_ in (sa.JSON(), postgresql.JSONB(), mysql.JSON(), sqlite.JSON()):
+        assert convert(type_, '{"b": 1, "a": [1, 2.5, null, "ü"]}') == {"b": 1, "a": [1, 2.5, None, "ü"]}
+        assert convert(type_, b"[]") == []
+        assert convert(type_, {"k": 1}) == {"k": 1}
+        assert convert(type_, "not json") == "not json"  # the destination rejects it loudly
+
+
+def test_coerce_text():
+    u = uuid.UUID(int=0x1234567812345678)
+    for type_ in (sa.String(36), sa.Text(), mysql.CHAR(36), mysql.LONGTEXT(), sa.CHAR(32)):
+        assert convert(type_, u) == "00000000-0000-0000-1234-567812345678"
+        assert json.loads(convert(type_, {"b": 1, "a": "ü"})) == {"b": 1, "a": "ü"}
+        assert "ü" in convert(type_, {"a": "ü"})  # not \u-escaped
+        assert convert(type_, b"caf\xc3\xa9") == "café"
+        assert convert(type_, dt.date(2024, 2, 29)) == "2024-02-29"
+        assert convert(type_, decimal.Decimal("1.50")) == "1.50"
+        assert convert(type_, "Ünïcødé ✓ 🍮") == "Ünïcødé ✓ 🍮"
+
+
+def test_coerce_uuid_bool_int_numeric_binary():
+    u = uuid.uuid4()
+    for type_ in (sa.Uuid(), postgresql.UUID()):
+        assert convert(type_, str(u)) == u
+        assert convert(type_, u.bytes) == u
+        assert convert(type_, u) == u
+    for type_ in (sa.Boolean(), postgresql.BOOLEAN(), sqlite.BOOLEAN()):
+        assert convert(type_, 1) is True and convert(type_, 0) is False
+        assert convert(type_, decimal.Decimal(1)) is True
+        assert convert(type_, True) is True
+    for type_ in (sa.Integer(), mysql.TINYINT(display_width=1), sa.SmallInteger()):
+        got = convert(type_, True)
+        assert got == 1 and type(got) is int
+        assert convert(type_, 7) == 7
+    for type_ in (sa.Numeric(12, 2), mysql.DECIMAL(12, 2)):
+        got = convert(type_, 0.1 + 0.2)
+        assert got == decimal.Decimal("0.30000000000000004") and isinstance(got, decimal.Decimal)
+        assert convert(type_, decimal.Decimal("-1234567890.12")) == decimal.Decimal("-1234567890.12")
+    assert coerce.converter_for(sa.Float()) is None and coerce.converter_for(sa.Double()) is None
+    for type_ in (sa.LargeBinary(), postgresql.BYTEA(), sa.BLOB()):
+        got = convert(type_, memoryview(b"\x00\xff"))
+        assert got == b"\x00\xff" and type(got) is bytes
+        assert convert(type_, "é") == "é".encode("utf-8")
+
+
+def test_row_converter_leaves_null_and_unlisted_columns():
+    table = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("ts", sa.DateTime()), sa.Column("u", sa.String(36)),
+                     sa.Column("f", sa.Float()))
+    row = {"id": True, "ts": None, "u": uuid.UUID(int=1), "f": 0.5}
+    out = coerce.row_converter(table, ["ts", "u", "f"])(row)
+    assert out == {"id": True, "ts": None, "u": "00000000-0000-0000-0000-000000000001", "f": 0.5}
+
+
+# -- visibility -----------------------------------------------------------------------
+
+def test_gap_and_position_json_round_trip():
+    position = Position(9, [Gap(3, 4, None, 1000.12345), Gap(7, 8, ["42", "43"], 5.0)])
+    data = json.loads(json.dumps(position.to_json()))
+    assert data == {"c": 9, "g": [[3, 4, None, 1000.123], [7, 8, ["42", "43"], 5.0]]}
+    assert Position.from_json(data) == Position(9, [Gap(3, 4, None, 1000.123), Gap(7, 8, ["42", "43"], 5.0)])
+    assert Position.from_json(None) == Position(0, []) == Position.from_json({})
+    assert position.horizon == 2
+    assert Position(9).horizon == 9
+    assert Position(9, [Gap(7, 8)]).horizon == 6
+
+
+def test_split_gap():
+    gap = Gap(3, 8, ["42"], 7.0)
+
+    def ranges(found):
+        parts = _split(gap, found)
+        assert all(p.waitset == ["42"] and p.seen_at == 7.0 for p in parts)
+        return [(p.lo, p.hi) for p in parts]
+
+    assert ranges([]) == [(3, 8)]
+    assert ranges([3]) == [(4, 8)]
+    assert ranges([8]) == [(3, 7)]
+    assert ranges([3, 8]) == [(4, 7)]
+    assert ranges([5]) == [(3, 4), (6, 8)]
+    assert ranges([4, 6]) == [(3, 3), (5, 5), (7, 8)]
+    assert ranges([3, 4, 5, 6, 7, 8]) == []
+    assert [(p.lo, p.hi) for p in _split(Gap(5, 5), [5])] == []
+
+
+class OpenTransactions(SQLiteDialect):
+    """SQLite with a scripted open-transaction set (as PostgreSQL or MySQL would report)."""
+
+    def __init__(self, open_ids=(), waitset_delay=0.0):
+        super().__init__(sqlite.dialect())
+        self.open_ids = list(open_ids)
+        self.waitset_delay = waitset_delay
+
+    def open_transactions_query(self):
+        if not self.open_ids:
+            return sa.text("SELECT '0' WHERE 0")
+        return sa.text(" UNION ALL ".join(f"SELECT '{int(x)}'" for x in self.open_ids))
+
+
+class EventSource:
+    """An in-memory SQLite event table for a two-column key, built by the dialect."""
+
+    def __init__(self, dialect):
+        self.engine = sqlite_engine()
+        self.conn = self.engine.connect()
+        source = sa.Table("orders", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                          sa.Column("code", sa.String(5), primary_key=True))
+        names = dialect.capture_names(None, "orders")
+        self.table = dialect.event_table(sa.MetaData(), None, names, [source.c.id, source.c.code])
+        self.table.create(self.conn)
+        self.conn.commit()
+        self.reader = EventReader(dialect, self.table, key_count=2)
+
+    def add(self, *ids):
+        self.conn.execute(self.table.insert(), [
+            {"pdr_id": i, "pdr_op": "U", "pdr_k0": i * 10, "pdr_k1": f"c{i}"} for i in ids])
+        self.conn.commit()
+
+    def read(self, position, limit=100, now=1000.0):
+        events, new = self.reader.read(self.conn, position, limit, now=now)
+        return [e.id for e in events], new, events
+
+
+def gap_ranges(position):
+    return [(g.lo, g.hi) for g in position.gaps]
+
+
+def test_event_reader_on_sqlite_reads_gaps_and_closes_them_next_read():
+    source = EventSource(lite())
+    source.add(1, 2, 5, 6, 9)
+    ids, position, events = source.read(Position())
+    assert ids == [1, 2, 5, 6, 9]
+    assert [(e.op, e.key) for e in events[:2]] == [("U", (10, "c1")), ("U", (20, "c2"))]
+    assert position.cursor == 9
+    assert gap_ranges(position) == [(3, 4), (7, 8)]
+    assert all(g.waitset is None and g.seen_at == 1000.0 for g in position.gaps)
+    assert position.horizon == 2
+
+    source.add(3)
+    ids, position, _ = source.read(position, now=1001.0)
+    assert ids == [3]
+    # one writer at a time: nothing can still fill 4, 7 or 8, so the gaps close now
+    assert position.cursor == 9 and position.gaps == []
+
+    source.add(10, 12)
+    ids, position, _ = source.read(position, now=1002.0)
+    assert ids == [10, 12] and position.cursor == 12 and gap_ranges(position) == [(11, 11)]
+    ids, position, _ = source.read(position, now=1003.0)
+    assert ids == [] and position == Position(12, [])
+
+
+def test_event_reader_keeps_gap_while_its_transaction_is_open():
+    dialect = OpenTransactions(open_ids=[42])
+    source = EventSource(dialect)
+    source.add(1, 2, 5, 6, 9)
+    ids, position, _ = source.read(Position(), now=1000.0)
+    assert ids == [1, 2, 5, 6, 9] and gap_ranges(position) == [(3, 4), (7, 8)]
+
+    # transaction 42 is open: the waitset is captured and the gaps stay
+    ids, position, _ = source.read(position, now=1001.0)
+    assert ids == [] and gap_ranges(position) == [(3, 4), (7, 8)]
+    assert [g.waitset for g in position.gaps] == [["42"], ["42"]]
+
+    # id 3 commits: returned at once, its gap shrinks; new ids after the cursor are read too
+    source.add(3, 10)
+    ids, position, _ = source.read(position, now=1002.0)
+    assert ids == [3, 10]
+    assert position.cursor == 10 and gap_ranges(position) == [(4, 4), (7, 8)]
+    assert [g.waitset for g in position.gaps] == [["42"], ["42"]]
+
+    # a transaction that began later (43) does not hold gaps seen while only 42 was open;
+    # 42 has ended, so a final read settles them: id 8 (committed meanwhile) is returned
+    dialect.open_ids = [43]
+    source.add(8)
+    ids, position, _ = source.read(position, now=1003.0)
+    assert ids == [8]
+    assert position == Position(10, [])
+
+
+def test_event_reader_drops_gap_after_final_read_when_no_transaction_is_open():
+    dialect = OpenTransactions(open_ids=[42])
+    source = EventSource(dialect)
+    source.add(1, 4)
+    _, position, _ = source.read(Position(), now=1000.0)
+    _, position, _ = source.read(position, now=1001.0)
+    assert gap_ranges(position) == [(2, 3)] and position.gaps[0].waitset == ["42"]
+    _, position, _ = source.read(position, now=1002.0)
+    assert gap_ranges(position) == [(2, 3)]  # still open: kept, however long it takes
+
+    dialect.open_ids = []
+    source.add(2)
+    ids, position, _ = source.read(position, now=1003.0)
+    assert ids == [2] and position == Position(4, [])
+
+
+def test_event_reader_waits_waitset_delay_before_settling_a_gap():
+    dialect = OpenTransactions(open_ids=[], waitset_delay=0.25)  # MySQL's INNODB_TRX cache delay
+    source = EventSource(dialect)
+    source.add(1, 3)
+    _, position, _ = source.read(Position(), now=1000.0)
+    assert gap_ranges(position) == [(2, 2)]
+    _, position, _ = source.read(position, now=1000.1)
+    assert gap_ranges(position) == [(2, 2)] and position.gaps[0].waitset is None
+    _, position, _ = source.read(position, now=1000.3)
+    assert position.gaps == []
+
+
+def test_event_reader_keeps_settled_gap_when_the_batch_is_full():
+    dialect = OpenTransactions(open_ids=[])
+    source = EventSource(dialect)
+    source.add(1, 5)
+    _, position, _ = source.read(Position(), now=1000.0)
+    assert gap_ranges(position) == [(2, 4)]
+    source.add(2, 3, 4)
+    ids, position, _ = source.read(position, limit=2, now=1001.0)
+    assert ids == [2, 3] and gap_ranges(position) == [(4, 4)]  # not all of the gap was read yet
+    assert source.reader.count_pending(source.conn, position) == 1
+    ids, position, _ = source.read(position, limit=2, now=1002.0)
+    assert ids == [4] and position == Position(5, [])
+
+
+def test_event_reader_start_position_and_pending_count():
+    source = EventSource(lite())
+    source.add(1, 2, 3, 7)
+    assert source.reader.start_position(2) == Position(2, [])
+    assert source.reader.count_pending(source.conn, Position(2, [])) == 2
+    assert source.reader.count_pending(source.conn, Position(7, [Gap(1, 2)])) == 2
+    ids, _, _ = source.read(source.reader.start_position(2))
+    assert ids == [3, 7]
+    assert lite().open_transactions_query() is None
+    assert "pg_snapshot_xip" in str(pg().open_transactions_query())
+    assert "INNODB_TRX" in str(my().open_transactions_query())
