@@ -79,7 +79,8 @@ class DatabaseAdmin(_PdrAdmin):
         if obj.last_check_ok is None:
             return format_html('<span class="pdr-muted">{}</span>', _("not checked"))
         if obj.last_check_ok:
-            return format_html('<span class="pdr-ok" title="{}">✔ {}</span>', obj.last_check_message, _("yes"))
+            return format_html('<span class="pdr-ok" title="{}">✔ {}</span>', obj.last_check_message,
+                               _("yes"))
         return format_html('<span class="pdr-bad" title="{}">✘ {}</span>', obj.last_check_message, _("no"))
 
     @admin.action(description=_("Test connection"))
@@ -129,9 +130,10 @@ class SourceTableAdmin(_PdrAdmin):
 
     @admin.display(description=_("reflections"))
     def reflection_list(self, obj):
+        reflections = obj.reflections.select_related("destination")
         return format_html_join(", ", '<a href="{}">{}</a>', (
             (reverse(f"{self.admin_site.name}:django_pdr_reflection_change", args=[r.pk]),
-             f"{r.destination.name}: {r.destination_table}") for r in obj.reflections.select_related("destination")
+             f"{r.destination.name}: {r.destination_table}") for r in reflections
         )) or "—"
 
     @admin.display(description=_("capture"))
@@ -254,14 +256,19 @@ class ReflectionAdmin(_PdrAdmin):
     list_select_related = ("source__database", "destination")
     actions = ["resync", "retry_dead_letters"]
     state_fields = ("state", "progress", "resync_requested", "last_applied_at", "pending", "lag",
-                    "events_applied", "rows_applied", "last_error", "last_error_at", "failures", "next_attempt_at")
+                    "events_applied", "rows_applied", "last_error", "last_error_at", "failures",
+                    "next_attempt_at")
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else []
 
     def get_fieldsets(self, request, obj=None):
         config = ["source", "destination", "destination_pick", "destination_schema", "destination_table",
                   "active", "mapping", "delete_policy", "batch_size"]
         if obj is None:
             return [(None, {"fields": config})]
-        return [(None, {"fields": config}), (_("State (written by pdr-reflect)"), {"fields": self.state_fields})]
+        return [(None, {"fields": config}),
+                (_("State (written by pdr-reflect)"), {"fields": self.state_fields})]
 
     def get_readonly_fields(self, request, obj=None):
         readonly = list(self.state_fields) if obj is not None else []
@@ -317,8 +324,8 @@ class ReflectionAdmin(_PdrAdmin):
                   permissions=["change"])
     def resync(self, request, queryset):
         count = views.request_resync(queryset)
-        messages.success(request, f"Resync requested for {count} reflection(s): pdr-reflect will reload them; "
-                                  f"progress shows here.")
+        messages.success(request, f"Resync requested for {count} reflection(s): pdr-reflect will reload "
+                                  f"them; progress shows here.")
 
     @admin.action(description=_("Retry dead-lettered rows"), permissions=["change"])
     def retry_dead_letters(self, request, queryset):

@@ -181,7 +181,8 @@ def resync_view(model_admin, request, object_id):
         return HttpResponseNotAllowed(["POST"])
     reflection = _reflection(model_admin, request, object_id, change=True)
     request_resync(Reflection.objects.filter(pk=reflection.pk))
-    messages.success(request, f"Initial load / resync of {reflection} requested: pdr-reflect will carry it out.")
+    messages.success(request, f"Initial load / resync of {reflection} requested: "
+                              f"pdr-reflect will carry it out.")
     return HttpResponseRedirect(_change_url(model_admin, reflection))
 
 
@@ -201,7 +202,8 @@ def request_resync(queryset) -> int:
 
 # -- Dashboard ----------------------------------------------------------------
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-WINDOWS = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7)}
+WINDOWS = {"15m": dt.timedelta(minutes=15), "1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24),
+           "7d": dt.timedelta(days=7)}
 
 
 def _nice_max(value: float) -> float:
@@ -214,10 +216,10 @@ def _nice_max(value: float) -> float:
     return value
 
 
-def svg_chart(series, *, title: str, unit: str, start, end, width: int = 560, height: int = 220) -> str:
+def svg_chart(series, *, title: str, unit: str, start, end, width: int = 420, height: int = 220) -> str:
     """An inline SVG line chart. ``series``: [(label, color, [(datetime, value or None)])]."""
     values = [v for _, _, points in series for _, v in points if v is not None]
-    left, right, top, bottom = 56, 12, 26, 28
+    left, right, top, bottom = 56, 24, 26, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     span = max((end - start).total_seconds(), 1.0)
     y_max = _nice_max(max(values) if values else 0.0)
@@ -307,7 +309,8 @@ def dashboard_view(model_admin, request):
         **model_admin.admin_site.each_context(request),
         "opts": Reflection._meta, "title": "Replication dashboard", "rows": rows, "window": window,
         "windows": list(WINDOWS), "now": now,
-        "lag_chart": svg_chart(lag_series, title="Lag (seconds behind)", unit="seconds", start=since, end=now),
+        "lag_chart": svg_chart(lag_series, title="Lag (seconds behind)", unit="seconds", start=since,
+                               end=now),
         "rate_chart": svg_chart(rate_series, title="Throughput (events per minute)", unit="events/min",
                                 start=since, end=now),
         "legend": [(label, color) for label, color, _ in lag_series],

@@ -126,7 +126,7 @@ def install(source_table, *, force: bool = False) -> str:
                     for statement in capture.create_triggers:
                         conn.exec_driver_sql(statement)
             except Exception as exc:
-                _compensate(conn, capture, drop_event_table=not had_events)
+                _compensate(conn, capture, keep_triggers=triggers, drop_event_table=not had_events)
                 hint = capture.dialect.explain_error(exc)
                 detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
                 raise CaptureError(
@@ -146,9 +146,11 @@ def install(source_table, *, force: bool = False) -> str:
     return INSTALLED
 
 
-def _compensate(conn, capture, *, drop_event_table: bool):
-    """Best-effort removal after a failed install (DDL is not transactional everywhere)."""
-    statements = list(capture.drop_triggers)
+def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool):
+    """Best-effort removal of what a failed install created (DDL is not transactional
+    everywhere); triggers that existed before the install are left alone."""
+    created = [t for t in capture.names.triggers if t not in keep_triggers]
+    statements = capture.dialect.drop_trigger_statements(capture.source, capture.names, triggers=created)
     if drop_event_table:
         statements.append(str(sa.schema.DropTable(capture.event, if_exists=True).compile(dialect=conn.dialect)))
     for statement in statements:

@@ -28,7 +28,6 @@ import tempfile
 import threading
 import time
 import unicodedata
-import warnings
 
 import sqlalchemy as sa
 
@@ -271,11 +270,11 @@ class Demo:
         self.thread = threading.Thread(target=target, name="pdr-worker", daemon=True)
         self.thread.start()
 
-    def stop_worker(self):
+    def stop_worker(self, timeout=30.0):
         if self.thread is None:
             return True
         self.stop.set()
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=timeout)
         stopped = not self.thread.is_alive()
         self.thread = None
         return stopped
@@ -486,8 +485,6 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="replace")  # a non-UTF-8 terminal gets '?' rather than a crash
         except (AttributeError, ValueError):
             pass
-    # SQLite has no decimal type; SQLAlchemy warns once about it (values here have 2 decimals).
-    warnings.filterwarnings("ignore", message=r".*does \*not\* support Decimal objects natively")
     configure_logging(args.verbose)
 
     directory, temporary = prepare_directory(args.dir)
@@ -552,7 +549,9 @@ def main(argv=None) -> int:
         problems.append(str(exc))
     finally:
         if demo is not None:
-            demo.stop_worker()
+            # after Ctrl-C, a write of ours cut short may still hold the source's lock, which the
+            # worker then waits for: give it a moment, then leave (the thread is a daemon)
+            demo.stop_worker(timeout=3.0 if interrupted else 30.0)
             for engine in [getattr(demo, "source", None), *getattr(demo, "dests", [])]:
                 if engine is not None:
                     engine.dispose()

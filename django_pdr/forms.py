@@ -11,9 +11,6 @@ from django_ace import AceWidget
 from .errors import PdrError
 from .models import Database, Reflection, SourceTable
 
-SERVER_FIELDS = ("host", "port", "username", "password")
-
-
 def mirror_mapping_json(column_names) -> str:
     """The JSON of the exact-mirror mapping (what an empty mapping means)."""
     return json.dumps({"columns": {c: c for c in column_names}}, indent=2, ensure_ascii=False)
@@ -28,6 +25,11 @@ def table_choices(database):
     except PdrError as exc:
         return [], str(exc)
     return [("", "---------")] + [(t.value, t.label) for t in tables], ""
+
+
+def _inner(widget):
+    """The widget itself, inside the admin's related-object wrapper."""
+    return getattr(widget, "widget", widget)
 
 
 def _database_from(form, field):
@@ -101,7 +103,7 @@ class SourceTableForm(forms.ModelForm):
         if "table" not in self.fields:  # the change page: everything is read-only
             return
         self.fields["table"].required = False
-        self.fields["database"].widget.attrs["data-pdr-database"] = "1"
+        _inner(self.fields["database"].widget).attrs["data-pdr-database"] = "1"
         database = _database_from(self, "database")
         if database is not None:
             choices, error = table_choices(database)
@@ -144,7 +146,7 @@ class SourceTableForm(forms.ModelForm):
 
 class ReflectionForm(forms.ModelForm):
     destination_pick = forms.CharField(
-        label=_("existing table"), required=False,
+        label=_("Existing table"), required=False,
         widget=forms.Select(attrs={"data-pdr-table-picker": "destination"}),
         help_text=_("Pick an existing table of the destination, or type a new table name below: "
                     "pdr-reflect creates a missing table."))
@@ -162,7 +164,7 @@ class ReflectionForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if "destination" in self.fields:
-            self.fields["destination"].widget.attrs["data-pdr-database"] = "1"
+            _inner(self.fields["destination"].widget).attrs["data-pdr-database"] = "1"
         if "destination_table" not in self.fields:  # read-only page
             return
         self.fields["destination_table"].required = False
@@ -179,13 +181,15 @@ class ReflectionForm(forms.ModelForm):
             if source is not None and source.columns:
                 default = mirror_mapping_json([c["name"] for c in source.columns])
                 self.fields["mapping"].help_text = _(
-                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. Empty means an exact "
+                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. "
+                    "Empty means an exact "
                     "mirror of every source column, i.e. %s") % " ".join(default.split())
                 if not self.is_bound and not self.instance.pk and not self.initial.get("mapping"):
                     self.initial["mapping"] = default
             else:
                 self.fields["mapping"].help_text = _(
-                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. Empty means an exact "
+                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. "
+                    "Empty means an exact "
                     "mirror of every source column.")
 
     def _source(self):
@@ -261,6 +265,6 @@ class ReflectionForm(forms.ModelForm):
             return  # a new table: pdr-reflect creates it with the mapped columns
         missing = [c for c in mapping.dest_columns if c not in existing]
         if missing:
-            self.add_error("mapping", _("The destination table %(table)s has no column(s) %(cols)s: add them, "
-                                        "or map the source columns to existing ones.")
+            self.add_error("mapping", _("The destination table %(table)s has no column(s) %(cols)s: "
+                                        "add them, or map the source columns to existing ones.")
                            % {"table": data["destination_table"], "cols": ", ".join(missing)})

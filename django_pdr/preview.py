@@ -63,7 +63,8 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
             source = reflect_table(src, st.schema or None, st.table, st.database.describe())
             key = [c.name for c in source.primary_key.columns]
             if not key:
-                raise NoPrimaryKey(f"Table {source.fullname!r} in {st.database.describe()} has no primary key.")
+                raise NoPrimaryKey(f"Table {source.fullname!r} in {st.database.describe()} "
+                                   f"has no primary key.")
             mapping = Mapping.from_reflection(reflection, [c.name for c in source.columns], key)
             src_dialect = get_dialect(src)
             query = sa.select(source).order_by(*[source.c[k] for k in key]).limit(limit)
@@ -82,15 +83,13 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
                 missing = [c for c in mapping.dest_columns if c not in dest.c]
                 if missing:
                     raise ConfigurationError(
-                        f"Destination table {dest.fullname!r} has no column(s) {', '.join(missing)}: add them, "
-                        f"or map the source columns to existing ones.")
+                        f"Destination table {dest.fullname!r} has no column(s) {', '.join(missing)}: "
+                        f"add them, or map the source columns to existing ones.")
                 target = dest
             else:
-                planned = destination_table(source, src_dialect, get_dialect(dst), schema,
-                                            reflection.destination_table,
-                                            columns=list(dict.fromkeys(mapping.columns.values())))
-                target = sa.Table(reflection.destination_table, sa.MetaData(),
-                                  *[sa.Column(d, planned.c[s].type) for d, s in mapping.columns.items()])
+                target = destination_table(source, src_dialect, get_dialect(dst), schema,
+                                           reflection.destination_table, columns=mapping.columns,
+                                           key=mapping.dest_key)
                 notes.append(f"The destination table does not exist yet: pdr-reflect will create it "
                              f"with the column types shown.")
             types = {c: _type_label(target.c[c].type, dst.dialect) for c in mapping.dest_columns}

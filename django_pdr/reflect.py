@@ -119,7 +119,8 @@ class ReflectionRunner:
         inspector = sa.inspect(dst)
         if not inspector.has_table(r.destination_table, schema=schema):
             table = destination_table(self.source, self.src_dialect, self.dst_dialect, schema,
-                                      r.destination_table, columns=list(self.mapping.columns.values()))
+                                      r.destination_table, columns=self.mapping.columns,
+                                      key=self.mapping.dest_key)
             with begin(dst):
                 table.create(dst)
             logger.info("%s: created destination table %s", r, table.fullname)
@@ -346,7 +347,8 @@ class ReflectionRunner:
         with _connect(self.source_table.database) as src, _connect(r.destination) as dst:
             self.prepare(src, dst)
             state = self.read_state(dst)
-            if state is None or r.resync_requested:
+            starting = state is None or r.resync_requested
+            if starting:
                 state = self.start_state()
                 if r.resync_requested:
                     type(r).objects.filter(pk=r.pk).update(resync_requested=False)
@@ -359,10 +361,15 @@ class ReflectionRunner:
                 self.held_keys = held_keys(r)
             while not stop():
                 if state["phase"] == LOAD:
-                    self._save_progress(status="loading", state=state)
+                    if starting:
+                        self._save_progress(status="loading", state=state)  # holds purging back
+                        starting = False
                     stored = self.read_state(dst)
+                    copied_before = state.get("loaded", 0)
                     state = self.load_chunk_once(src, dst, state, stored)
                     result.loaded = state.get("loaded", 0)
+                    self._save_progress(status="loading" if state["phase"] == LOAD else "running",
+                                        state=state, rows=result.loaded - copied_before)
                     logger.info("%s: initial load, %d rows copied", r, result.loaded)
                     continue
                 before = state

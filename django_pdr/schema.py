@@ -66,25 +66,29 @@ def discover_source(database, schema: str | None, table: str) -> SourceInfo:
 
 
 def destination_table(source_table: sa.Table, source_dialect, dest_dialect, schema: str | None,
-                      name: str, columns: list[str] | None = None) -> sa.Table:
-    """A new Table on ``dest_dialect`` with the source's columns, types mapped.
+                      name: str, columns: dict[str, str] | None = None, key: list[str] | None = None) -> sa.Table:
+    """A new Table on ``dest_dialect`` for source columns, types mapped.
 
+    ``columns`` maps destination column names to source column names (default:
+    every source column under its own name); ``key`` names the destination key.
     Same-engine copies keep the reflected type; across engines each column goes
     through the engine-neutral type (``docs/dialects.md`` lists every mapping).
     """
     same_engine = type(source_dialect) is type(dest_dialect)
-    keys = {c.name for c in source_table.primary_key.columns}
+    if columns is None:
+        columns = {c.name: c.name for c in source_table.columns}
+    if key is None:
+        key = [c.name for c in source_table.primary_key.columns]
     metadata = sa.MetaData()
     new_columns = []
-    for column in source_table.columns:
-        if columns is not None and column.name not in columns:
-            continue
-        is_key = column.name in keys
+    for dest_name, source_name in columns.items():
+        column = source_table.c[source_name]
+        is_key = dest_name in key
         if same_engine:
             type_ = column.type
         else:
             type_ = dest_dialect.destination_type(source_dialect.generic_type(column.type), is_key=is_key)
-        new_columns.append(sa.Column(column.name, type_, primary_key=is_key,
+        new_columns.append(sa.Column(dest_name, type_, primary_key=is_key,
                                      nullable=bool(column.nullable) and not is_key, autoincrement=False))
     return sa.Table(name, metadata, *new_columns, schema=schema or None, **dest_dialect.table_kwargs())
 

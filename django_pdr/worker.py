@@ -65,12 +65,33 @@ def due_reflections(ids=None):
     return list(query.order_by("id"))
 
 
+def _dead_local_owner(owner: str) -> bool:
+    """True when ``owner`` names a worker process of this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def acquire(reflection, owner: str) -> bool:
-    """Claim ``reflection`` for ``owner`` unless another live worker holds it."""
+    """Claim ``reflection`` for ``owner`` unless another live worker holds it.
+
+    A lease expires after LEASE_SECONDS without renewal; a lease whose holder was a
+    process of this host that has died (kill -9, OOM) is taken over at once."""
     now = timezone.now()
-    claimed = (Reflection.objects.filter(pk=reflection.pk)
-               .filter(Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__isnull=True)
-                       | Q(lease_expires_at__lt=now))
+    free = (Q(lease_owner="") | Q(lease_owner=owner) | Q(lease_expires_at__isnull=True)
+            | Q(lease_expires_at__lt=now))
+    holder = Reflection.objects.filter(pk=reflection.pk).values_list("lease_owner", flat=True).first()
+    if holder and holder != owner and _dead_local_owner(holder):
+        free |= Q(lease_owner=holder)
+    claimed = (Reflection.objects.filter(pk=reflection.pk).filter(free)
                .update(lease_owner=owner,
                        lease_expires_at=now + timezone.timedelta(seconds=float(conf.get("LEASE_SECONDS")))))
     return claimed == 1
@@ -94,7 +115,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
             if stop():
                 break
             if not acquire(reflection, owner):
-                logger.debug("reflection %s is held by another worker", reflection.pk)
+                logger.info("reflection %s is held by another worker; skipped", reflection.pk)
                 continue
             try:
                 outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
@@ -102,6 +123,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 logger.warning("%s", exc)
                 continue
             except Exception as exc:  # one reflection's failure must not stop the others
+                release(owner, [reflection.pk])
                 message = error_message(exc)
                 delay = backoff_seconds(reflection.failures)
                 logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
@@ -109,6 +131,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 reflection.record_error(message, delay)
                 result.failed.append((reflection, message))
                 continue
+            if outcome.caught_up:
+                release(owner, [reflection.pk])  # idle: let any worker take it next time
             result.ok.append(reflection)
             result.events += outcome.events
             result.rows += outcome.rows

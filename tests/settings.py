@@ -1,6 +1,7 @@
 """Settings for the test suite.  The Django database is SQLite unless
 PDR_TEST_DJANGO_DB=postgresql|mysql picks one of the live test servers."""
 import os
+import tempfile
 
 SECRET_KEY = "django-pdr-tests-not-secret"
 PGCRYPTO_DEFAULT_KEY = "django-pdr-tests-credential-key"
@@ -48,12 +49,18 @@ if _django_db == "postgresql":
         "NAME": os.environ["PDR_TEST_PG_DB"],
     }}
 else:
+    # A file, not memory, so that worker subprocesses started by tests share it.
     DATABASES = {"default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("PDR_TEST_SQLITE_PATH", os.path.join(os.path.dirname(__file__), "..",
                                                                      ".pdr-test-django.sqlite3")),
-        "TEST": {"NAME": os.environ.get("PDR_TEST_SQLITE_TEST_PATH") or None},
+        "OPTIONS": {"timeout": 60},
+        # one file per test session (several sessions may run at once)
+        "TEST": {"NAME": os.environ.get("PDR_TEST_SQLITE_TEST_PATH")
+                 or os.path.join(tempfile.gettempdir(), f"pdr-test-django-{os.getpid()}.sqlite3")},
     }}
+
+PDR = {"LEASE_SECONDS": int(os.environ.get("PDR_TEST_LEASE_SECONDS", "30"))}
 
 LOGGING = {
     "version": 1,

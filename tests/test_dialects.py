@@ -751,7 +751,7 @@ def test_same_engine_copies_keep_the_reflected_type(kind):
     source = sa.Table("types", sa.MetaData(), *[
         sa.Column(name, type_, primary_key=(name == "id")) for name, type_ in REFLECTED[kind].items()])
     table = destination_table(source, SA_DIALECT[kind](), SA_DIALECT[kind](), None, "types_copy",
-                              columns=["id", "b", "tstz", "j"])
+                              columns={"id": "id", "b": "b", "tstz": "tstz", "j": "j"})
     assert [c.name for c in table.columns] == ["id", "b", "tstz", "j"]
     for column in table.columns:
         assert column.type is source.c[column.name].type

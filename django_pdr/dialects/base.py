@@ -171,7 +171,8 @@ class Dialect:
         """True when an existing trigger must be dropped before it is created again."""
         return False
 
-    def drop_trigger_statements(self, source: sa.Table, names: CaptureNames) -> list[str]:
+    def drop_trigger_statements(self, source: sa.Table, names: CaptureNames, triggers=None) -> list[str]:
+        """DROP statements for our triggers (only those named in ``triggers`` when given)."""
         raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
 
     def existing_triggers_query(self, schema, table_name: str, names: CaptureNames):

@@ -81,8 +81,9 @@ class MySQLDialect(Dialect):
     def replace_needs_drop(self):
         return not self.is_mariadb  # MySQL 8 has no CREATE OR REPLACE TRIGGER
 
-    def drop_trigger_statements(self, source, names):
-        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in names.triggers]
+    def drop_trigger_statements(self, source, names, triggers=None):
+        chosen = names.triggers if triggers is None else [t for t in names.triggers if t in triggers]
+        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in chosen]
 
     def existing_triggers_query(self, schema, table_name, names):
         return sa.text(

@@ -73,10 +73,12 @@ END
             )
         return statements
 
-    def drop_trigger_statements(self, source, names):
+    def drop_trigger_statements(self, source, names, triggers=None):
         table = self.qualified(source.schema, source.name)
-        statements = [f"DROP TRIGGER IF EXISTS {self.quote(t)} ON {table}" for t in names.triggers]
-        statements.append(f"DROP FUNCTION IF EXISTS {self.qualified(source.schema, names.function)}()")
+        chosen = names.triggers if triggers is None else [t for t in names.triggers if t in triggers]
+        statements = [f"DROP TRIGGER IF EXISTS {self.quote(t)} ON {table}" for t in chosen]
+        if len(chosen) == len(names.triggers):
+            statements.append(f"DROP FUNCTION IF EXISTS {self.qualified(source.schema, names.function)}()")
         return statements
 
     def existing_triggers_query(self, schema, table_name, names):

@@ -57,8 +57,9 @@ class SQLiteDialect(Dialect):
     def replace_needs_drop(self):
         return True
 
-    def drop_trigger_statements(self, source, names):
-        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in names.triggers]
+    def drop_trigger_statements(self, source, names, triggers=None):
+        chosen = names.triggers if triggers is None else [t for t in names.triggers if t in triggers]
+        return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in chosen]
 
     def existing_triggers_query(self, schema, table_name, names):
         master = self.qualified(schema, "sqlite_master") if schema else "sqlite_master"

@@ -1,0 +1,94 @@
+"""Real worker processes for crash and multi-worker tests (also used by bench/crash.py)."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import sqlalchemy as sa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def django_env(django_db_path: str, **extra) -> dict:
+    env = dict(os.environ)
+    env.update({"PDR_TEST_SQLITE_PATH": django_db_path, "DJANGO_SETTINGS_MODULE": "tests.settings",
+                "PYTHONPATH": ROOT, "PDR_TEST_DJANGO_DB": "sqlite"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_worker(env, *args, log=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "django", "pdr-reflect", *args], env=env, cwd=ROOT,
+                                            stdout=log or subprocess.DEVNULL, stderr=log or subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def run_worker_once(env, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "django", "pdr-reflect", "-v", "0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class Writer(threading.Thread):
+    """Random inserts, updates, deletes and key changes on table ``t`` (id int key, v text, n int)."""
+
+    def __init__(self, engine, seed=1, first_id=1, batch=20, pause=0.0, max_ops=None):
+        super().__init__(daemon=True)
+        self.engine, self.random = engine, random.Random(seed)
+        self.next_id, self.batch, self.pause, self.max_ops = first_id, batch, pause, max_ops
+        self.stop_event = threading.Event()
+        self.ops = 0
+        self.error = None
+
+    def run(self):
+        t = sa.table("t", sa.column("id"), sa.column("v"), sa.column("n"))
+        try:
+            with self.engine.connect() as conn:
+                while not self.stop_event.is_set() and (self.max_ops is None or self.ops < self.max_ops):
+                    with conn.begin():
+                        for _ in range(self.batch):
+                            roll = self.random.random()
+                            if roll < 0.6 or self.next_id < 50:
+                                conn.execute(t.insert().values(id=self.next_id, v=f"v{self.next_id}", n=0))
+                                self.next_id += 1
+                            elif roll < 0.9:
+                                target = self.random.randrange(1, self.next_id)
+                                conn.execute(t.update().where(t.c.id == target)
+                                             .values(n=t.c.n + 1, v=f"u{self.ops}"))
+                            elif roll < 0.97:
+                                conn.execute(t.delete().where(t.c.id == self.random.randrange(1, self.next_id)))
+                            else:  # move a row to a new key
+                                conn.execute(t.update().where(t.c.id == self.random.randrange(1, self.next_id))
+                                             .values(id=self.next_id))
+                                self.next_id += 1
+                            self.ops += 1
+                    if self.pause:
+                        time.sleep(self.pause)
+        except Exception as exc:  # surfaced by the test
+            self.error = exc
+
+    def stop(self):
+        self.stop_event.set()
+        self.join(timeout=60)
+
+
+def kill_cycle(env, kills: int, rng: random.Random, min_run=0.2, max_run=1.5, log=None) -> int:
+    """Start the worker and SIGKILL it at random moments, ``kills`` times."""
+    done = 0
+    for _ in range(kills):
+        proc = start_worker(env, "-i", "0.05", log=log)
+        time.sleep(rng.uniform(min_run, max_run))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done += 1
+    return done
+
+
+def table_rows(engine, table="t", key="id"):
+    with engine.connect() as conn:
+        t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+        return [tuple(r) for r in conn.execute(sa.select(t.c.id, t.c.v, t.c.n).order_by(t.c[key]))]
