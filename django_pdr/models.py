@@ -152,6 +152,13 @@ class Reflection(models.Model):
     mapping = models.TextField(
         blank=True,
         help_text=_("JSON mapping of destination columns; empty means an exact mirror of all columns."))
+    statement = models.TextField(
+        blank=True,
+        help_text=_("Optional SQL run on the destination for each changed row instead of the upsert, "
+                    "with the row's values as named parameters (:column). See docs/transforms.md."))
+    delete_statement = models.TextField(
+        blank=True,
+        help_text=_("Optional SQL run on the destination for each deleted key (:key_column parameters)."))
     delete_policy = models.CharField(max_length=10, choices=DELETE_POLICIES, default="delete")
     batch_size = models.PositiveIntegerField(null=True, blank=True,
                                              help_text=_("Events per batch; empty uses PDR['BATCH_SIZE']."))

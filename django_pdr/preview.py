@@ -67,7 +67,7 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
                                    f"has no primary key.")
             mapping = Mapping.from_reflection(reflection, [c.name for c in source.columns], key)
             src_dialect = get_dialect(src)
-            query = sa.select(source).order_by(*[source.c[k] for k in key]).limit(limit)
+            query = mapping.select(source).order_by(*[source.c[k] for k in key]).limit(limit)
             source_rows = [dict(r) for r in src.execute(query).mappings()]
         finally:
             src.rollback()
@@ -80,6 +80,7 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
             exists = sa.inspect(dst).has_table(reflection.destination_table, schema=schema)
             if exists:
                 dest = reflect_table(dst, schema, reflection.destination_table, dest_db.describe())
+                mapping = mapping.restrict_to(dest.c.keys())
                 missing = [c for c in mapping.dest_columns if c not in dest.c]
                 if missing:
                     raise ConfigurationError(
@@ -88,8 +89,7 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
                 target = dest
             else:
                 target = destination_table(source, src_dialect, get_dialect(dst), schema,
-                                           reflection.destination_table, columns=mapping.columns,
-                                           key=mapping.dest_key)
+                                           reflection.destination_table, mapping=mapping)
                 notes.append(f"The destination table does not exist yet: pdr-reflect will create it "
                              f"with the column types shown.")
             types = {c: _type_label(target.c[c].type, dst.dialect) for c in mapping.dest_columns}

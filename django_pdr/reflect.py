@@ -52,6 +52,41 @@ def key_hash(key: tuple) -> str:
     return hashlib.sha256(json.dumps(keycodec.encode_key(key), sort_keys=True).encode()).hexdigest()
 
 
+class PartnerLookup:
+    """Another reflection into the same destination table: which destination keys its
+    source still has (so that a delete elsewhere keeps the merged row)."""
+
+    def __init__(self, reflection):
+        self.reflection = reflection
+        self.ready = False
+
+    def _prepare(self, conn):
+        capture = capture_plan(conn, self.reflection.source)
+        self.source = capture.source
+        self.dialect = capture.dialect
+        mapping = Mapping.from_reflection(self.reflection, [c.name for c in self.source.columns],
+                                          capture.key_names)
+        self.by_dest = dict(zip(mapping.dest_key, capture.key_names))
+        self.convert = row_converter(self.source, capture.key_names)
+        self.ready = True
+
+    def present(self, dest_keys: list[tuple], dest_key_names: list[str]) -> set[tuple]:
+        with _connect(self.reflection.source.database) as conn:
+            if not self.ready:
+                self._prepare(conn)
+            names = [self.by_dest[n] for n in dest_key_names]
+            columns = [self.source.c[n] for n in names]
+            keys = [tuple(self.convert(dict(zip(names, k)))[n] for n in names) for k in dest_keys]
+            found = set()
+            per_chunk = max(1, self.dialect.max_parameters // max(1, len(columns)))
+            for part in chunks(keys, per_chunk):
+                for row in conn.execute(sa.select(*columns).where(self.dialect.key_filter(columns, part))):
+                    found.add(tuple(row))
+            conn.rollback()
+        # compare in the destination's terms: the values of the same key
+        return {tuple(k) for k in found} | {tuple(str(v) for v in k) for k in found}
+
+
 @dataclass
 class PassResult:
     events: int = 0
@@ -116,26 +151,42 @@ class ReflectionRunner:
         self.dst_dialect = get_dialect(dst)
         r = self.reflection
         schema = r.destination_schema or None
-        inspector = sa.inspect(dst)
-        if not inspector.has_table(r.destination_table, schema=schema):
+        self.statement = (r.statement or "").strip()
+        self.delete_statement = (r.delete_statement or "").strip()
+        exists = sa.inspect(dst).has_table(r.destination_table, schema=schema)
+        if not exists and not self.statement:
             table = destination_table(self.source, self.src_dialect, self.dst_dialect, schema,
-                                      r.destination_table, columns=self.mapping.columns,
-                                      key=self.mapping.dest_key)
+                                      r.destination_table, mapping=self.mapping)
             with begin(dst):
                 table.create(dst)
             logger.info("%s: created destination table %s", r, table.fullname)
-        self.dest = reflect_table(dst, schema, r.destination_table, r.destination.describe())
-        missing = [c for c in self.mapping.dest_columns if c not in self.dest.c]
-        if missing:
-            raise ConfigurationError(
-                f"Destination table {self.dest.fullname!r} has no column(s) {', '.join(missing)}: "
-                f"add them, or map the source columns to existing ones.")
+            exists = True
+        if exists:
+            self.dest = reflect_table(dst, schema, r.destination_table, r.destination.describe())
+            self.mapping = self.mapping.restrict_to(self.dest.c.keys())
+            if self.mapping.extras:
+                logger.warning("%s: source column(s) %s are not in the destination; they are not replicated "
+                               "until added (manage.py pdr-sync-schema)", r, ", ".join(self.mapping.extras))
+            missing = [c for c in self.mapping.dest_columns if c not in self.dest.c]
+            if missing:
+                raise ConfigurationError(
+                    f"Destination table {self.dest.fullname!r} has no column(s) {', '.join(missing)}: "
+                    f"add them, or map the source columns to existing ones.")
+        else:
+            # a custom statement writes wherever it says; only the checkpoint table is ours
+            self.dest = sa.Table(r.destination_table, sa.MetaData(),
+                                 *[sa.Column(c, sa.types.NullType()) for c in self.mapping.dest_columns],
+                                 schema=schema)
         self.checkpoints = checkpoint_table(self.dst_dialect, schema)
         with begin(dst):
             self.checkpoints.create(dst, checkfirst=True)
         dst.rollback()
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
+        self.partners = [p for p in type(r).objects.filter(
+            destination=r.destination, destination_schema=r.destination_schema,
+            destination_table=r.destination_table, active=True).exclude(pk=r.pk).select_related("source__database")]
+        self._partner_cache = None
         self.source_key_columns = [self.source.c[n] for n in self.source_key]
 
     # -- checkpoint --------------------------------------------------------
@@ -174,7 +225,8 @@ class ReflectionRunner:
             else:
                 dst.execute(statement, params)
 
-    def _commit(self, dst, expected: dict | None, new_state: dict, upserts: list, deletes: list):
+    def _commit(self, dst, expected: dict | None, new_state: dict, upserts: list, deletes: list,
+                removals: list = ()):
         """Apply rows and write the checkpoint in one destination transaction.
 
         ``upserts`` holds (source key, destination row) pairs.  When the destination
@@ -184,26 +236,27 @@ class ReflectionRunner:
         try:
             with begin(dst):
                 self._fence(dst, expected)
-                self._apply(dst, [row for _, row in upserts], deletes)
+                self._apply(dst, [row for _, row in upserts], deletes, removals)
                 self._write_state(dst, new_state)
-            return len(upserts) + len(deletes)
+            return len(upserts) + len(deletes) + len(removals)
         except StaleCheckpoint:
             raise
         except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated or len(upserts) + len(deletes) == 0:
+            if exc.connection_invalidated or len(upserts) + len(deletes) + len(removals) == 0:
                 raise
             batch_error = exc
-        return self._commit_isolating(dst, expected, new_state, upserts, deletes, batch_error)
+        return self._commit_isolating(dst, expected, new_state, upserts, deletes, removals, batch_error)
 
-    def _commit_isolating(self, dst, expected, new_state, upserts, deletes, batch_error):
+    def _commit_isolating(self, dst, expected, new_state, upserts, deletes, removals, batch_error):
         from .deadletters import record as record_dead_letter
 
         bad, written = [], 0
-        items = [(key, row, None) for key, row in upserts] + [(key, None, key) for key in deletes]
-        for key, row, delete_key in items:
+        items = ([(key, [row], [], []) for key, row in upserts] + [(key, [], [key], []) for key in deletes]
+                 + [(key, [], [], [key]) for key in removals])
+        for key, rows, gone, left in items:
             try:
                 with begin(dst):
-                    self._apply(dst, [row] if row is not None else [], [delete_key] if delete_key else [])
+                    self._apply(dst, rows, gone, left)
                 written += 1
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:
@@ -228,28 +281,67 @@ class ReflectionRunner:
         per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
         names = self.source_key
         for part in chunks(keys, per_chunk):
-            query = sa.select(self.source).where(self.src_dialect.key_filter(self.source_key_columns, part))
+            query = self.mapping.select(self.source).where(
+                self.src_dialect.key_filter(self.source_key_columns, part))
             for row in src.execute(query).mappings():
                 found[tuple(row[n] for n in names)] = dict(row)
         src.rollback()
         return found
 
-    def _apply(self, dst, upserts: list[dict], deletes: list[tuple]):
-        """Write rows (the caller holds the transaction)."""
-        if deletes and self.reflection.delete_policy != "ignore":
-            per_chunk = max(1, self.dst_dialect.max_parameters // max(1, len(self.dest_key_columns)))
-            dest_keys = [tuple(self.convert(self.mapping.dest_key_values(k))[n] for n in self.mapping.dest_key)
-                         for k in deletes]
-            for part in chunks(dest_keys, per_chunk):
-                where = self.dst_dialect.key_filter(self.dest_key_columns, part)
-                if self.reflection.delete_policy == "nullify":
-                    values = {c: None for c in self.mapping.value_columns}
-                    if values:
-                        dst.execute(sa.update(self.dest).where(where).values(**values))
-                else:
-                    dst.execute(sa.delete(self.dest).where(where))
+    def _apply(self, dst, upserts: list[dict], deletes: list[tuple], removals: list[tuple] = ()):
+        """Write rows (the caller holds the transaction).
+
+        ``deletes``: keys whose source row is gone (the delete policy applies);
+        ``removals``: keys whose row left the filter (always removed)."""
+        gone = list(removals)
+        if self.reflection.delete_policy != "ignore":
+            gone += list(deletes)
+        if gone:
+            if self.delete_statement:
+                dst.execute(sa.text(self.delete_statement),
+                            [self.mapping.dest_key_values(k) | dict(zip(self.source_key, k)) for k in gone])
+            elif self.reflection.delete_policy == "nullify":
+                self._nullify(dst, gone)
+            elif self.partners:
+                shared = self._keys_held_by_partners(gone)
+                self._nullify(dst, [k for k in gone if k in shared])
+                self._delete(dst, [k for k in gone if k not in shared])
+            else:
+                self._delete(dst, gone)
         if upserts:
-            self._execute_upsert(dst, self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts)
+            if self.statement:
+                dst.execute(sa.text(self.statement), upserts)
+            else:
+                self._execute_upsert(dst, self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts)
+
+    def _dest_key_chunks(self, keys):
+        per_chunk = max(1, self.dst_dialect.max_parameters // max(1, len(self.dest_key_columns)))
+        dest_keys = [tuple(self.convert(self.mapping.dest_key_values(k))[n] for n in self.mapping.dest_key)
+                     for k in keys]
+        for part in chunks(dest_keys, per_chunk):
+            yield self.dst_dialect.key_filter(self.dest_key_columns, part)
+
+    def _delete(self, dst, keys):
+        for where in self._dest_key_chunks(keys):
+            dst.execute(sa.delete(self.dest).where(where))
+
+    def _nullify(self, dst, keys):
+        values = {c: None for c in self.mapping.value_columns}
+        if values:
+            for where in self._dest_key_chunks(keys):
+                dst.execute(sa.update(self.dest).where(where).values(**values))
+
+    def _keys_held_by_partners(self, keys) -> set:
+        """Keys (this reflection's source form) that another source of the same
+        destination table still has: deleting here must keep the merged row."""
+        if self._partner_cache is None:
+            self._partner_cache = [PartnerLookup(p) for p in self.partners]
+        dest_keys = {k: tuple(self.mapping.dest_key_values(k)[n] for n in self.mapping.dest_key) for k in keys}
+        held = set()
+        for partner in self._partner_cache:
+            present = partner.present(list(dest_keys.values()), self.mapping.dest_key)
+            held |= {k for k, d in dest_keys.items() if d in present}
+        return held
 
     def keyed_rows(self, src, keys):
         """(upserts as (key, destination row), deletes) for the current source state of ``keys``."""
@@ -260,7 +352,7 @@ class ReflectionRunner:
         present += [(k, row) for k, row in current.items() if k not in seen]
         deletes = [k for k in keys if k not in current]
         upserts, filtered = self._dest_rows(present)
-        return upserts, deletes + filtered
+        return upserts, deletes, filtered
 
     def _dest_rows(self, rows) -> tuple[list[tuple], list[tuple]]:
         """Transform (key, source row) pairs: ((key, destination row) pairs, filtered-out keys)."""
@@ -269,6 +361,8 @@ class ReflectionRunner:
             out = self.mapping.transform(row)
             if out is None:
                 filtered.append(key)
+            elif self.statement:
+                upserts.append((key, self.mapping.source_parameters(row)))
             else:
                 upserts.append((key, self.convert(out)))
         return upserts, filtered
@@ -282,7 +376,7 @@ class ReflectionRunner:
     def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
         """Copy the next key-ordered chunk of source rows; return the new state."""
         after = keycodec.decode_key(state.get("after"))
-        query = sa.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
+        query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
         if after is not None:
             query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
         rows = [dict(r) for r in src.execute(query).mappings()]
@@ -296,14 +390,22 @@ class ReflectionRunner:
         else:
             new_state["after"] = keycodec.encode_key(keyed[-1][0])
         if after is None:
-            # a (re)load starts from an empty mirror: rows deleted at the source
-            # while no checkpoint existed must not survive it
+            # A (re)load starts from a clean slate: rows deleted at the source while no
+            # checkpoint existed must not survive it.  A table shared with other
+            # reflections (fan-in) only loses this reflection's own columns.
             with begin(dst):
                 self._fence(dst, expected)
-                dst.execute(sa.delete(self.dest))
+                if self.statement:
+                    pass  # a custom statement owns its target: nothing to clear
+                elif self.partners:
+                    values = {c: None for c in self.mapping.value_columns}
+                    if values:
+                        dst.execute(sa.update(self.dest).values(**values))
+                else:
+                    dst.execute(sa.delete(self.dest))
                 self._write_state(dst, state)
             expected = state
-        self._commit(dst, expected, new_state, upserts, filtered)
+        self._commit(dst, expected, new_state, upserts, [], filtered)
         return new_state
 
     def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
@@ -316,9 +418,9 @@ class ReflectionRunner:
         if self.held_keys:
             # per-key order: a dead-lettered key waits until its retry applies the current row
             keys = [k for k in keys if key_hash(k) not in self.held_keys]
-        upserts, deletes = self.keyed_rows(src, keys)
+        upserts, deletes, removals = self.keyed_rows(src, keys)
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
-        written = self._commit(dst, state, new_state, upserts, deletes)
+        written = self._commit(dst, state, new_state, upserts, deletes, removals)
         return new_state, len(events), written
 
     def retry_dead_letters(self, src, dst, state: dict):
@@ -327,10 +429,10 @@ class ReflectionRunner:
 
         for letter in requested(self.reflection):
             key = keycodec.decode_key(letter.key)
-            upserts, deletes = self.keyed_rows(src, [key])
+            upserts, deletes, removals = self.keyed_rows(src, [key])
             try:
                 with begin(dst):
-                    self._apply(dst, [row for _, row in upserts], deletes)
+                    self._apply(dst, [row for _, row in upserts], deletes, removals)
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise

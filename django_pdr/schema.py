@@ -65,30 +65,63 @@ def discover_source(database, schema: str | None, table: str) -> SourceInfo:
     return SourceInfo(table=reflected, key_columns=keys)
 
 
+class DeclaredType(sa.types.UserDefinedType):
+    """A column type given as SQL text in a mapping (``"type": "numeric(10,2)"``)."""
+
+    cache_ok = True
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    def get_col_spec(self, **kw):
+        return self.spec
+
+
+def _const_type(value):
+    if isinstance(value, bool):
+        return sa.Boolean()
+    if isinstance(value, int):
+        return sa.BigInteger()
+    if isinstance(value, float):
+        return sa.Double()
+    return sa.Text()
+
+
 def destination_table(source_table: sa.Table, source_dialect, dest_dialect, schema: str | None,
-                      name: str, columns: dict[str, str] | None = None, key: list[str] | None = None) -> sa.Table:
-    """A new Table on ``dest_dialect`` for source columns, types mapped.
+                      name: str, mapping=None) -> sa.Table:
+    """A new Table on ``dest_dialect`` for a mapping of source columns (default: a mirror).
 
-    ``columns`` maps destination column names to source column names (default:
-    every source column under its own name); ``key`` names the destination key.
-    Same-engine copies keep the reflected type; across engines each column goes
-    through the engine-neutral type (``docs/dialects.md`` lists every mapping).
+    Copied columns take the source column's type: verbatim on the same engine,
+    else through the engine-neutral type (``docs/dialects.md`` lists every
+    mapping).  Computed and constant columns take their declared ``type``.
     """
-    same_engine = type(source_dialect) is type(dest_dialect)
-    if columns is None:
-        columns = {c.name: c.name for c in source_table.columns}
-    if key is None:
-        key = [c.name for c in source_table.primary_key.columns]
-    metadata = sa.MetaData()
-    new_columns = []
-    for dest_name, source_name in columns.items():
-        column = source_table.c[source_name]
-        is_key = dest_name in key
-        if same_engine:
-            type_ = column.type
-        else:
-            type_ = dest_dialect.destination_type(source_dialect.generic_type(column.type), is_key=is_key)
-        new_columns.append(sa.Column(dest_name, type_, primary_key=is_key,
-                                     nullable=bool(column.nullable) and not is_key, autoincrement=False))
-    return sa.Table(name, metadata, *new_columns, schema=schema or None, **dest_dialect.table_kwargs())
+    from .errors import ConfigurationError
+    from .mapping import Mapping
 
+    if mapping is None:
+        mapping = Mapping.for_mirror([c.name for c in source_table.columns],
+                                     [c.name for c in source_table.primary_key.columns])
+    same_engine = type(source_dialect) is type(dest_dialect)
+    new_columns = []
+    for item in mapping.columns:
+        is_key = item.dest in mapping.dest_key
+        nullable = not is_key
+        if item.type:
+            type_ = DeclaredType(item.type)
+        elif item.source is not None:
+            column = source_table.c[item.source]
+            nullable = bool(column.nullable) and not is_key
+            if same_engine:
+                type_ = column.type
+            else:
+                type_ = dest_dialect.destination_type(source_dialect.generic_type(column.type), is_key=is_key)
+        elif item.is_const:
+            type_ = dest_dialect.destination_type(_const_type(item.const), is_key=is_key)
+        else:
+            raise ConfigurationError(
+                f"Column {item.dest!r} is computed by an expression: give its \"type\" in the mapping "
+                f"(e.g. \"type\": \"numeric(12,2)\") so that PDR can create table {name!r}, or create the "
+                f"table yourself.")
+        new_columns.append(sa.Column(item.dest, type_, primary_key=is_key, nullable=nullable,
+                                     autoincrement=False))
+    return sa.Table(name, sa.MetaData(), *new_columns, schema=schema or None, **dest_dialect.table_kwargs())

@@ -222,9 +222,9 @@ class Verifier:
         if not fix:
             return
         r = self.runner
-        upserts, deletes = r.keyed_rows(src, [d.key for d in fix])
+        upserts, deletes, removals = r.keyed_rows(src, [d.key for d in fix])
         with begin(dst):
-            r._apply(dst, [row for _, row in upserts], deletes)
+            r._apply(dst, [row for _, row in upserts], deletes, removals)
         report.repaired += len(fix)
         logger.info("%s: repaired %d rows", self.reflection, len(fix))
 

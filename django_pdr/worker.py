@@ -37,6 +37,7 @@ def new_worker_id() -> str:
 class RoundResult:
     ok: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    unfinished: list = field(default_factory=list)
     events: int = 0
     rows: int = 0
 
@@ -134,6 +135,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
             if outcome.caught_up:
                 release(owner, [reflection.pk])  # idle: let any worker take it next time
             result.ok.append(reflection)
+            if not outcome.caught_up:
+                result.unfinished.append(reflection)
             result.events += outcome.events
             result.rows += outcome.rows
             if outcome.events or outcome.loaded:
@@ -157,7 +160,17 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     try:
         while True:
             result = run_round(ids, stop=stop_event.is_set, owner=owner)
-            if interval is None or stop_event.is_set():
+            if interval is None:
+                # one-shot: keep going until every reflection has caught up (a pass
+                # yields after a while so that reflections take turns)
+                total = result
+                while result.unfinished and not result.failed and not stop_event.is_set():
+                    result = run_round([r.pk for r in result.unfinished], stop=stop_event.is_set, owner=owner)
+                    total.events += result.events
+                    total.rows += result.rows
+                    total.failed += result.failed
+                return total
+            if stop_event.is_set():
                 return result
             if result.events == 0:
                 stop_event.wait(interval)

@@ -378,8 +378,8 @@ def test_reflection_pick_existing_destination(admin_client, items, dest):
 @pytest.mark.parametrize("mapping,message", [
     ("{not json", "The mapping is not valid JSON"),
     ('{"columns": {"id": "id", "x": "nope"}}', "names source columns that do not exist: nope"),
-    ('{"columns": {"name": "name"}}', "must map every source key column (id missing)"),
-    ('["id"]', "must be an object like"),
+    ('{"columns": {"name": "name"}}', "must map every source primary-key column by name (missing: id)"),
+    ('["id"]', "must be a JSON object"),
 ])
 def test_reflection_invalid_mapping(admin_client, items, dest, mapping, message):
     response = admin_client.post(url("reflection_add"), reflection_form(items, dest, mapping=mapping))

@@ -1,0 +1,171 @@
+"""A destination or source server stopped for 30 s mid-run: reported, backed off,
+other reflections keep flowing, nothing lost after the restart."""
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from django.db import connection
+
+from django_pdr import worker
+from django_pdr.models import Database, Reflection, SourceTable
+from tests import live_servers
+from tests.processes import Writer, table_rows
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
+
+OUTAGE_SECONDS = 30
+
+
+@pytest.fixture
+def own_server(request):
+    """A server of our own that the test may stop and start again."""
+    cls = {"postgresql": live_servers.PostgresServer, "mysql": live_servers.MariaDBServer}[request.param]
+    live_servers.ensure_installed([cls.kind])
+    server = cls()
+    server.start()
+    server.kind_name = request.param
+    yield server
+    server.stop()
+
+
+def restart(server):
+    server._spawn()
+    server._wait_ready()
+
+
+def server_database(server, name):
+    return Database.objects.create(name=name, kind=server.kind_name, host="127.0.0.1", port=server.port,
+                                   username=live_servers.USER, password=live_servers.PASSWORD,
+                                   database=live_servers.DB)
+
+
+def server_engine(server):
+    driver = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}[server.kind_name]
+    return sa.create_engine(sa.engine.URL.create(driver, username=live_servers.USER, password=live_servers.PASSWORD,
+                                                 host="127.0.0.1", port=server.port, database=live_servers.DB),
+                            pool_pre_ping=True)
+
+
+def run_worker_thread():
+    stop = threading.Event()
+
+    def target():
+        try:
+            worker.run(interval=0.2, stop_event=stop)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def wait_until(condition, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if condition():
+                return True
+        except Exception:
+            pass
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.parametrize("own_server", ["postgresql"], indirect=True)
+def test_destination_outage(own_server, make_target, settings):
+    settings.PDR = {"RETRY_BACKOFF": 0.5, "RETRY_BACKOFF_MAX": 4, "CONNECT_TIMEOUT": 2}
+    source, other = make_target("sqlite"), make_target("sqlite")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
+    st = SourceTable(database=source.model("src"), table="t")
+    st.full_clean()
+    st.save()
+    st.install()
+    down = Reflection.objects.create(source=st, destination=server_database(own_server, "outage-dst"),
+                                     destination_table="t")
+    Reflection.objects.create(source=st, destination=other.model("steady"), destination_table="t")
+    dest_engine = server_engine(own_server)
+    writer = Writer(source.engine, seed=5, batch=10, pause=0.05)
+    stop, thread = run_worker_thread()
+    try:
+        writer.start()
+        assert wait_until(lambda: len(table_rows(dest_engine)) > 50, 30)
+        own_server.stop(remove=False)
+        outage_started = time.time()
+        time.sleep(OUTAGE_SECONDS / 2)
+        down.refresh_from_db()
+        assert down.status == "error" and down.last_error, "the outage must be reported on the reflection"
+        failures_mid = down.failures
+        # the other destination keeps up during the outage
+        assert wait_until(lambda: table_rows(other.engine) == table_rows(source.engine), 10)
+        time.sleep(max(0, OUTAGE_SECONDS - (time.time() - outage_started)))
+        restart(own_server)
+        outage = time.time() - outage_started
+        writer.stop()
+        assert writer.error is None
+        assert wait_until(lambda: table_rows(dest_engine) == table_rows(source.engine), 60)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        writer.stop()
+    down.refresh_from_db()
+    assert outage >= OUTAGE_SECONDS
+    # backed off: a handful of attempts in 30 s, not one per poll (0.2 s)
+    assert 1 <= failures_mid <= 12
+    assert down.status == "running" and down.last_error == ""
+    assert table_rows(other.engine) == table_rows(source.engine)
+    dest_engine.dispose()
+
+
+@pytest.mark.parametrize("own_server", ["mysql"], indirect=True)
+def test_source_outage(own_server, make_target, settings):
+    settings.PDR = {"RETRY_BACKOFF": 0.5, "RETRY_BACKOFF_MAX": 4, "CONNECT_TIMEOUT": 2}
+    steady_source, steady_dest, dest = make_target("sqlite"), make_target("sqlite"), make_target("postgresql")
+    source_engine = server_engine(own_server)
+    with source_engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
+    st = SourceTable(database=server_database(own_server, "outage-src"), table="t")
+    st.full_clean()
+    st.save()
+    st.install()
+    down = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    steady_source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
+    steady = SourceTable(database=steady_source.model("steady-src"), table="t")
+    steady.full_clean()
+    steady.save()
+    steady.install()
+    Reflection.objects.create(source=steady, destination=steady_dest.model("steady-dst"), destination_table="t")
+    writer = Writer(source_engine, seed=9, batch=10, pause=0.05, max_ops=400)
+    steady_writer = Writer(steady_source.engine, seed=10, batch=10, pause=0.1)
+    stop, thread = run_worker_thread()
+    try:
+        writer.start()
+        writer.join(timeout=60)
+        assert writer.error is None
+        assert wait_until(lambda: table_rows(dest.engine) == table_rows(source_engine), 30)
+        expected = table_rows(source_engine)
+        # changes written just before the outage, not yet applied
+        with source_engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE t SET v = 'before outage' WHERE id <= 20")
+        source_engine.dispose()
+        own_server.stop(remove=False)
+        outage_started = time.time()
+        steady_writer.start()
+        time.sleep(OUTAGE_SECONDS)
+        down.refresh_from_db()
+        assert down.status == "error", down.last_error
+        assert any(text in down.last_error for text in ("Cannot connect", "Lost connection", "MySQL server")), \
+            down.last_error
+        assert wait_until(lambda: table_rows(steady_dest.engine) == table_rows(steady_source.engine), 10)
+        restart(own_server)
+        outage = time.time() - outage_started
+        assert wait_until(lambda: table_rows(dest.engine) == table_rows(source_engine), 60)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        steady_writer.stop()
+    assert outage >= OUTAGE_SECONDS
+    assert table_rows(dest.engine) != expected  # the update made before the outage arrived
+    assert table_rows(dest.engine) == table_rows(source_engine)
+    source_engine.dispose()
