@@ -15,7 +15,7 @@ from django.utils import timezone
 from .connections import begin, describe_failure, get_engine
 from .dialects import CAPTURE_VERSION, get_dialect
 from .errors import CaptureError, ConfigurationError, ConnectionFailed, PdrError
-from .schema import reflect_table
+from .schema import drift, reflect_table
 
 logger = logging.getLogger("django_pdr.capture")
 
@@ -100,6 +100,9 @@ def status(source_table) -> str:
         return PARTIAL
     if source_table.installed_fingerprint != capture.fingerprint:
         return OUTDATED
+    added, removed = drift(source_table, capture.source)
+    if added or removed:
+        return OUTDATED  # the table's structure changed: see pdr-sync-schema
     return INSTALLED
 
 

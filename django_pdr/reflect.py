@@ -24,7 +24,7 @@ from .dialects import get_dialect
 from .errors import ConfigurationError, ConnectionFailed, TableNotFound
 from .maintenance import measure, record_sample
 from .mapping import Mapping
-from .schema import destination_table, reflect_table
+from .schema import destination_table, drift, reflect_table
 from .visibility import EventReader, Position
 
 logger = logging.getLogger("django_pdr.reflect")
@@ -147,6 +147,7 @@ class ReflectionRunner:
         self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
         self.mapping = Mapping.from_reflection(self.reflection, [c.name for c in self.source.columns],
                                                self.source_key)
+        added, self.removed_columns = drift(st, self.source)
 
         self.dst_dialect = get_dialect(dst)
         r = self.reflection
@@ -161,12 +162,18 @@ class ReflectionRunner:
                 table.create(dst)
             logger.info("%s: created destination table %s", r, table.fullname)
             exists = True
-        if exists:
+        if exists and not self.statement:
             self.dest = reflect_table(dst, schema, r.destination_table, r.destination.describe())
             self.mapping = self.mapping.restrict_to(self.dest.c.keys())
             if self.mapping.extras:
                 logger.warning("%s: source column(s) %s are not in the destination; they are not replicated "
                                "until added (manage.py pdr-sync-schema)", r, ", ".join(self.mapping.extras))
+            dropped = [c for c in self.removed_columns if c in self.dest.c] if self.mapping.mirror else []
+            if dropped:
+                raise ConfigurationError(
+                    f"Column(s) {', '.join(dropped)} were removed from source table {self.source.fullname!r} but "
+                    f"destination {self.dest.fullname!r} still has them: drop them there (or keep them and "
+                    f"accept the new structure) and run manage.py pdr-sync-schema.")
             missing = [c for c in self.mapping.dest_columns if c not in self.dest.c]
             if missing:
                 raise ConfigurationError(
@@ -296,6 +303,8 @@ class ReflectionRunner:
         gone = list(removals)
         if self.reflection.delete_policy != "ignore":
             gone += list(deletes)
+        if self.statement and not self.delete_statement:
+            gone = []  # a custom statement without a delete statement: deletes are not replicated
         if gone:
             if self.delete_statement:
                 dst.execute(sa.text(self.delete_statement),

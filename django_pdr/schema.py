@@ -125,3 +125,12 @@ def destination_table(source_table: sa.Table, source_dialect, dest_dialect, sche
         new_columns.append(sa.Column(item.dest, type_, primary_key=is_key, nullable=nullable,
                                      autoincrement=False))
     return sa.Table(name, sa.MetaData(), *new_columns, schema=schema or None, **dest_dialect.table_kwargs())
+
+
+def drift(source_table, live: sa.Table) -> tuple[list[str], list[str]]:
+    """(columns added, columns removed) since ``source_table``'s recorded structure."""
+    recorded = [c["name"] for c in (source_table.columns or [])]
+    if not recorded:
+        return [], []
+    current = [c.name for c in live.columns]
+    return [c for c in current if c not in recorded], [c for c in recorded if c not in current]

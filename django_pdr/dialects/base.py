@@ -232,6 +232,11 @@ class Dialect:
         """Keyword arguments for destination tables created by PDR."""
         return {}
 
+    def add_column_statement(self, table: sa.Table, column: sa.Column) -> str:
+        """ALTER TABLE ... ADD COLUMN for a new, nullable column."""
+        return (f"ALTER TABLE {self.qualified(table.schema, table.name)} ADD COLUMN "
+                f"{self.quote(column.name)} {column.type.compile(dialect=self.sa)}")
+
     def explain_error(self, exc: BaseException) -> str | None:
         """A hint for a known server error, or None."""
         return None
