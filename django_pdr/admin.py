@@ -265,15 +265,19 @@ class ReflectionAdmin(_PdrAdmin):
     def get_fieldsets(self, request, obj=None):
         config = ["source", "destination", "destination_pick", "destination_schema", "destination_table",
                   "active", "mapping", "delete_policy", "batch_size"]
+        custom = (_("Custom statement (instead of the upsert)"),
+                  {"fields": ["statement", "delete_statement"], "classes": ["collapse"] if obj is None or not
+                   (obj.statement or obj.delete_statement) else []})
         if obj is None:
-            return [(None, {"fields": config})]
-        return [(None, {"fields": config}),
+            return [(None, {"fields": config}), custom]
+        return [(None, {"fields": config}), custom,
                 (_("State (written by pdr-reflect)"), {"fields": self.state_fields})]
 
     def get_readonly_fields(self, request, obj=None):
         readonly = list(self.state_fields) if obj is not None else []
         if not self.has_change_permission(request, obj):
-            readonly.append("mapping")  # only users who may change reflections edit mappings
+            # only users who may change reflections edit mappings and statements
+            readonly += ["mapping", "statement", "delete_statement"]
         return readonly
 
     def get_form(self, request, obj=None, **kwargs):

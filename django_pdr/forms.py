@@ -154,8 +154,10 @@ class ReflectionForm(forms.ModelForm):
     class Meta:
         model = Reflection
         fields = ("source", "destination", "destination_pick", "destination_schema", "destination_table",
-                  "active", "mapping", "delete_policy", "batch_size")
-        widgets = {"mapping": AceWidget(mode="json", width="900px", height="300px", toolbar=False)}
+                  "active", "mapping", "statement", "delete_statement", "delete_policy", "batch_size")
+        widgets = {"mapping": AceWidget(mode="json", width="900px", height="300px", toolbar=False),
+                   "statement": AceWidget(mode="sql", width="900px", height="160px", toolbar=False),
+                   "delete_statement": AceWidget(mode="sql", width="900px", height="80px", toolbar=False)}
 
     class Media:
         js = ("django_pdr/admin.js",)
@@ -233,9 +235,6 @@ class ReflectionForm(forms.ModelForm):
 
     def _validate_mapping(self, source, destination, data):
         """Check the mapping against the live source columns (and the destination table, if it exists)."""
-        from .mapping import Mapping
-        from .schema import discover_source
-
         text = (data.get("mapping") or "").strip()
         if text:
             try:
@@ -243,15 +242,24 @@ class ReflectionForm(forms.ModelForm):
             except ValueError as exc:
                 self.add_error("mapping", _("The mapping is not valid JSON: %s.") % exc)
                 return
+        from .validation import validate
+
+        statement = (data.get("statement") or "").strip()
+        candidate = SimpleNamespace(
+            pk=self.instance.pk or "(new)", mapping=text, source=source, destination=destination,
+            statement=statement, delete_statement=(data.get("delete_statement") or "").strip())
         try:
-            info = discover_source(source.database, source.schema or None, source.table)
-            columns = [c.name for c in info.table.columns]
-            mapping = Mapping.from_reflection(SimpleNamespace(pk=self.instance.pk or "(new)", mapping=text),
-                                              columns, info.key_columns)
+            if destination is None:
+                candidate.statement = candidate.delete_statement = ""
+            mapping = validate(candidate)
         except PdrError as exc:
-            self.add_error("mapping" if "mapping" in str(exc) else None, str(exc))
+            message = str(exc)
+            field = "mapping" if "mapping" in message else (
+                "delete_statement" if "delete statement" in message else
+                "statement" if "statement" in message.lower() else None)
+            self.add_error(field, message)
             return
-        if destination is None:
+        if destination is None or statement:
             return
         from .introspect import table_columns
 

@@ -388,6 +388,33 @@ def test_reflection_invalid_mapping(admin_client, items, dest, mapping, message)
     assert not Reflection.objects.exists()
 
 
+@pytest.mark.parametrize("fields,message", [
+    ({"mapping": '{"columns": {"id": "id", "w": {"expr": "no_such_function(price)", "type": "int"}}}'},
+     "The source database rejects the mapping"),
+    ({"statement": "INSERT INTO nowhere VALUES (:id)"}, "The destination database rejects the statement"),
+    ({"statement": "INSERT INTO audit VALUES (:id, :unknown)"}, "uses parameter(s) :unknown"),
+    ({"statement": "DROP TABLE audit"}, "must be one INSERT, UPDATE, DELETE or MERGE statement"),
+])
+def test_reflection_invalid_sql_is_refused(admin_client, items, dest, fields, message):
+    dest.execute("CREATE TABLE audit (id integer PRIMARY KEY, other text)")
+    response = admin_client.post(url("reflection_add"), reflection_form(items, dest, **fields))
+    assert response.status_code == 200
+    assert message in page(response).replace("&quot;", '"').replace("&#x27;", "'")
+    assert not Reflection.objects.exists()
+    with dest.engine.connect() as conn:  # validation wrote nothing
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit").scalar() == 0
+
+
+def test_reflection_with_valid_statement_is_saved(admin_client, items, dest):
+    dest.execute("CREATE TABLE audit (id integer PRIMARY KEY, other text)")
+    response = admin_client.post(url("reflection_add"), reflection_form(
+        items, dest, destination_table="audit",
+        statement="INSERT INTO audit VALUES (:id, :name) ON CONFLICT (id) DO UPDATE SET other = excluded.other"))
+    assert response.status_code == 302, page(response)
+    with dest.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit").scalar() == 0
+
+
 def test_reflection_mapping_unknown_destination_column(admin_client, items, dest):
     dest.execute("CREATE TABLE existing (id integer PRIMARY KEY, name text)")
     response = admin_client.post(url("reflection_add"),
