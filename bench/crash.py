@@ -26,6 +26,7 @@ def main():
     parser.add_argument("--min-run", type=float, default=0.8)
     parser.add_argument("--max-run", type=float, default=2.5)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--writer-batch", type=int, default=50, help="row changes per source transaction")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="pdr-crash-")
@@ -56,7 +57,7 @@ def main():
             Reflection.objects.create(source=st, destination=dest.model(f"dst-{pair}"), destination_table="t",
                                       batch_size=2000)
             env = django_env(django_db)
-            writer = Writer(source.engine, seed=rng.randrange(10 ** 6), batch=50, pause=0.0)
+            writer = Writer(source.engine, seed=rng.randrange(10 ** 6), batch=args.writer_batch, pause=0.0)
             started = time.time()
             writer.start()
             kills = kill_cycle(env, args.kills, rng, args.min_run, args.max_run)
