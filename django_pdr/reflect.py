@@ -52,6 +52,19 @@ def key_hash(key: tuple) -> str:
     return hashlib.sha256(json.dumps(keycodec.encode_key(key), sort_keys=True).encode()).hexdigest()
 
 
+#: Prepared table descriptions, per reflection (see ReflectionRunner.prepare_cached).
+_PREPARED: dict = {}
+PREPARE_TTL = 60.0
+_DESCRIBED = ("src_dialect", "source", "source_key", "reader", "mapping", "removed_columns", "dst_dialect",
+              "statement", "delete_statement", "dest", "checkpoints", "convert", "dest_key_columns",
+              "source_key_columns")
+
+
+def forget_descriptions():
+    """Drop every cached table description (the next pass describes afresh)."""
+    _PREPARED.clear()
+
+
 class PartnerLookup:
     """Another reflection into the same destination table: which destination keys its
     source still has (so that a delete elsewhere keeps the merged row)."""
@@ -190,9 +203,14 @@ class ReflectionRunner:
         dst.rollback()
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
-        self.partners = [p for p in type(r).objects.filter(
+        self._load_partners()
+
+    def _load_partners(self):
+        """Other active reflections into the same destination table (fan-in)."""
+        r = self.reflection
+        self.partners = list(type(r).objects.filter(
             destination=r.destination, destination_schema=r.destination_schema,
-            destination_table=r.destination_table, active=True).exclude(pk=r.pk).select_related("source__database")]
+            destination_table=r.destination_table, active=True).exclude(pk=r.pk).select_related("source__database"))
         self._partner_cache = None
         self.source_key_columns = [self.source.c[n] for n in self.source_key]
 
@@ -456,51 +474,81 @@ class ReflectionRunner:
         r = self.reflection
         started = time.monotonic()
         with _connect(self.source_table.database) as src, _connect(r.destination) as dst:
-            self.prepare(src, dst)
-            state = self.read_state(dst)
-            starting = state is None or r.resync_requested
-            if starting:
-                state = self.start_state()
-                if r.resync_requested:
-                    type(r).objects.filter(pk=r.pk).update(resync_requested=False)
-                    r.resync_requested = False
-            from .deadletters import held_keys
+            try:
+                self.prepare_cached(src, dst)
+                return self._run(src, dst, result, stop, max_seconds, started)
+            except BaseException:
+                _PREPARED.pop(r.pk, None)  # describe the tables afresh next time
+                raise
 
+    def _config_key(self):
+        r, st = self.reflection, self.source_table
+        return (r.mapping, r.statement, r.delete_statement, r.delete_policy, r.destination_id,
+                r.destination_schema, r.destination_table, r.destination.modified_at, st.pk, st.schema, st.table,
+                st.database.modified_at, st.installed_fingerprint, json.dumps(st.columns, sort_keys=True))
+
+    def prepare_cached(self, src, dst):
+        """``prepare`` once per configuration (and at most every PREPARE_TTL seconds):
+        describing tables costs a dozen queries, a batch needs none of them."""
+        key = self._config_key()
+        entry = _PREPARED.get(self.reflection.pk)
+        if entry and entry[0] == key and time.monotonic() - entry[1] < PREPARE_TTL:
+            self.__dict__.update(entry[2])
+            self._load_partners()
+            return
+        self.prepare(src, dst)
+        described = {name: getattr(self, name) for name in _DESCRIBED}
+        _PREPARED[self.reflection.pk] = (self._config_key(), time.monotonic(), described)
+
+    def _run(self, src, dst, result, stop, max_seconds, started):
+        r = self.reflection
+        state = self.read_state(dst)
+        starting = state is None or r.resync_requested
+        if starting:
+            state = self.start_state()
+            if r.resync_requested:
+                type(r).objects.filter(pk=r.pk).update(resync_requested=False)
+                r.resync_requested = False
+        from .deadletters import held_keys
+
+        self.held_keys = held_keys(r)
+        if self.held_keys:
+            self.retry_dead_letters(src, dst, state)
             self.held_keys = held_keys(r)
-            if self.held_keys:
-                self.retry_dead_letters(src, dst, state)
-                self.held_keys = held_keys(r)
-            while not stop():
-                if state["phase"] == LOAD:
-                    if starting:
-                        self._save_progress(status="loading", state=state)  # holds purging back
-                        starting = False
-                    stored = self.read_state(dst)
-                    copied_before = state.get("loaded", 0)
-                    state = self.load_chunk_once(src, dst, state, stored)
-                    result.loaded = state.get("loaded", 0)
-                    self._save_progress(status="loading" if state["phase"] == LOAD else "running",
-                                        state=state, rows=result.loaded - copied_before)
-                    logger.info("%s: initial load, %d rows copied", r, result.loaded)
-                    continue
-                before = state
-                state, events, rows = self.batch_once(src, dst, state)
-                result.position_changed |= state is not before
-                if not events and not rows and state is before:
-                    result.caught_up = True
-                    break
-                result.events += events
-                result.rows += rows
-                result.batches += 1
-                self._save_progress(status="running", state=state, events=events, rows=rows)
-                if max_seconds is not None and time.monotonic() - started > max_seconds:
-                    break
-            self._save_progress(status="running", state=state, events=0, rows=0)
-            if state["phase"] == STREAM:
-                pending, lag = measure(r, src, self.reader.table)
-                type(r).objects.filter(pk=r.pk).update(pending_events=pending, lag_seconds=lag)
-                r.pending_events, r.lag_seconds = pending, lag
-                record_sample(r, pending, lag, result.events, result.rows)
+        while not stop():
+            if state["phase"] == LOAD:
+                if starting:
+                    self._save_progress(status="loading", state=state)  # holds purging back
+                    starting = False
+                stored = self.read_state(dst)
+                copied_before = state.get("loaded", 0)
+                state = self.load_chunk_once(src, dst, state, stored)
+                result.loaded = state.get("loaded", 0)
+                self._save_progress(status="loading" if state["phase"] == LOAD else "running",
+                                    state=state, rows=result.loaded - copied_before)
+                logger.info("%s: initial load, %d rows copied", r, result.loaded)
+                continue
+            before = state
+            state, events, rows = self.batch_once(src, dst, state)
+            result.position_changed |= state is not before
+            if not events and not rows and state is before:
+                result.caught_up = True
+                break
+            result.events += events
+            result.rows += rows
+            result.batches += 1
+            self._save_progress(status="running", state=state, events=events, rows=rows)
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+        if not (result.events or result.position_changed or result.loaded or starting
+                or r.status != "running" or r.pending_events is None or r.pending_events):
+            return result  # an idle poll of a healthy reflection: nothing new to record
+        self._save_progress(status="running", state=state, events=0, rows=0)
+        if state["phase"] == STREAM:
+            pending, lag = measure(r, src, self.reader.table)
+            type(r).objects.filter(pk=r.pk).update(pending_events=pending, lag_seconds=lag)
+            r.pending_events, r.lag_seconds = pending, lag
+            record_sample(r, pending, lag, result.events, result.rows)
         return result
 
     def _save_progress(self, *, status, state, events=0, rows=0):

@@ -24,7 +24,7 @@ from . import conf
 from .errors import PdrError
 from .maintenance import purge
 from .models import Reflection
-from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint
+from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint, forget_descriptions
 
 logger = logging.getLogger("django_pdr.worker")
 
@@ -110,6 +110,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
     """One pass over every due reflection this worker can claim."""
     result = RoundResult()
     single = owner is None
+    if single:
+        forget_descriptions()  # a stand-alone round describes the tables afresh
     owner = owner or new_worker_id()
     try:
         for reflection in due_reflections(ids):
@@ -157,6 +159,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     """Run once (``interval`` None) or until stopped, sleeping ``interval`` seconds when idle."""
     stop_event = stop_event or threading.Event()
     owner = new_worker_id()
+    forget_descriptions()
     try:
         while True:
             result = run_round(ids, stop=stop_event.is_set, owner=owner)

@@ -23,6 +23,7 @@ from django_pdr import coerce
 from django_pdr.dialects import (
     KINDS, MySQLDialect, PostgreSQLDialect, SQLiteDialect, dialect_for_kind, event_key_name, get_dialect,
 )
+from django_pdr.mapping import Mapping
 from django_pdr.schema import destination_table
 from django_pdr.visibility import EventReader, Gap, Position, _split
 
@@ -750,8 +751,10 @@ def test_type_matrix_across_engines(src, dst):
 def test_same_engine_copies_keep_the_reflected_type(kind):
     source = sa.Table("types", sa.MetaData(), *[
         sa.Column(name, type_, primary_key=(name == "id")) for name, type_ in REFLECTED[kind].items()])
+    mapping = Mapping.parse('{"columns": {"id": "id", "b": "b", "tstz": "tstz", "j": "j"}}',
+                            list(REFLECTED[kind]), ["id"])
     table = destination_table(source, SA_DIALECT[kind](), SA_DIALECT[kind](), None, "types_copy",
-                              columns={"id": "id", "b": "b", "tstz": "tstz", "j": "j"})
+                              mapping=mapping)
     assert [c.name for c in table.columns] == ["id", "b", "tstz", "j"]
     for column in table.columns:
         assert column.type is source.c[column.name].type
