@@ -23,7 +23,8 @@ from django.utils import timezone
 from . import conf
 from .errors import PdrError
 from .maintenance import purge
-from .models import Reflection
+from .wakeup import Waker
+from .models import Database, Reflection
 from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint, forget_descriptions
 
 logger = logging.getLogger("django_pdr.worker")
@@ -79,6 +80,14 @@ def _dead_local_owner(owner: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def source_databases(ids=None):
+    """The source Databases of the active reflections (for change notifications)."""
+    query = Reflection.objects.filter(active=True)
+    if ids:
+        query = query.filter(pk__in=ids)
+    return list(Database.objects.filter(source_tables__reflections__in=query).distinct())
 
 
 def acquire(reflection, owner: str) -> bool:
@@ -160,6 +169,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     stop_event = stop_event or threading.Event()
     owner = new_worker_id()
     forget_descriptions()
+    waker = Waker()
     try:
         while True:
             result = run_round(ids, stop=stop_event.is_set, owner=owner)
@@ -176,8 +186,10 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
             if stop_event.is_set():
                 return result
             if result.events == 0:
-                stop_event.wait(interval)
+                # idle: sleep until a source notifies a commit, or the interval ends
+                waker.wait(source_databases(ids), interval, stop_event)
             if stop_event.is_set():
                 return result
     finally:
+        waker.close()
         release(owner)

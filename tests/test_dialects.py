@@ -116,7 +116,7 @@ SQL_WORDS = {
     "EACH", "ROW", "STATEMENT", "BEGIN", "END", "INTO", "VALUES", "SELECT", "FROM", "WHERE", "IS", "NOT",
     "IF", "THEN", "ELSIF", "AND", "CAST", "AS", "BINARY", "REFERENCING", "NEW", "OLD", "TABLE", "EXECUTE",
     "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
-    "pg_current_xact_id", "text", "bigint", "n", "o", "Q", "db",
+    "pg_current_xact_id", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
 }
 
 

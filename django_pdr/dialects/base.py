@@ -179,6 +179,16 @@ class Dialect:
         """A query returning the names of our triggers that exist now."""
         raise NotImplementedError(f"{self.label}: trigger discovery is not implemented")
 
+    # -- wake-ups ------------------------------------------------------------
+    #: The capture triggers notify listeners (PostgreSQL LISTEN/NOTIFY); others are polled.
+    supports_notify = False
+
+    def start_listening(self, dbapi_connection):
+        raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
+
+    def drain_notifications(self, dbapi_connection) -> int:
+        raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
+
     # -- visibility --------------------------------------------------------
     def open_transactions_query(self):
         """A query returning one row per write transaction open now, or None

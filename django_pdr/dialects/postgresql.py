@@ -7,6 +7,11 @@ from sqlalchemy.dialects import postgresql as pg
 from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
 
 
+#: Channel the capture triggers notify; idle workers LISTEN on it (one wake-up per
+#: transaction: PostgreSQL folds identical notifications of a transaction into one).
+NOTIFY_CHANNEL = "pdr_events"
+
+
 class PostgreSQLDialect(Dialect):
     names = ("postgresql",)
     label = "PostgreSQL"
@@ -49,6 +54,7 @@ BEGIN
   ELSIF TG_OP = 'DELETE' THEN
     {self._insert_events(event, OP_DELETE, 'o', key_names, 'pdr_old AS o')};
   END IF;
+  PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
   RETURN NULL;
 END
 """
@@ -87,6 +93,21 @@ END
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal"
         ).bindparams(schema=schema, table=table_name)
+
+    # -- wake-ups ------------------------------------------------------------
+    supports_notify = True
+
+    def start_listening(self, dbapi_connection):
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        cursor.close()
+
+    def drain_notifications(self, dbapi_connection) -> int:
+        dbapi_connection.poll()
+        count = len(dbapi_connection.notifies)
+        dbapi_connection.notifies.clear()
+        return count
 
     # -- visibility ----------------------------------------------------------
     def open_transactions_query(self):
