@@ -210,8 +210,8 @@ class SourceTableAdmin(_PdrAdmin):
                     reverse(f"{self.admin_site.name}:django_pdr_sourcetable_change", args=[source.pk]))
         return super().delete_view(request, object_id, extra_context)
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
+    def get_actions(self, request, *args, **kwargs):
+        actions = super().get_actions(request, *args, **kwargs)
         if "delete_selected" in actions:
             actions["delete_selected"] = (SourceTableAdmin._pdr_delete_selected, "delete_selected",
                                           delete_selected.short_description)

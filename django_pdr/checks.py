@@ -1,28 +1,186 @@
-"""Django system checks (ids ``django_pdr.E0xx`` / ``W0xx``, documented in docs/checks.md)."""
+"""Django system checks.  Every id is documented in docs/checks.md.
+
+=================  ======================================================================
+django_pdr.E001    ``django_ace`` is not installed
+django_pdr.E002    ``settings.PDR`` is invalid (not a dict, unknown key, bad value)
+django_pdr.W001    no dedicated ``PGCRYPTO_DEFAULT_KEY`` (credentials tied to SECRET_KEY)
+django_pdr.W002    ``django.contrib.admin`` is not installed
+django_pdr.W003    a configured Database's driver cannot be imported (database check)
+django_pdr.W004    a configured Database has a kind this version does not support (database check)
+=================  ======================================================================
+
+W003 and W004 read the ``Database`` table, so, like Django's own database checks,
+they run only when databases are given: ``manage.py check --database default``,
+``manage.py migrate`` and the test runner.  Before ``migrate`` (no table yet) or
+with the database unreachable they report nothing.
+"""
+from __future__ import annotations
+
+import numbers
+
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError, router, transaction
+
+#: How to install a database kind's driver (a dialect class may say so itself
+#: through an ``install_hint`` attribute, which wins).
+INSTALL_HINTS = {
+    "mysql": "Install the MySQL/MariaDB driver: pip install 'django-pdr[mysql]' (installs PyMySQL).",
+    "postgresql": "Install the PostgreSQL driver, a dependency of django-pdr: pip install psycopg2-binary.",
+    "sqlite": "This Python was built without the sqlite3 module: use a Python build that has it.",
+}
 
 
 @register(Tags.compatibility)
 def check_settings(app_configs=None, **kwargs):
+    """E001, W001, W002, E002: settings django-pdr depends on."""
     messages = []
-    if "django_ace" not in settings.INSTALLED_APPS:
+    if not apps.is_installed("django_ace"):
         messages.append(Error(
             "django_ace is not in INSTALLED_APPS.",
             hint="Add 'django_ace' to INSTALLED_APPS: the admin edits mappings in ACE editors.",
             id="django_pdr.E001",
         ))
-    if not getattr(settings, "PGCRYPTO_DEFAULT_KEY", None):
+    key = getattr(settings, "PGCRYPTO_DEFAULT_KEY", None)
+    if not key:
         messages.append(Warning(
             "PGCRYPTO_DEFAULT_KEY is not set: database credentials are encrypted with SECRET_KEY.",
             hint="Set a dedicated PGCRYPTO_DEFAULT_KEY; otherwise rotating SECRET_KEY makes every "
                  "stored password unreadable.",
             id="django_pdr.W001",
         ))
-    try:
-        from . import conf
-
-        conf.get("BATCH_SIZE")
-    except Exception as exc:
-        messages.append(Error(str(exc), hint="Fix the PDR dict in settings.", id="django_pdr.E002"))
+    elif key == getattr(settings, "SECRET_KEY", None):
+        messages.append(Warning(
+            "PGCRYPTO_DEFAULT_KEY equals SECRET_KEY: database credentials are tied to SECRET_KEY.",
+            hint="Use a different, dedicated value; otherwise rotating SECRET_KEY makes every "
+                 "stored password unreadable.",
+            id="django_pdr.W001",
+        ))
+    if not apps.is_installed("django.contrib.admin"):
+        messages.append(Warning(
+            "django.contrib.admin is not in INSTALLED_APPS: django-pdr is configured and monitored "
+            "in the admin.",
+            hint="Add 'django.contrib.admin' (and include admin.site.urls in your URLconf), or "
+                 "configure django-pdr through the ORM or 'manage.py pdr-import'.",
+            id="django_pdr.W002",
+        ))
+    messages.extend(_check_pdr_dict())
     return messages
+
+
+def _check_pdr_dict():
+    """E002: one Error per problem of ``settings.PDR`` (types follow the defaults)."""
+    from .conf import DEFAULTS
+
+    def error(message, hint="Fix the PDR dict in settings; docs/settings.md lists every key."):
+        return Error(message, hint=hint, id="django_pdr.E002")
+
+    user = getattr(settings, "PDR", None)
+    if user is None:
+        return []
+    if not isinstance(user, dict):
+        return [error(f"settings.PDR must be a dict, not {type(user).__name__}.")]
+    messages = []
+    unknown = sorted(set(user) - set(DEFAULTS), key=str)
+    if unknown:
+        messages.append(error(
+            f"Unknown key(s) in settings.PDR: {', '.join(map(str, unknown))}.",
+            hint=f"Known keys: {', '.join(sorted(DEFAULTS))} (see docs/settings.md).",
+        ))
+    for name, value in user.items():
+        if name not in DEFAULTS:
+            continue
+        default = DEFAULTS[name]
+        if isinstance(default, bool):
+            ok, wanted = isinstance(value, bool), "True or False"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            wanted = "a positive integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0
+            wanted = "a positive number"
+        elif isinstance(default, str):
+            ok, wanted = isinstance(value, str) and bool(value.strip()), "a non-empty string"
+        else:
+            continue
+        if not ok:
+            messages.append(error(f"settings.PDR[{name!r}] must be {wanted}, not {value!r}."))
+    backoff = user.get("RETRY_BACKOFF", DEFAULTS.get("RETRY_BACKOFF"))
+    backoff_max = user.get("RETRY_BACKOFF_MAX", DEFAULTS.get("RETRY_BACKOFF_MAX"))
+    if (isinstance(backoff, numbers.Real) and isinstance(backoff_max, numbers.Real)
+            and 0 < backoff_max < backoff):
+        messages.append(error(
+            f"settings.PDR['RETRY_BACKOFF_MAX'] ({backoff_max!r}) is smaller than "
+            f"settings.PDR['RETRY_BACKOFF'] ({backoff!r})."))
+    return messages
+
+
+@register(Tags.database)
+def check_database_drivers(app_configs=None, databases=None, **kwargs):
+    """W003, W004: every kind of configured Database can be used by this installation."""
+    if not databases:
+        return []
+    if app_configs is not None and not any(config.name == "django_pdr" for config in app_configs):
+        return []  # `manage.py check other_app --database ...`
+    from .models import Database
+
+    alias = router.db_for_read(Database)
+    if alias not in databases:
+        return []
+    try:
+        with transaction.atomic(using=alias):  # a savepoint, when called inside a transaction
+            rows = list(Database.objects.using(alias).order_by("name").values_list("name", "kind"))
+    except DatabaseError:
+        # Not migrated yet (no table) or unreachable: nothing configured that we can check.
+        return []
+    by_kind: dict[str, list[str]] = {}
+    for name, kind in rows:
+        by_kind.setdefault(kind, []).append(name)
+
+    messages = []
+    for kind, names in sorted(by_kind.items()):
+        listed = ", ".join(repr(n) for n in names)
+        try:
+            problem = driver_import_error(kind)
+        except NotImplementedError:
+            from .dialects import KINDS
+
+            messages.append(Warning(
+                f"Database(s) {listed} have kind {kind!r}, which this version of django-pdr "
+                f"does not support: they cannot be replicated.",
+                hint=f"Change their kind to one of {', '.join(sorted(KINDS))}, or delete them.",
+                id="django_pdr.W004",
+            ))
+            continue
+        if problem is not None:
+            messages.append(Warning(
+                f"Database(s) {listed} need the {kind} driver (Python module "
+                f"{problem.name or '?'!r}), which cannot be imported: {problem}.",
+                hint=install_hint(kind),
+                id="django_pdr.W003",
+            ))
+    return messages
+
+
+def driver_import_error(kind: str) -> ImportError | None:
+    """The ImportError raised by importing the driver of ``kind``, or None when it imports.
+
+    Raises NotImplementedError for an unknown kind."""
+    import sqlalchemy as sa
+
+    from .dialects import dialect_for_kind
+
+    cls = dialect_for_kind(kind)
+    try:
+        sa.engine.URL.create(cls.driver).get_dialect().import_dbapi()
+    except ImportError as exc:
+        return exc
+    return None
+
+
+def install_hint(kind: str) -> str:
+    from .dialects import dialect_for_kind
+
+    hint = getattr(dialect_for_kind(kind), "install_hint", None)
+    return hint or INSTALL_HINTS.get(kind) or f"Install the Python driver of {kind} databases."

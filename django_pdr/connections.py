@@ -84,20 +84,23 @@ def dialect_of(database) -> Dialect:
 def describe_failure(database, exc: BaseException) -> str:
     """A message that names the database and what to check, never a credential."""
     orig = getattr(exc, "orig", None) or exc
+    cls = dialect_for_kind(database.kind)
+    if isinstance(orig, ImportError):
+        return (f"Cannot connect to {database.describe()}: its Python driver is not installed ({orig}). "
+                f"{cls.install_hint}")
     text = str(orig).strip()
     text = text.splitlines()[0] if text else type(orig).__name__
     for secret in (database.password, database.username):
         if secret and len(secret) > 2:
             text = text.replace(secret, "***")
-    hint = dialect_for_kind(database.kind).unreachable_hint
+    hint = cls.unreachable_hint
     return f"Cannot connect to {database.describe()}: {text} ({hint})."
 
 
 def check_connection(database) -> str:
     """Connect and run a trivial query; raise ConnectionFailed with a readable message."""
-    engine = get_engine(database)
     try:
-        with engine.connect() as conn:
+        with get_engine(database).connect() as conn:
             conn.execute(sa.text("SELECT 1"))
             version = conn.dialect.server_version_info
     except Exception as exc:  # each driver has its own exception classes

@@ -98,6 +98,8 @@ class Dialect:
         return self.quote(name)
 
     # -- connection --------------------------------------------------------
+    #: How to install the engine's Python driver.
+    install_hint = "Install the Python driver of this database engine."
     #: What to check when a connection fails.
     unreachable_hint = ("check host, port, database name, user and password, "
                         "and that the server is running")

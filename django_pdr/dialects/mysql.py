@@ -11,6 +11,7 @@ class MySQLDialect(Dialect):
     names = ("mysql", "mariadb")
     label = "MySQL/MariaDB"
     driver = "mysql+pymysql"
+    install_hint = "Install PyMySQL: pip install 'django-pdr[mysql]'."
     tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI
     max_identifier_length = 64
     max_parameters = 30000

@@ -16,6 +16,7 @@ class PostgreSQLDialect(Dialect):
     names = ("postgresql",)
     label = "PostgreSQL"
     driver = "postgresql+psycopg2"
+    install_hint = "Install psycopg2: pip install psycopg2-binary (a dependency of django-pdr)."
     tested_live = True
     max_identifier_length = 63
     identifier_length_in_bytes = True
