@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from . import admin_views as views
 from .errors import ConnectionFailed, PdrError, TableNotFound
+from .errors import describe as describe_error
 from .forms import DatabaseForm, ReflectionForm, SourceTableForm
 from .models import Database, DeadLetter, Reflection, SourceTable
 
@@ -144,7 +145,7 @@ class SourceTableAdmin(_PdrAdmin):
             state = status(obj)
         except Exception as exc:  # unreachable database, dropped table...
             return format_html('<span class="pdr-status pdr-status-unreachable" title="{}">{}</span>',
-                               views.error_text(exc), views.UNREACHABLE)
+                               describe_error(exc), views.UNREACHABLE)
         return views.status_badge(state)
 
     @admin.display(description=_("pending events"))
@@ -160,7 +161,7 @@ class SourceTableAdmin(_PdrAdmin):
             except PdrError as exc:
                 messages.error(request, str(exc))
             except Exception as exc:  # an engine error the library did not classify
-                messages.error(request, f"{source}: {views.error_text(exc)}")
+                messages.error(request, f"{source}: {describe_error(exc)}")
             else:
                 messages.success(request, f"{source}: capture {verb}.")
 
@@ -196,7 +197,7 @@ class SourceTableAdmin(_PdrAdmin):
             return False
         except Exception as exc:
             messages.error(request, f"{source} was not deleted: its capture triggers could not be removed. "
-                                    f"{views.error_text(exc)}")
+                                    f"{describe_error(exc)}")
             return False
         return True
 

@@ -19,21 +19,13 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
+from .errors import describe as describe_error
 from .errors import PdrError
 from .models import Database, Reflection, Sample
 
 logger = logging.getLogger("django_pdr.admin")
 
 UNREACHABLE = "unreachable"
-
-
-def error_text(exc: BaseException) -> str:
-    """A one-line message for an error (no traceback; library messages carry no credential)."""
-    if isinstance(exc, PdrError):
-        return str(exc)
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return f"{type(orig or exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 # -- Database ----------------------------------------------------------------
@@ -165,7 +157,7 @@ def preview_view(model_admin, request, object_id):
     try:
         result = preview(reflection, limit)
     except Exception as exc:  # every failure is a message on the page
-        error = error_text(exc)
+        error = describe_error(exc)
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Reflection._meta, "title": f"Preview: {reflection}", "reflection": reflection,

@@ -27,3 +27,14 @@ class CaptureError(PdrError):
 
 class ApplyError(PdrError):
     """A batch could not be applied to the destination."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for any error: ours verbatim, a driver's as 'Type: first line'.
+
+    Never a traceback; library messages carry no credential."""
+    if isinstance(exc, PdrError):
+        return str(exc)
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return f"{type(orig or exc).__name__}: {text.splitlines()[0] if text else ''}"[:2000]

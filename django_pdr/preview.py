@@ -90,8 +90,8 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
             else:
                 target = destination_table(source, src_dialect, get_dialect(dst), schema,
                                            reflection.destination_table, mapping=mapping)
-                notes.append(f"The destination table does not exist yet: pdr-reflect will create it "
-                             f"with the column types shown.")
+                notes.append("The destination table does not exist yet: pdr-reflect will create it "
+                             "with the column types shown.")
             types = {c: _type_label(target.c[c].type, dst.dialect) for c in mapping.dest_columns}
         finally:
             dst.rollback()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from django.utils import timezone
 
+from .errors import describe as describe_error
 from . import conf, keycodec
 from .capture import plan as capture_plan
 from .coerce import row_converter
@@ -38,12 +39,6 @@ class StaleCheckpoint(Exception):
 
 class LeaseLost(Exception):
     """This worker's lease on the reflection expired and another worker holds it."""
-
-
-def describe_row_error(exc) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    return f"{type(orig).__name__}: {text.splitlines()[0] if text else ''}"[:2000]
 
 
 def key_hash(key: tuple) -> str:
@@ -291,9 +286,9 @@ class ReflectionRunner:
             # every row fails: the destination itself is wrong, not the rows
             raise batch_error
         for key, exc in bad:
-            record_dead_letter(self.reflection, key, describe_row_error(exc))
+            record_dead_letter(self.reflection, key, describe_error(exc))
             logger.warning("%s: row %s rejected by the destination, dead-lettered: %s", self.reflection,
-                           list(key), describe_row_error(exc))
+                           list(key), describe_error(exc))
         with begin(dst):
             self._fence(dst, expected)
             self._write_state(dst, new_state)
@@ -463,7 +458,7 @@ class ReflectionRunner:
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:
                     raise
-                resolve(letter, error=describe_row_error(exc))
+                resolve(letter, error=describe_error(exc))
                 continue
             resolve(letter)
             logger.info("%s: dead-lettered row %s applied on retry", self.reflection, list(key))

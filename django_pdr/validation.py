@@ -10,6 +10,7 @@ import re
 
 import sqlalchemy as sa
 
+from .errors import describe as describe_error
 from .connections import begin, describe_failure, get_engine
 from .errors import ConfigurationError, ConnectionFailed
 from .mapping import Mapping, check_sql_fragment
@@ -23,11 +24,6 @@ def _connect(database):
         return get_engine(database).connect()
     except Exception as exc:
         raise ConnectionFailed(describe_failure(database, exc)) from None
-
-
-def _first_error_line(exc) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_statement(text: str, what: str, allowed: set[str]) -> sa.TextClause:
@@ -55,7 +51,7 @@ def validate(reflection) -> Mapping:
             sample = src.execute(mapping.select(source).limit(1)).mappings().first()
         except sa.exc.DBAPIError as exc:
             raise ConfigurationError(
-                f"The source database rejects the mapping's expressions or filter: {_first_error_line(exc)}")
+                f"The source database rejects the mapping's expressions or filter: {describe_error(exc)}")
         finally:
             src.rollback()
     sample = dict(sample) if sample else {c.name: None for c in source.columns}
@@ -82,5 +78,5 @@ def validate(reflection) -> Mapping:
                     transaction.rollback()
             except sa.exc.DBAPIError as exc:
                 raise ConfigurationError(
-                    f"The destination database rejects the statement: {_first_error_line(exc)}")
+                    f"The destination database rejects the statement: {describe_error(exc)}")
     return mapping

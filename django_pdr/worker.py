@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from django.db.models import Q
 from django.utils import timezone
 
+from .errors import describe as describe_error
 from . import conf
-from .errors import PdrError
 from .maintenance import purge
 from .wakeup import Waker
 from .models import Database, Reflection
@@ -41,15 +41,6 @@ class RoundResult:
     unfinished: list = field(default_factory=list)
     events: int = 0
     rows: int = 0
-
-
-def error_message(exc: BaseException) -> str:
-    """A one-paragraph message for a failed pass: no traceback, no credential."""
-    if isinstance(exc, PdrError):
-        return str(exc)
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return f"{type(orig or exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def backoff_seconds(failures: int) -> float:
@@ -136,7 +127,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 continue
             except Exception as exc:  # one reflection's failure must not stop the others
                 release(owner, [reflection.pk])
-                message = error_message(exc)
+                message = describe_error(exc)
                 delay = backoff_seconds(reflection.failures)
                 logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
                              message, delay, exc_info=logger.isEnabledFor(logging.DEBUG))
@@ -157,7 +148,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 try:
                     purge(reflection.source)
                 except Exception as exc:  # purging is housekeeping: never fail the pass for it
-                    logger.warning("purging events of %s failed: %s", reflection.source, error_message(exc))
+                    logger.warning("purging events of %s failed: %s", reflection.source, describe_error(exc))
     finally:
         if single:
             release(owner)

@@ -3,7 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_pdr.models import Reflection
 from django_pdr.verify import verify
-from django_pdr.worker import error_message
+from django_pdr.errors import describe as error_message
 
 
 class Command(BaseCommand):
