@@ -239,6 +239,8 @@ class ReflectionRunner:
         self._execute_upsert(dst, self.checkpoints, ["reflection"], ["state", "updated_at"], [row])
 
     def _execute_upsert(self, dst, table, keys, values, rows):
+        if len(rows) > 1 and self.dst_dialect.bulk_upsert(dst, table, keys, values, rows):
+            return
         for statement, params in self.dst_dialect.upsert_batches(table, keys, values, rows):
             if params is None:
                 dst.execute(statement)

@@ -224,6 +224,40 @@ class Dialect:
         """(statement, parameters) pairs that upsert ``rows``: one executemany here."""
         return [(self.upsert(table, key_names, update_names), rows)]
 
+    def bulk_upsert(self, conn, table: sa.Table, key_names: list[str], update_names: list[str],
+                    rows: list[dict]) -> bool:
+        """Upsert ``rows`` through the driver's fastest bulk path; False when there is none
+        (the caller then executes ``upsert_batches``).  Values pass through the column
+        types' SQLAlchemy bind processors first, as they would through SQLAlchemy."""
+        return False
+
+    @staticmethod
+    def run_on_driver(conn, sql: str, work) -> None:
+        """Run ``work(cursor)`` on the DB-API connection under ``conn``'s transaction;
+        driver errors come out as SQLAlchemy's (so callers handle both paths alike)."""
+        dialect = conn.dialect
+        dbapi_connection = conn.connection.dbapi_connection
+        cursor = dbapi_connection.cursor()
+        try:
+            work(cursor)
+        except dialect.loaded_dbapi.Error as exc:
+            invalidated = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if invalidated:
+                conn.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error,
+                                             connection_invalidated=invalidated, dialect=dialect) from exc
+        finally:
+            try:
+                cursor.close()
+            except Exception:
+                pass
+
+    @staticmethod
+    def bound_rows(conn, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:
+        processors = [table.c[n].type.bind_processor(conn.dialect) for n in names]
+        pairs = list(zip(names, processors))
+        return [tuple(p(row.get(n)) if p else row.get(n) for n, p in pairs) for row in rows]
+
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table: sa.Table) -> None:
         """Correct reflected column types SQLAlchemy cannot tell apart (in place)."""

@@ -111,6 +111,23 @@ class MySQLDialect(Dialect):
         # the column name twice for format-paramstyle drivers.
         return stmt.on_duplicate_key_update({n: sa.func.values(sa.column(n)) for n in update_names})
 
+    def bulk_upsert(self, conn, table, key_names, update_names, rows):
+        # PyMySQL's executemany() rewrites INSERT ... VALUES into multi-row statements,
+        # but leaves the ON DUPLICATE KEY UPDATE clause unformatted: a "%" in a name
+        # there would stay doubled, so such tables take the SQLAlchemy path.
+        names = [n for n in table.c.keys() if n in rows[0]]
+        if conn.dialect.driver != "pymysql" or any("%" in n for n in names + [table.name, table.schema or ""]):
+            return False
+        target = self.qualified(table.schema, table.name)
+        columns = ", ".join(self.quote(n) for n in names)
+        updates = update_names or key_names[:1]
+        action = ", ".join(f"{self.quote(n)} = VALUES({self.quote(n)})" for n in updates)
+        sql = (f"INSERT INTO {target} ({columns}) VALUES ({', '.join(['%s'] * len(names))}) "
+               f"ON DUPLICATE KEY UPDATE {action}")
+        values = self.bound_rows(conn, table, names, rows)
+        self.run_on_driver(conn, sql, lambda cursor: cursor.executemany(sql, values))
+        return True
+
     def upsert_batches(self, table, key_names, update_names, rows):
         # One multi-row INSERT per chunk rather than executemany: PyMySQL's executemany
         # leaves the ON DUPLICATE KEY UPDATE clause unformatted, so a column name with

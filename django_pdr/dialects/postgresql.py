@@ -123,6 +123,31 @@ END
             index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
         )
 
+    def bulk_upsert(self, conn, table, key_names, update_names, rows):
+        # psycopg2 runs executemany() one row per round trip; execute_values sends
+        # pages of rows as one multi-row INSERT ... ON CONFLICT (5-10x faster).
+        if conn.dialect.driver != "psycopg2":
+            return False
+        from psycopg2.extras import execute_values
+
+        names = list(table.c.keys())
+        names = [n for n in names if n in rows[0]]
+
+        def ident(name):
+            return self.quote(name)
+
+        target = ".".join(ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
+        columns = ", ".join(ident(n) for n in names)
+        keys = ", ".join(ident(n) for n in key_names)
+        if update_names:
+            action = "DO UPDATE SET " + ", ".join(f"{ident(n)} = EXCLUDED.{ident(n)}" for n in update_names)
+        else:
+            action = "DO NOTHING"
+        sql = f"INSERT INTO {target} ({columns}) VALUES %s ON CONFLICT ({keys}) {action}"
+        values = self.bound_rows(conn, table, names, rows)
+        self.run_on_driver(conn, sql, lambda cursor: execute_values(cursor, sql, values, page_size=1000))
+        return True
+
     # -- types ---------------------------------------------------------------
     def destination_type(self, generic, *, is_key):
         if isinstance(generic, sa.Uuid):
