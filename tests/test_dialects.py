@@ -116,7 +116,7 @@ SQL_WORDS = {
     "EACH", "ROW", "STATEMENT", "BEGIN", "END", "INTO", "VALUES", "SELECT", "FROM", "WHERE", "IS", "NOT",
     "IF", "THEN", "ELSIF", "AND", "CAST", "AS", "BINARY", "REFERENCING", "NEW", "OLD", "TABLE", "EXECUTE",
     "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
-    "pg_current_xact_id", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
+    "pg_current_xact_id", "DECLARE", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
 }
 
 
@@ -331,7 +331,8 @@ def test_postgresql_update_records_old_key_as_delete_only_when_the_key_changed()
     keys = ", ".join(hand_quoted(dialect, k) for k in HOSTILE_KEYS)
     target = (f"INSERT INTO {hand_quoted(dialect, SCHEMA['postgresql'])}.{names.event_table} "
               f"(pdr_op, pdr_txid, pdr_k0, pdr_k1, pdr_k2) ")
-    txid = "pg_current_xact_id()::text::bigint"
+    txid = "pdr_txid"  # pg_current_xact_id(), read once per statement into a variable
+    assert "pdr_txid bigint := pg_current_xact_id()::text::bigint;" in body
 
     def values(alias):
         return ", ".join(f"{alias}.{hand_quoted(dialect, k)}" for k in HOSTILE_KEYS)

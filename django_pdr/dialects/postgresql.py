@@ -37,7 +37,7 @@ class PostgreSQLDialect(Dialect):
         return (
             f"INSERT INTO {self.qualified(event.schema, event.name)} "
             f"({column_list(self, ['pdr_op', 'pdr_txid', *keys])}) "
-            f"SELECT '{op}', pg_current_xact_id()::text::bigint, {values} FROM {from_clause}"
+            f"SELECT '{op}', pdr_txid, {values} FROM {from_clause}"
         )
 
     def create_trigger_statements(self, source, event, names, key_names):
@@ -46,6 +46,8 @@ class PostgreSQLDialect(Dialect):
         cols = column_list(self, key_names)
         key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
         body = f"""
+DECLARE
+  pdr_txid bigint := pg_current_xact_id()::text::bigint;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     {self._insert_events(event, OP_INSERT, 'n', key_names, 'pdr_new AS n')};
