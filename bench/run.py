@@ -1,0 +1,913 @@
+"""django-pdr performance benchmark: one command, its own servers, one table.
+
+    /tmp/venv/bin/python bench/run.py              # full run (1M-event backlogs), ~15 min on 2 cores today
+    /tmp/venv/bin/python bench/run.py --quick      # 100k-event backlogs, ~5 min (3 runs of PG->PG)
+    /tmp/venv/bin/python bench/run.py --events 300000 --repeat 3 --mem5m
+    /tmp/venv/bin/python bench/run.py --profile 200000   # only: cProfile of a PG->PG catch-up
+
+Starts two PostgreSQL 15 servers (A: sources and logical-replication publisher;
+B: destinations and subscriber; both wal_level=logical, fsync=on,
+synchronous_commit=on, full_page_writes=on) and one MariaDB 10.11 server
+(innodb_flush_log_at_trx_commit=2, as in the test servers), all on free ports
+under /tmp, stopped and removed at the end.
+
+Measures (see docs/performance.md for what each one means):
+  (a) catch-up throughput of a backlog (60% insert, 30% update, 10% delete,
+      100 changes per transaction, 7-column table) for PG->PG, PG->MariaDB,
+      MariaDB->PG, SQLite->PG, and PostgreSQL's native logical replication on
+      the same workload (subscription created disabled before the backlog);
+  (b) commit -> visible latency at ~1,000 one-row transactions/s, PG->PG,
+      worker `pdr-reflect -i 0.01` (polling) vs logical replication;
+  (c) capture overhead: pgbench TPS (2 clients, durable commit) of one-row
+      INSERT and UPDATE transactions with/without the capture triggers, and a
+      200k-row INSERT ... SELECT with/without;
+  (d) worker peak RSS at the backlog size (and at 5M with --mem5m);
+  (e) initial load rows/s PG->PG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import signal
+import sqlite3
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+PY = sys.executable
+PGBIN = "/usr/lib/postgresql/15/bin"
+USER = PASSWORD = "pdr"
+HOST = "127.0.0.1"
+
+from tests.live_servers import MariaDBServer, PostgresServer  # noqa: E402
+
+
+LOADAVG = []
+
+
+def log(msg):
+    load = os.getloadavg()[0]
+    LOADAVG.append(load)
+    print(f"[{time.strftime('%H:%M:%S')} load {load:.1f}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- servers
+class BenchPostgres(PostgresServer):
+    """PostgreSQL 15 with durable commits (fsync, synchronous_commit, full_page_writes on)."""
+
+    def _spawn(self):
+        self._popen([os.path.join(self.bindir, "postgres"), "-D", self.datadir, "-k", self.socket,
+                     "-c", f"listen_addresses={HOST}", "-c", f"port={self.port}",
+                     "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "full_page_writes=on",
+                     "-c", "wal_level=logical", "-c", "max_connections=100", "-c", "max_wal_senders=20",
+                     "-c", "max_replication_slots=20", "-c", "shared_buffers=512MB",
+                     "-c", "max_wal_size=8GB", "-c", "checkpoint_timeout=30min",
+                     "-c", "max_logical_replication_workers=8", "-c", "max_worker_processes=16",
+                     # the launcher starts apply workers at most once per this interval (default 5 s):
+                     # back-to-back timed subscription runs would otherwise include a 5 s wait
+                     "-c", "wal_retrieve_retry_interval=100ms"],
+                    **self._as_pg())
+
+
+class BenchMariaDB(MariaDBServer):
+    def _spawn(self):
+        cmd = [self.mariadbd, "--no-defaults", "--user=root", f"--datadir={self.datadir}",
+               f"--socket={self.socket}", f"--port={self.port}", f"--bind-address={HOST}",
+               f"--pid-file={os.path.join(self.tmpdir, 'mariadbd.pid')}",
+               "--skip-log-bin", "--skip-name-resolve", "--character-set-server=utf8mb4",
+               "--collation-server=utf8mb4_unicode_ci", "--max-connections=300",
+               "--innodb-flush-log-at-trx-commit=2", "--innodb-buffer-pool-size=512M",
+               "--innodb-log-file-size=512M", "--innodb-fast-shutdown=2"]
+        self._popen(cmd, env=dict(os.environ))
+
+
+# --------------------------------------------------------------------------- SQL helpers
+def pg_connect(server, db, autocommit=False):
+    import psycopg2
+
+    conn = psycopg2.connect(host=HOST, port=server.port, user=USER, password=PASSWORD, dbname=db,
+                            options="-c timezone=UTC")
+    conn.autocommit = autocommit
+    return conn
+
+
+def my_connect(server, db):
+    import pymysql
+
+    return pymysql.connect(host=HOST, port=server.port, user=USER, password=PASSWORD, database=db,
+                           charset="utf8mb4", autocommit=False)
+
+
+def pg_admin(server, *statements, db="pdr"):
+    conn = pg_connect(server, db, autocommit=True)
+    with conn.cursor() as cur:
+        for s in statements:
+            cur.execute(s)
+    conn.close()
+
+
+def pg_scalar(server, db, sql):
+    conn = pg_connect(server, db, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        value = cur.fetchone()[0]
+    conn.close()
+    return value
+
+
+DDL = {
+    "postgresql": ("CREATE TABLE t (id bigint PRIMARY KEY, n integer NOT NULL, name varchar(40), "
+                   "score double precision, amount numeric(12,2), created timestamp, flag boolean)"),
+    "mysql": ("CREATE TABLE t (id bigint PRIMARY KEY, n integer NOT NULL, name varchar(40), "
+              "score double, amount decimal(12,2), created datetime(6), flag boolean) ENGINE=InnoDB"),
+    "sqlite": ("CREATE TABLE t (id BIGINT PRIMARY KEY, n INTEGER NOT NULL, name VARCHAR(40), "
+               "score REAL, amount NUMERIC(12,2), created DATETIME, flag BOOLEAN)"),
+}
+SENTINEL = 10 ** 12
+
+
+class Source:
+    """A source database (one engine) the workload writes into, table ``t``."""
+
+    def __init__(self, kind, server=None, name=None, path=None):
+        self.kind, self.server, self.name, self.path = kind, server, name, path
+
+    @classmethod
+    def create(cls, kind, server=None, name=None, workdir=None):
+        if kind == "postgresql":
+            pg_admin(server, f'CREATE DATABASE "{name}"')
+            src = cls(kind, server, name)
+        elif kind == "mysql":
+            conn = my_connect(server, "pdr")
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+            conn.close()
+            src = cls(kind, server, name)
+        else:
+            path = os.path.join(workdir, f"{name}.sqlite3")
+            src = cls(kind, path=path)
+            conn = sqlite3.connect(path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.close()
+        src.execute(DDL[kind])
+        return src
+
+    def connect(self):
+        if self.kind == "postgresql":
+            return pg_connect(self.server, self.name)
+        if self.kind == "mysql":
+            return my_connect(self.server, self.name)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def execute(self, *statements):
+        conn = self.connect()
+        cur = conn.cursor()
+        if self.kind == "sqlite":
+            cur.execute("BEGIN")
+        for s in statements:
+            cur.execute(s)
+        conn.commit() if self.kind != "sqlite" else cur.execute("COMMIT")
+        conn.close()
+
+    def model(self, label):
+        from django_pdr.models import Database
+
+        if self.kind == "sqlite":
+            return Database.objects.create(name=label, kind="sqlite", database=self.path)
+        return Database.objects.create(name=label, kind=self.kind, host=HOST, port=self.server.port,
+                                       username=USER, password=PASSWORD, database=self.name)
+
+    def summary(self, table="t"):
+        """(row count, sum of n, sum of name lengths): compared after each catch-up."""
+        conn = self.connect()
+        cur = conn.cursor()
+        cur.execute(f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(length(name)), 0) FROM {table}")
+        row = tuple(int(x) for x in cur.fetchone())
+        conn.close()
+        return row
+
+
+def dest_pg(server, name):
+    pg_admin(server, f'CREATE DATABASE "{name}"')
+    return Source("postgresql", server, name)
+
+
+def dest_my(server, name):
+    conn = my_connect(server, "pdr")
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    conn.close()
+    return Source("mysql", server, name)
+
+
+# --------------------------------------------------------------------------- workload
+def _lit_row(i, rng):
+    name = "".join(rng.choices(string.ascii_letters, k=rng.randint(8, 30)))
+    return (f"({i}, {rng.randint(0, 10 ** 6)}, '{name}', {rng.random() * 1000:.6f}, "
+            f"{rng.randint(0, 10 ** 8) / 100:.2f}, '2026-01-{rng.randint(1, 28):02d} "
+            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}.{rng.randint(0, 999999):06d}', "
+            f"{'TRUE' if rng.random() < 0.5 else 'FALSE'})")
+
+
+def generate_backlog(src: Source, events: int, seed=2026, per_tx=100):
+    """``events`` row changes, ``per_tx`` per transaction: 60% INSERT, 30% UPDATE, 10% DELETE.
+
+    One multi-row statement per kind per transaction (so PostgreSQL's statement-level
+    triggers fire three times per transaction, MariaDB's row triggers once per row).
+    The last transaction also inserts a sentinel row (id 10**12): the logical
+    replication timer waits for it.  Returns (events written, seconds)."""
+    rng = random.Random(seed)
+    n_ins, n_upd = int(per_tx * 0.6), int(per_tx * 0.3)
+    n_del = per_tx - n_ins - n_upd
+    live: list[int] = []
+    next_id = 1
+    conn = src.connect()
+    cur = conn.cursor()
+    if src.kind == "postgresql":
+        cur.execute("SET synchronous_commit = off")  # building the backlog only; timing is elsewhere
+        conn.commit()
+    started = time.perf_counter()
+    written = 0
+    txs = max(1, events // per_tx)
+    for tx in range(txs):
+        if src.kind == "sqlite":
+            cur.execute("BEGIN")
+        rows = []
+        for _ in range(n_ins):
+            rows.append(_lit_row(next_id, rng))
+            live.append(next_id)
+            next_id += 1
+        cur.execute("INSERT INTO t (id, n, name, score, amount, created, flag) VALUES " + ", ".join(rows))
+        picks = rng.sample(range(len(live)), n_upd + n_del)
+        upd = [live[i] for i in picks[:n_upd]]
+        dele_idx = sorted(picks[n_upd:], reverse=True)
+        dele = [live[i] for i in dele_idx]
+        word = "".join(rng.choices(string.ascii_letters, k=12))
+        cur.execute(f"UPDATE t SET n = n + 1, name = '{word}', score = score + 1 WHERE id IN "
+                    f"({', '.join(map(str, upd))})")
+        cur.execute(f"DELETE FROM t WHERE id IN ({', '.join(map(str, dele))})")
+        for i in dele_idx:  # swap-remove
+            live[i] = live[-1]
+            live.pop()
+        written += per_tx
+        if tx == txs - 1:
+            cur.execute(f"INSERT INTO t (id, n, name, score, amount, created, flag) VALUES "
+                        f"{_lit_row(SENTINEL, rng)}")
+            written += 1
+        if src.kind == "sqlite":
+            cur.execute("COMMIT")
+        else:
+            conn.commit()
+    conn.close()
+    return written, time.perf_counter() - started
+
+
+def _cpu_seconds(pid):
+    """user+system CPU seconds of a process (the polling worker's cost while idle-waiting)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------- PDR plumbing
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.workdir = tempfile.mkdtemp(prefix="pdr-bench-")
+        self.django_db = os.path.join(self.workdir, "django.sqlite3")
+        self.servers = []
+        self.results = {}
+        self.notes = []
+
+    # -- servers ----------------------------------------------------------------
+    def start_servers(self, mariadb=True):
+        self.pga, self.pgb = BenchPostgres(), BenchPostgres()
+        self.pga.label, self.pgb.label = "postgresql A (sources, publisher)", "postgresql B (destinations, subscriber)"
+        todo = [self.pga, self.pgb] + ([BenchMariaDB()] if mariadb else [])
+        threads, errors = [], []
+        for s in todo:
+            self.servers.append(s)
+
+            def start(s=s):
+                try:
+                    s.start()
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            threads.append(threading.Thread(target=start))
+            threads[-1].start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        self.my = todo[2] if mariadb else None
+
+    def stop_servers(self):
+        from django_pdr.connections import dispose_all
+
+        try:
+            dispose_all()
+        except Exception:
+            pass
+        for s in self.servers:
+            try:
+                s.stop()
+            except Exception as exc:  # noqa: BLE001
+                log(f"stopping {s.label}: {exc}")
+
+    # -- library snapshot -------------------------------------------------------------
+    def snapshot(self, source):
+        """Copy the library (and the test settings) into the work directory and run that copy.
+
+        Other people edit django_pdr/ while a long run goes on: a run must measure one
+        consistent version.  ``source`` is "worktree" (the files as they are now; retried
+        for a minute if the copy does not import, e.g. caught mid-edit) or "head" (git HEAD)."""
+        import shutil
+
+        def head_rev():
+            return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.strip()
+
+        for attempt in range(13):
+            snap = os.path.join(self.workdir, f"snap{attempt}")
+            os.makedirs(os.path.join(snap, "tests"))
+            os.makedirs(os.path.join(snap, "bench"))
+            if source == "head":
+                arch = subprocess.run(["git", "archive", "HEAD", "django_pdr", "tests/__init__.py",
+                                       "tests/settings.py", "tests/urls.py"], cwd=ROOT, capture_output=True)
+                subprocess.run(["tar", "-x", "-C", snap], input=arch.stdout, check=True)
+                desc = f"git HEAD {head_rev()}"
+            else:
+                shutil.copytree(os.path.join(ROOT, "django_pdr"), os.path.join(snap, "django_pdr"),
+                                ignore=shutil.ignore_patterns("__pycache__"))
+                for f in ("__init__.py", "settings.py", "urls.py"):
+                    shutil.copy(os.path.join(ROOT, "tests", f), os.path.join(snap, "tests", f))
+                dirty = subprocess.run(["git", "status", "--short", "django_pdr"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.split("\n")
+                dirty = [line[3:] for line in dirty if line.strip()]
+                desc = (f"working tree at {time.strftime('%Y-%m-%d %H:%M')} on git HEAD {head_rev()}"
+                        + (f" + uncommitted changes to {len(dirty)} file(s) under django_pdr/" if dirty else ""))
+            shutil.copy(os.path.join(ROOT, "bench", "_worker.py"), os.path.join(snap, "bench", "_worker.py"))
+            check = subprocess.run(
+                [PY, "-c", "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings');"
+                           "django.setup(); import django_pdr.worker, django_pdr.reflect"],
+                cwd=snap, env=dict(os.environ, PYTHONPATH=snap,
+                                   PDR_TEST_SQLITE_PATH=os.path.join(self.workdir, "check.sqlite3")),
+                capture_output=True, text=True)
+            if check.returncode == 0:
+                self.snap, self.library = snap, desc
+                log(f"benchmarking the library as of: {desc} (copied to {snap})")
+                return
+            last = check.stderr.strip().splitlines()[-1] if check.stderr.strip() else "?"
+            if source == "head":
+                raise SystemExit(f"git HEAD's library does not import: {last}")
+            log(f"the working tree's library does not import right now ({last}); retrying in 5 s")
+            time.sleep(5)
+        raise SystemExit("the working tree's library did not import for a minute: try --library head")
+
+    # -- django ----------------------------------------------------------------
+    def setup_django(self):
+        os.environ.update({"DJANGO_SETTINGS_MODULE": "tests.settings", "PDR_TEST_SQLITE_PATH": self.django_db,
+                           "PDR_TEST_DJANGO_DB": "sqlite", "PYTHONPATH": self.snap})
+        sys.path.insert(0, self.snap)
+        for name in [m for m in sys.modules if m == "tests" or m.startswith("tests.")]:
+            del sys.modules[name]  # tests.live_servers came from the checkout; settings must come from the copy
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+
+    def reflection(self, src_db, table, dest_db, label):
+        from django_pdr.models import Reflection, SourceTable
+
+        st = SourceTable.objects.filter(database=src_db, table=table).first()
+        if st is None:
+            st = SourceTable(database=src_db, table=table)
+            st.full_clean()
+            st.save()
+            st.install()
+        return Reflection.objects.create(source=st, destination=dest_db, destination_table=table)
+
+    def worker_pass(self, reflection):
+        """Run the worker in-process until the reflection is caught up (set-up, untimed)."""
+        from django_pdr import worker
+
+        while True:
+            r = worker.run_round(ids=[reflection.pk])
+            if r.failed:
+                raise SystemExit(f"worker failed: {r.failed[0][1]}")
+            reflection.refresh_from_db()
+            if r.events == 0 and (reflection.load_progress or {}).get("phase") != "load":
+                return
+
+    def timed_worker(self, reflection, profile=None):
+        """Catch up in a fresh process (bench/_worker.py); returns its JSON report."""
+        from django_pdr.connections import dispose_all
+
+        dispose_all()
+        cmd = [PY, os.path.join(self.snap, "bench", "_worker.py"), "--reflection", str(reflection.pk)]
+        if profile:
+            cmd += ["--profile", profile]
+        proc = subprocess.run(cmd, cwd=self.snap, env=dict(os.environ), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"timed worker failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # -- (a) catch-up -------------------------------------------------------------
+    def catchup_pair(self, label, src_kind, dst_kind, events, repeat, seed):
+        srv = {"postgresql": self.pga, "mysql": self.my, "sqlite": None}[src_kind]
+        tag = re.sub(r"\W", "", label.lower())
+        src = Source.create(src_kind, srv, f"src_{tag}", self.workdir)
+        src_db = src.model(f"src-{tag}")
+        runs = []
+        reflections = []
+        for i in range(repeat):
+            dst = dest_pg(self.pgb, f"dst_{tag}_{i}") if dst_kind == "postgresql" else dest_my(self.my, f"dst_{tag}_{i}")
+            refl = self.reflection(src_db, "t", dst.model(f"dst-{tag}-{i}"), label)
+            self.worker_pass(refl)  # initial load of the empty table: stream phase from here
+            reflections.append((refl, dst))
+        log(f"{label}: building a {events:,}-event backlog (worker stopped)")
+        n, secs = generate_backlog(src, events, seed=seed)
+        log(f"{label}: backlog of {n:,} events written in {secs:.1f} s ({n / secs:,.0f}/s)")
+        expected = src.summary()
+        for i, (refl, dst) in enumerate(reflections):
+            rep = self.timed_worker(refl)
+            got = dst.summary()
+            ok = got == expected
+            apply_s = rep["seconds"] - rep["purge_seconds"]
+            rep.update(ok=ok, rate=rep["events"] / apply_s if apply_s else 0,
+                       rate_incl_purge=rep["events"] / rep["seconds"])
+            runs.append(rep)
+            log(f"{label} run {i + 1}: {rep['events']:,} events in {rep['seconds']:.1f} s "
+                f"(purge {rep['purge_seconds']:.1f} s) -> {rep['rate']:,.0f} events/s; "
+                f"peak RSS {rep['rss_peak_mb']:.0f} MB; destination {'matches' if ok else 'DIFFERS: %s vs %s' % (got, expected)}")
+        return runs
+
+    def logical_replication(self, events, repeat, seed):
+        """Native publication/subscription on the same workload; subscriptions created
+        disabled (slots made) before the backlog, enabled one at a time and timed until
+        the sentinel row (in the last transaction) is visible on the subscriber."""
+        pg_admin(self.pga, 'CREATE DATABASE "lr_src"')
+        src = Source("postgresql", self.pga, "lr_src")
+        src.execute(DDL["postgresql"], "CREATE PUBLICATION lr_pub FOR TABLE t")
+        dsts = []
+        for i in range(repeat):
+            dst = dest_pg(self.pgb, f"lr_dst_{i}")
+            dst.execute(DDL["postgresql"])
+            pg_admin(self.pgb,
+                     f"CREATE SUBSCRIPTION lr_sub_{i} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
+                     f"password={PASSWORD} dbname=lr_src' PUBLICATION lr_pub "
+                     f"WITH (enabled = false, copy_data = false, create_slot = true, slot_name = 'lr_slot_{i}')",
+                     db=f"lr_dst_{i}")
+            dsts.append(dst)
+        log(f"logical replication: building a {events:,}-event backlog (subscriptions disabled)")
+        n, secs = generate_backlog(src, events, seed=seed)
+        log(f"logical replication: backlog of {n:,} events written in {secs:.1f} s")
+        expected = src.summary()
+        runs = []
+        for i, dst in enumerate(dsts):
+            conn = pg_connect(self.pgb, f"lr_dst_{i}", autocommit=True)
+            cur = conn.cursor()
+            t0 = time.perf_counter()
+            cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} ENABLE")
+            while True:
+                cur.execute(f"SELECT 1 FROM t WHERE id = {SENTINEL}")
+                if cur.fetchone():
+                    break
+                if time.perf_counter() - t0 > 3600:
+                    raise SystemExit("logical replication did not catch up in an hour")
+                time.sleep(0.01)
+            secs = time.perf_counter() - t0
+            cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} DISABLE")
+            conn.close()
+            got = dst.summary()
+            runs.append({"events": n, "seconds": secs, "rate": n / secs, "ok": got == expected})
+            log(f"logical replication run {i + 1}: {n:,} events in {secs:.1f} s -> {n / secs:,.0f} events/s; "
+                f"subscriber {'matches' if got == expected else 'DIFFERS'}")
+        for i in range(repeat):
+            pg_admin(self.pgb, f"DROP SUBSCRIPTION lr_sub_{i}", db=f"lr_dst_{i}")
+        pg_admin(self.pga, 'DROP DATABASE "lr_src" WITH (FORCE)')
+        return runs
+
+    # -- (b) latency ----------------------------------------------------------------
+    def _latency_run(self, write_conn, read_conn, seconds, rate):
+        commits: dict[int, float] = {}
+        visible: dict[int, float] = {}
+        stop = threading.Event()
+        state = {"max": 0}
+        base = 10 ** 9
+
+        def poller():
+            cur = read_conn.cursor()
+            while not stop.is_set():
+                cur.execute(f"SELECT max(id) FROM t WHERE id > {base}")
+                m = cur.fetchone()[0] or base
+                now = time.monotonic()
+                if m > state["max"]:
+                    for i in range(max(state["max"] + 1, base + 1), m + 1):
+                        visible[i] = now
+                    state["max"] = m
+                time.sleep(0.005)
+
+        reader = threading.Thread(target=poller, daemon=True)
+        reader.start()
+        cur = write_conn.cursor()  # durable commits (synchronous_commit=on): with it off, WAL reaches the
+        # walsender only at the WAL writer's next flush (wal_writer_delay 200 ms), which would bias the baseline
+        interval = 1.0 / rate
+        t0 = time.monotonic()
+        i = 0
+        while True:
+            due = t0 + i * interval
+            now = time.monotonic()
+            if now - t0 >= seconds:
+                break
+            if due > now:
+                time.sleep(due - now)
+            i += 1
+            cur.execute(f"INSERT INTO t (id, n, name) VALUES ({base + i}, {i}, 'latency')")
+            write_conn.commit()
+            commits[base + i] = time.monotonic()
+        elapsed = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while state["max"] < base + i and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+        reader.join()
+        warm = t0 + 1.0  # skip the first second
+        lat = sorted((visible[k] - c) * 1000 for k, c in commits.items() if k in visible and c >= warm)
+        missing = sum(1 for k in commits if k not in visible)
+
+        def pct(p):
+            return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
+
+        return {"rate": i / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else 0,
+                "samples": len(lat), "missing": missing}
+
+    def latency(self, seconds, rate, interval):
+        out = {}
+        # PDR: pdr-reflect -i <interval> as a real process
+        src = Source.create("postgresql", self.pga, "lat_src")
+        dst = dest_pg(self.pgb, "lat_dst")
+        refl = self.reflection(src.model("lat-src"), "t", dst.model("lat-dst"), "latency")
+        self.worker_pass(refl)
+        from django_pdr.connections import dispose_all
+
+        dispose_all()
+        logf = open(os.path.join(self.workdir, "latency-worker.log"), "w")
+        proc = subprocess.Popen([PY, "-m", "django", "pdr-reflect", "-i", str(interval), "-v", "0",
+                                 "-r", str(refl.pk)], cwd=self.snap, env=dict(os.environ), stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            time.sleep(3)
+            w, r = src.connect(), dst.connect()
+            r.autocommit = True
+            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+            out["pdr"] = self._latency_run(w, r, seconds, rate)
+            out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+            w.close(), r.close()
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            logf.close()
+        log(f"latency PDR: {out['pdr']}")
+        # native logical replication
+        pg_admin(self.pga, 'CREATE DATABASE "latlr_src"')
+        lsrc = Source("postgresql", self.pga, "latlr_src")
+        lsrc.execute(DDL["postgresql"], "CREATE PUBLICATION latlr_pub FOR TABLE t")
+        ldst = dest_pg(self.pgb, "latlr_dst")
+        ldst.execute(DDL["postgresql"])
+        pg_admin(self.pgb, f"CREATE SUBSCRIPTION latlr_sub CONNECTION 'host={HOST} port={self.pga.port} "
+                           f"user={USER} password={PASSWORD} dbname=latlr_src' PUBLICATION latlr_pub "
+                           f"WITH (copy_data = false)", db="latlr_dst")
+        # wait for the apply worker to stream
+        lsrc.execute("INSERT INTO t (id, n) VALUES (1, 0)")
+        t0 = time.time()
+        while ldst.summary()[0] < 1 and time.time() - t0 < 60:
+            time.sleep(0.05)
+        w, r = lsrc.connect(), ldst.connect()
+        r.autocommit = True
+        out["lr"] = self._latency_run(w, r, seconds, rate)
+        w.close(), r.close()
+        pg_admin(self.pgb, "DROP SUBSCRIPTION latlr_sub", db="latlr_dst")
+        log(f"latency logical replication: {out['lr']}")
+        return out
+
+    # -- (c) capture overhead ------------------------------------------------------------
+    def capture_overhead(self, seconds, runs, bulk_rows):
+        src = Source.create("postgresql", self.pga, "cap")
+        src.execute(DDL["postgresql"].replace("CREATE TABLE t", "CREATE TABLE b"),
+                    "CREATE SEQUENCE cap_seq START 1000000",
+                    "INSERT INTO t SELECT g, g % 1000, 'name-' || g, g * 0.5, g * 0.01, now(), g % 2 = 0 "
+                    "FROM generate_series(1, 100000) g")
+        db = src.model("cap")
+        from django_pdr.models import SourceTable
+
+        for table in ("t", "b"):
+            st = SourceTable(database=db, table=table)
+            st.full_clean()
+            st.save()
+            st.install()
+        pg_admin(self.pga, "VACUUM ANALYZE", db="cap")
+        scripts = {
+            "insert": "\\set r random(1, 1000000)\n"
+                      "INSERT INTO t (id, n, name, score, amount, created, flag) VALUES "
+                      "(nextval('cap_seq'), :r, 'pgbench-row-name', 1.5, 12.34, now(), true);\n",
+            "update": "\\set id random(1, 100000)\nUPDATE t SET n = n + 1 WHERE id = :id;\n",
+        }
+        env = dict(os.environ, PGPASSWORD=PASSWORD)
+        out = {}
+        for name, text in scripts.items():
+            path = os.path.join(self.workdir, f"{name}.sql")
+            with open(path, "w") as f:
+                f.write(text)
+            tps = {"off": [], "on": []}
+            for _ in range(runs):
+                for mode in ("off", "on"):
+                    pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER",
+                             db="cap")
+                    proc = subprocess.run([os.path.join(PGBIN, "pgbench"), "-n", "-c", "2", "-j", "2", "-T",
+                                           str(seconds), "-f", path, "-h", HOST, "-p", str(self.pga.port),
+                                           "-U", USER, "cap"], env=env, capture_output=True, text=True)
+                    m = re.search(r"tps = ([\d.]+) \(without initial", proc.stdout)
+                    if not m:
+                        raise SystemExit(f"pgbench failed: {proc.stdout}\n{proc.stderr}")
+                    tps[mode].append(float(m.group(1)))
+            pg_admin(self.pga, "ALTER TABLE t ENABLE TRIGGER USER", db="cap")
+            out[name] = tps
+            log(f"capture {name}: TPS without triggers {tps['off']}, with {tps['on']}")
+        # bulk INSERT ... SELECT (durable commit)
+        bulk = {"off": [], "on": []}
+        conn = pg_connect(self.pga, "cap", autocommit=True)
+        cur = conn.cursor()
+        from django_pdr.models import SourceTable as ST
+
+        event_b = ST.objects.get(database=db, table="b").event_table
+        for _ in range(runs):
+            for mode in ("off", "on"):
+                cur.execute(f'TRUNCATE b, "{event_b}"')
+                cur.execute(f"ALTER TABLE b {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER")
+                cur.execute("CHECKPOINT")
+                t0 = time.perf_counter()
+                cur.execute(f"INSERT INTO b SELECT g, g % 1000, 'name-' || g, g * 0.5, g * 0.01, now(), g % 2 = 0 "
+                            f"FROM generate_series(1, {bulk_rows}) g")
+                bulk[mode].append(time.perf_counter() - t0)
+        cur.execute("ALTER TABLE b ENABLE TRIGGER USER")
+        conn.close()
+        out["bulk"] = bulk
+        log(f"capture bulk {bulk_rows:,} rows: seconds without {bulk['off']}, with {bulk['on']}")
+        return out
+
+    # -- (e) initial load ------------------------------------------------------------------
+    def initial_load(self, rows, runs):
+        src = Source.create("postgresql", self.pga, "load_src")
+        src.execute("INSERT INTO t SELECT g, g % 1000, 'name-' || md5(g::text), g * 0.5, g * 0.01, "
+                    f"now(), g % 2 = 0 FROM generate_series(1, {rows}) g")
+        pg_admin(self.pga, "VACUUM ANALYZE", db="load_src")
+        src_db = src.model("load-src")
+        out = []
+        for i in range(runs):
+            dst = dest_pg(self.pgb, f"load_dst_{i}")
+            refl = self.reflection(src_db, "t", dst.model(f"load-dst-{i}"), "load")
+            rep = self.timed_worker(refl)
+            ok = dst.summary() == src.summary()
+            rep.update(ok=ok, rate=rep["loaded"] / rep["seconds"])
+            out.append(rep)
+            log(f"initial load run {i + 1}: {rep['loaded']:,} rows in {rep['seconds']:.1f} s -> "
+                f"{rep['rate']:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
+        return out
+
+
+# --------------------------------------------------------------------------- report
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt_runs(values, unit_fmt="{:,.0f}"):
+    return " / ".join(unit_fmt.format(v) for v in values)
+
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GB RAM, {platform.platform()}, Python {platform.python_version()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100k-event backlogs, shorter runs (~3-4 min)")
+    parser.add_argument("--events", type=int, help="backlog size for (a) and (d) (default 1,000,000; quick 100,000)")
+    parser.add_argument("--repeat", type=int, help="catch-up runs for PG->PG and logical replication (default 3 "
+                                                   "when --events <= 200,000, else 1; LR always >= 3)")
+    parser.add_argument("--repeat-others", type=int, default=1, help="catch-up runs for the non-PG->PG pairs")
+    parser.add_argument("--mem5m", action="store_true", help="also measure worker RSS on a 5M-event backlog")
+    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
+    parser.add_argument("--pairs", default="pg-pg,pg-mariadb,mariadb-pg,sqlite-pg")
+    parser.add_argument("--latency-seconds", type=float)
+    parser.add_argument("--latency-rate", type=float, default=1000)
+    parser.add_argument("--interval", type=float, default=0.01, help="pdr-reflect -i for the latency test")
+    parser.add_argument("--load-rows", type=int)
+    parser.add_argument("--profile", type=int, metavar="EVENTS",
+                        help="only profile a PG->PG catch-up of EVENTS events (cProfile) and print hot spots")
+    parser.add_argument("--json", help="also write every raw figure to this file")
+    parser.add_argument("--library", choices=["worktree", "head"], default="worktree",
+                        help="which django_pdr to measure: a copy of the working tree (default) or git HEAD")
+    args = parser.parse_args()
+    events = args.events or (100_000 if args.quick else 1_000_000)
+    # catch-up of a 1M backlog is the slow measure (minutes per run while the apply path is slow):
+    # one run per pair by default at 1M, three at <= 200k
+    repeat = args.repeat or (3 if events <= 200_000 else 1)
+    lat_seconds = args.latency_seconds or (8 if args.quick else 20)
+    load_rows = args.load_rows or (50_000 if args.quick else 200_000)
+    cap_seconds, cap_runs = (3, 3) if args.quick else (5, 5)
+    only = set(args.only.split(","))
+
+    bench = Bench(args)
+    started = time.time()
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    res = {}
+    try:
+        need_my = ("a" in only or args.profile) and any("mariadb" in p for p in args.pairs.split(","))
+        bench.snapshot(args.library)
+        bench.start_servers(mariadb=need_my)
+        bench.setup_django()
+        if args.profile:
+            return profile(bench, args.profile, args.pairs.split(",")[0])
+        pairs = {"pg-pg": ("PG→PG", "postgresql", "postgresql"),
+                 "pg-mariadb": ("PG→MariaDB", "postgresql", "mysql"),
+                 "mariadb-pg": ("MariaDB→PG", "mysql", "postgresql"),
+                 "sqlite-pg": ("SQLite→PG", "sqlite", "postgresql")}
+        if "a" in only or "d" in only:
+            res["lr"] = bench.logical_replication(events, max(3, repeat), seed=7) if "a" in only else None
+            res["pairs"] = {}
+            for key in args.pairs.split(","):
+                label, s, d = pairs[key]
+                if key != "pg-pg" and "a" not in only:
+                    continue
+                n = repeat if key == "pg-pg" else args.repeat_others
+                res["pairs"][label] = bench.catchup_pair(label, s, d, events, n, seed=7)
+        if args.mem5m and ("d" in only):
+            res["mem5m"] = bench.catchup_pair("PG→PG 5M", "postgresql", "postgresql", 5_000_000, 1, seed=11)
+        if "e" in only:
+            res["load"] = bench.initial_load(load_rows, 3)
+        if "b" in only:
+            res["latency"] = bench.latency(lat_seconds, args.latency_rate, args.interval)
+        if "c" in only:
+            res["capture"] = bench.capture_overhead(cap_seconds, cap_runs, 200_000)
+    finally:
+        bench.stop_servers()
+    total = time.time() - started
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, bench.library)
+
+
+def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, library):
+    cmd = "python bench/run.py " + " ".join(sys.argv[1:])
+    print()
+    print(f"django-pdr benchmark — {machine()}")
+    print(f"library: {library}")
+    print(f"command: {cmd.strip()}   (total {total / 60:.1f} min; 1-min load average during the run: "
+          f"median {med(LOADAVG):.1f}, max {max(LOADAVG or [0]):.1f} on {os.cpu_count()} cores)")
+    print("servers: PostgreSQL 15 A (sources/publisher) + B (destinations/subscriber), fsync=on, "
+          "synchronous_commit=on, wal_level=logical; MariaDB 10.11 innodb_flush_log_at_trx_commit=2")
+    print()
+    print("| measure | median | runs | target | vs target / baseline |")
+    print("|---|---|---|---|---|")
+    lr_rate = None
+    if res.get("lr"):
+        lr_rate = med([r["rate"] for r in res["lr"]])
+        ok = all(r["ok"] for r in res["lr"])
+        print(f"| (a) native logical replication PG→PG, {events:,}-event backlog | {lr_rate:,.0f} events/s | "
+              f"{fmt_runs([r['rate'] for r in res['lr']])}{'' if ok else ' (MISMATCH)'} | baseline | 1.00× |")
+    for label, runs in (res.get("pairs") or {}).items():
+        rate = med([r["rate"] for r in runs])
+        incl = med([r["rate_incl_purge"] for r in runs])
+        ok = all(r["ok"] for r in runs)
+        if label == "PG→PG":
+            target = "≥ 0.5× native (aim 1.0×)"
+            verdict = f"{rate / lr_rate:.2f}× native" if lr_rate else ""
+        else:
+            target = "≥ 50,000 events/s"
+            verdict = f"{rate / 50000:.2f}× target" + (f"; {rate / lr_rate:.2f}× native" if lr_rate else "")
+        print(f"| (a) django-pdr {label} catch-up, {events:,}-event backlog | {rate:,.0f} events/s "
+              f"({incl:,.0f} incl. purge) | {fmt_runs([r['rate'] for r in runs])}{'' if ok else ' (MISMATCH)'} | "
+              f"{target} | {verdict} |")
+    lat = res.get("latency")
+    if lat:
+        p, l = lat["pdr"], lat["lr"]
+        print(f"| (b) latency commit→visible PG→PG, django-pdr (`pdr-reflect -i {args.interval}`, polling; "
+              f"{p['rate']:,.0f} tx/s for {lat_seconds:.0f} s) | p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
+              f"p99 {p['p99']:.1f} ms | {p['samples']:,} commits, {p['missing']} unseen; worker CPU "
+              f"{p.get('worker_cpu', float('nan')) * 100:.0f}% of a core | p50 ≤ 100 ms, p99 ≤ 500 ms | "
+              f"p50 {p['p50'] / max(l['p50'], 1e-9):.1f}× native, p99 {p['p99'] / max(l['p99'], 1e-9):.1f}× native |")
+        print(f"| (b) latency commit→visible, native logical replication ({l['rate']:,.0f} tx/s) | "
+              f"p50 {l['p50']:.1f} ms, p95 {l['p95']:.1f} ms, p99 {l['p99']:.1f} ms | {l['samples']:,} commits | "
+              f"baseline | (5 ms poller included in both) |")
+    cap = res.get("capture")
+    if cap:
+        for name in ("insert", "update"):
+            off, on = med(cap[name]["off"]), med(cap[name]["on"])
+            paired = med([b / a for a, b in zip(cap[name]["off"], cap[name]["on"])])
+            print(f"| (c) pgbench one-row {name.upper()} tx, 2 clients, durable, {cap_seconds} s runs | "
+                  f"{off:,.0f} TPS without → {on:,.0f} with triggers | off {fmt_runs(cap[name]['off'])}; "
+                  f"on {fmt_runs(cap[name]['on'])} | ≤ 10% TPS loss | {(1 - paired) * 100:+.1f}% loss "
+                  f"(median of paired runs) |")
+        off, on = med(cap["bulk"]["off"]), med(cap["bulk"]["on"])
+        paired = med([b / a for a, b in zip(cap["bulk"]["off"], cap["bulk"]["on"])])
+        print(f"| (c) INSERT … SELECT 200,000 rows, durable | {off:.2f} s without → {on:.2f} s with triggers | "
+              f"off {fmt_runs(cap['bulk']['off'], '{:.2f}')}; on {fmt_runs(cap['bulk']['on'], '{:.2f}')} | "
+              f"≤ 1.5× | {paired:.2f}× (median of paired runs) |")
+    pg = (res.get("pairs") or {}).get("PG→PG")
+    if pg:
+        peak = max(r["rss_peak_mb"] for r in pg)
+        start = med([r["rss_start_mb"] for r in pg])
+        print(f"| (d) worker peak RSS, PG→PG catch-up of {events:,} events | {peak:.0f} MB "
+              f"(after Django start-up {start:.0f} MB) | {fmt_runs([r['rss_peak_mb'] for r in pg])} | ≤ 150 MB, "
+              f"flat to 5M | {'within' if peak <= 150 else 'over'} |")
+    others = {k: v for k, v in (res.get("pairs") or {}).items() if k != "PG→PG"}
+    if others:
+        print(f"| (d) worker peak RSS, other pairs, {events:,} events | "
+              + ", ".join(f"{k} {max(r['rss_peak_mb'] for r in v):.0f} MB" for k, v in others.items())
+              + " | | ≤ 150 MB | " + ("within" if all(r["rss_peak_mb"] <= 150 for v in others.values() for r in v)
+                                      else "over on some") + " |")
+    if res.get("mem5m"):
+        r = res["mem5m"][0]
+        print(f"| (d) worker peak RSS, PG→PG catch-up of {r['events']:,} events | {r['rss_peak_mb']:.0f} MB | "
+              f"{r['rate']:,.0f} events/s | ≤ 150 MB, flat | {'within' if r['rss_peak_mb'] <= 150 else 'over'} |")
+    if res.get("load"):
+        rate = med([r["rate"] for r in res["load"]])
+        ok = all(r["ok"] for r in res["load"])
+        print(f"| (e) initial load PG→PG, {load_rows:,} rows | {rate:,.0f} rows/s | "
+              f"{fmt_runs([r['rate'] for r in res['load']])}{'' if ok else ' (MISMATCH)'} | ≥ 100,000 rows/s | "
+              f"{rate / 100000:.2f}× target |")
+    if pg:
+        print()
+        print(f"Where the PG→PG catch-up time goes (median run, seconds of {med([r['seconds'] for r in pg]):.1f}; "
+              "nested phases overlap):")
+        phases = {}
+        for r in pg:
+            for k, v in r["phases"].items():
+                phases.setdefault(k, []).append(v)
+        for k, v in sorted(phases.items(), key=lambda kv: -med(kv[1])):
+            print(f"  {med(v):8.2f} s  {k}")
+
+
+def profile(bench, events, pair="pg-pg"):
+    import pstats
+
+    src_kind, dst_kind = {"pg-pg": ("postgresql", "postgresql"), "pg-mariadb": ("postgresql", "mysql"),
+                          "mariadb-pg": ("mysql", "postgresql"), "sqlite-pg": ("sqlite", "postgresql")}[pair]
+    src = Source.create(src_kind, {"postgresql": bench.pga, "mysql": bench.my}.get(src_kind), "prof_src",
+                        bench.workdir)
+    dst = dest_pg(bench.pgb, "prof_dst") if dst_kind == "postgresql" else dest_my(bench.my, "prof_dst")
+    refl = bench.reflection(src.model("prof-src"), "t", dst.model("prof-dst"), "profile")
+    bench.worker_pass(refl)
+    n, secs = generate_backlog(src, events, seed=5)
+    log(f"profile: backlog of {n:,} events written in {secs:.1f} s")
+    out = os.path.join(ROOT, "bench", f"apply-profile-{pair}.pstats")
+    rep = bench.timed_worker(refl, profile=out)
+    bench.stop_servers()
+    print(f"\n{pair} catch-up of {rep['events']:,} events under cProfile: {rep['seconds']:.1f} s "
+          f"({rep['events'] / rep['seconds']:,.0f} events/s with profiler overhead); stats in {out}")
+    print("\nPhase timers (s):")
+    for k, v in sorted(rep["phases"].items(), key=lambda kv: -kv[1]):
+        print(f"  {v:8.2f}  {k}  ({rep['calls'][k]} calls)")
+    stats = pstats.Stats(out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(45)
+
+
+if __name__ == "__main__":
+    main()
