@@ -1036,3 +1036,17 @@ def test_event_reader_start_position_and_pending_count():
     assert lite().open_transactions_query() is None
     assert "pg_snapshot_xip" in str(pg().open_transactions_query())
     assert "INNODB_TRX" in str(my().open_transactions_query())
+
+
+def test_postgresql_copy_text_escapes_and_refuses_what_it_cannot_spell():
+    from django_pdr.dialects.postgresql import _NotCopyable, copy_text
+
+    row = (1, "tab\there\\back\nnew\rcr", None, True, False, 1.5, float("nan"), float("-inf"), b"\x00\xff",
+           decimal.Decimal("-1.20"), dt.datetime(2024, 1, 2, 3, 4, 5, 6), dt.date(1, 1, 1), dt.time(23, 59),
+           uuid.UUID(int=1))
+    assert copy_text([row]) == (
+        "1\ttab\\there\\\\back\\nnew\\rcr\t\\N\tt\tf\t1.5\tNaN\t-Infinity\t\\\\x00ff\t-1.20\t"
+        "2024-01-02T03:04:05.000006\t0001-01-01\t23:59:00\t00000000-0000-0000-0000-000000000001\n")
+    for value in ([1, 2], dt.timedelta(seconds=1), "nul\x00"):
+        with pytest.raises(_NotCopyable):
+            copy_text([(value,)])

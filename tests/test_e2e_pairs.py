@@ -90,3 +90,22 @@ def test_replication_pair(make_target, source_kind, dest_kind):
     assert_mirrored(source, other)
     for reflection in Reflection.objects.all():
         assert reflection.status == "running" and reflection.last_error == ""
+
+
+def test_postgresql_values_copy_cannot_spell_take_the_other_bulk_path(make_target):
+    """Arrays and intervals (kept verbatim PG→PG) go through execute_values, not COPY."""
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    # "%%": the statement goes through psycopg2's parameter formatting
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, tags text[], wait interval, \"50%%\" text)",
+                   "INSERT INTO t VALUES (1, ARRAY['a', 'b,c'], '1 day 02:00:00', 'x'), "
+                   "(2, NULL, '-5 minutes', NULL)")
+    st = SourceTable(database=source.model("src"), table="t")
+    st.full_clean()
+    st.save()
+    st.install()
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    call_command("pdr-reflect", verbosity=0)
+    source.execute("INSERT INTO t VALUES (3, ARRAY['tab\there'], '3 seconds', 'y'), (4, '{}', NULL, 'z')",
+                   "UPDATE t SET tags = ARRAY['new'] WHERE id = 1")
+    call_command("pdr-reflect", verbosity=0)
+    assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
