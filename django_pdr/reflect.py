@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -289,6 +290,7 @@ class ReflectionRunner:
             raise batch_error
         for key, exc in bad:
             record_dead_letter(self.reflection, key, describe_error(exc))
+            self.held_keys.add(key_hash(key))
             logger.warning("%s: row %s rejected by the destination, dead-lettered: %s", self.reflection,
                            list(key), describe_error(exc))
         with begin(dst):
@@ -432,20 +434,60 @@ class ReflectionRunner:
         self._commit(dst, expected, new_state, upserts, [], filtered)
         return new_state
 
-    def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
-        """Apply the next batch of events; return (state, events read, rows written)."""
+    def read_batch(self, src, state: dict):
+        """Read and prepare the next batch on the source side only (no write anywhere):
+        (new state, events read, upserts, deletes, removals), or None when nothing is new."""
         position = Position.from_json(state["pos"])
         events, new_position = self.reader.read(src, position, self.batch_size)
         if not events and new_position.to_json() == position.to_json():
-            return state, 0, 0
+            return None
         keys = list(dict.fromkeys(e.key for e in events))
-        if self.held_keys:
-            # per-key order: a dead-lettered key waits until its retry applies the current row
-            keys = [k for k in keys if key_hash(k) not in self.held_keys]
         upserts, deletes, removals = self.keyed_rows(src, keys)
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
+        return new_state, len(events), upserts, deletes, removals
+
+    def commit_batch(self, dst, state: dict, prepared) -> tuple[dict, int, int]:
+        """Write a prepared batch with its checkpoint; return (state, events, rows written)."""
+        new_state, count, upserts, deletes, removals = prepared
+        if self.held_keys:
+            # per-key order: a dead-lettered key waits until its retry applies the current row
+            upserts = [(k, row) for k, row in upserts if key_hash(k) not in self.held_keys]
+            deletes = [k for k in deletes if key_hash(k) not in self.held_keys]
+            removals = [k for k in removals if key_hash(k) not in self.held_keys]
         written = self._commit(dst, state, new_state, upserts, deletes, removals)
-        return new_state, len(events), written
+        return new_state, count, written
+
+    def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
+        """Apply the next batch of events; return (state, events read, rows written)."""
+        prepared = self.read_batch(src, state)
+        if prepared is None:
+            return state, 0, 0
+        return self.commit_batch(dst, state, prepared)
+
+    def stream(self, src, dst, state, result, stop, deadline):
+        """Apply batches until caught up, stopped or past ``deadline``.
+
+        Pipelined: while batch N commits on the destination (this thread), batch N+1 is
+        read from the source (a helper thread; reads only, from the position batch N
+        ends at).  Commits stay strictly in order, each with its checkpoint."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
+            future = pool.submit(self.read_batch, src, state)
+            while True:
+                prepared = future.result()
+                if prepared is None:
+                    result.caught_up = True
+                    return state
+                more = not stop() and (deadline is None or time.monotonic() < deadline)
+                if more:
+                    future = pool.submit(self.read_batch, src, prepared[0])
+                state, events, rows = self.commit_batch(dst, state, prepared)
+                result.position_changed = True
+                result.events += events
+                result.rows += rows
+                result.batches += 1
+                self._save_progress(status="running", state=state, events=events, rows=rows)
+                if not more:
+                    return state
 
     def retry_dead_letters(self, src, dst, state: dict):
         """Re-apply the current source row of each dead letter whose retry was requested."""
@@ -525,18 +567,9 @@ class ReflectionRunner:
                                     state=state, rows=result.loaded - copied_before)
                 logger.info("%s: initial load, %d rows copied", r, result.loaded)
                 continue
-            before = state
-            state, events, rows = self.batch_once(src, dst, state)
-            result.position_changed |= state is not before
-            if not events and not rows and state is before:
-                result.caught_up = True
-                break
-            result.events += events
-            result.rows += rows
-            result.batches += 1
-            self._save_progress(status="running", state=state, events=events, rows=rows)
-            if max_seconds is not None and time.monotonic() - started > max_seconds:
-                break
+            deadline = None if max_seconds is None else started + max_seconds
+            state = self.stream(src, dst, state, result, stop, deadline)
+            break
         if not (result.events or result.position_changed or result.loaded or starting
                 or r.status != "running" or r.pending_events is None or r.pending_events):
             return result  # an idle poll of a healthy reflection: nothing new to record
