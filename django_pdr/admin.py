@@ -70,7 +70,7 @@ class DatabaseAdmin(_PdrAdmin):
 
     @admin.display(description=_("location"))
     def location(self, obj):
-        if obj.kind == "sqlite":
+        if obj.file_based:
             return obj.database
         where = obj.host or "localhost"
         return f"{obj.database} at {where}:{obj.port}" if obj.port else f"{obj.database} at {where}"

@@ -23,13 +23,6 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError, router, transaction
 
-#: How to install a database kind's driver (a dialect class may say so itself
-#: through an ``install_hint`` attribute, which wins).
-INSTALL_HINTS = {
-    "mysql": "Install the MySQL/MariaDB driver: pip install 'django-pdr[mysql]' (installs PyMySQL).",
-    "postgresql": "Install the PostgreSQL driver, a dependency of django-pdr: pip install psycopg2-binary.",
-    "sqlite": "This Python was built without the sqlite3 module: use a Python build that has it.",
-}
 
 
 @register(Tags.compatibility)
@@ -182,5 +175,4 @@ def driver_import_error(kind: str) -> ImportError | None:
 def install_hint(kind: str) -> str:
     from .dialects import dialect_for_kind
 
-    hint = getattr(dialect_for_kind(kind), "install_hint", None)
-    return hint or INSTALL_HINTS.get(kind) or f"Install the Python driver of {kind} databases."
+    return dialect_for_kind(kind).install_hint

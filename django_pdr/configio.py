@@ -348,7 +348,7 @@ class _Importer:
         changed = secrets_changed or before != {f: getattr(obj, f) for f in fields}
         if created or changed:
             _save(obj, where)
-        if created and not entry.get("password") and obj.kind != "sqlite":
+        if created and not entry.get("password") and not obj.file_based:
             self.result.without_credentials.append(name)
         self._count("databases", created, changed)
 

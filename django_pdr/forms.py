@@ -8,6 +8,7 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 from django_ace import AceWidget
 
+from .dialects import KINDS
 from .errors import PdrError
 from .models import Database, Reflection, SourceTable
 
@@ -73,7 +74,7 @@ class DatabaseForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if data.get("kind") == "sqlite":
+        if data.get("kind") in KINDS and KINDS[data["kind"]].file_based:
             # a file has no server credentials: drop whatever the hidden fields held
             data.update(host="", port=None, username="", password="")
         elif data.get("clear_password"):

@@ -54,20 +54,26 @@ class Database(models.Model):
     def clean(self):
         if self.kind not in KINDS:
             raise ValidationError({"kind": _("Choose a supported kind.")})
-        if self.kind == "sqlite":
+        if self.file_based:
             if not self.database:
-                raise ValidationError({"database": _("Give the path of the SQLite database file.")})
+                raise ValidationError({"database": _("Give the path of the %(kind)s database file.")
+                                       % {"kind": self.get_kind_display()}})
         elif not self.database:
             raise ValidationError({"database": _("Give the name of the database on the server.")})
 
     def describe(self) -> str:
         """Where this database is, without any credential (safe for logs and errors)."""
-        if self.kind == "sqlite":
-            return f"{self.name} (SQLite file {self.database})"
+        if self.file_based:
+            return f"{self.name} ({self.get_kind_display()} file {self.database})"
         where = self.host or "localhost"
         if self.port:
             where = f"{where}:{self.port}"
         return f"{self.name} ({self.get_kind_display()} {self.database} at {where})"
+
+    @property
+    def file_based(self) -> bool:
+        """A local file (SQLite): no host, port or credentials."""
+        return self.kind in KINDS and KINDS[self.kind].file_based
 
     def url(self):
         from .connections import database_url

@@ -98,6 +98,8 @@ class Dialect:
         return self.quote(name)
 
     # -- connection --------------------------------------------------------
+    #: True for an engine whose database is a local file (no server, no credentials).
+    file_based = False
     #: How to install the engine's Python driver.
     install_hint = "Install the Python driver of this database engine."
     #: What to check when a connection fails.

@@ -12,6 +12,7 @@ class SQLiteDialect(Dialect):
     label = "SQLite"
     driver = "sqlite+pysqlite"
     install_hint = "Python was built without its sqlite3 module: install a Python with SQLite support."
+    file_based = True
     tested_live = True
     max_identifier_length = 128  # no real limit; keep names readable
     supports_for_update = False  # one writer at a time: the write lock serialises
