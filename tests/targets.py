@@ -121,3 +121,15 @@ def rows(engine, table, key, schema=None):
                 column.type.asdecimal = False  # MySQL DOUBLE reflects as Decimal(10 places)
         query = sa.select(t).order_by(*[t.c[k] for k in key])
         return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def watch(database, table, schema=""):
+    """A SourceTable for ``table`` of ``database`` (a Database row), validated, saved and
+    with its capture installed, as the admin does on save."""
+    from django_pdr.models import SourceTable
+
+    source_table = SourceTable(database=database, schema=schema, table=table)
+    source_table.full_clean()
+    source_table.save()
+    source_table.install()
+    return source_table

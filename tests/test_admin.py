@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from django_pdr import capture
 from django_pdr.dialects import get_dialect
+from tests.targets import watch
 from django_pdr.models import Database, DeadLetter, Reflection, Sample, SourceTable
 
 pytestmark = pytest.mark.django_db
@@ -67,10 +68,7 @@ def unreachable():
 
 @pytest.fixture
 def items(source):
-    st = SourceTable(database=source.db, table="items")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.db, "items")
     return st
 
 

@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django_pdr import capture
 from django_pdr.errors import CaptureError
 from django_pdr.models import Database, Reflection, SourceTable
-from tests.targets import KINDS, PAIRS, rows, server_params
+from tests.targets import KINDS, PAIRS, rows, server_params, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -137,10 +137,7 @@ def test_hostile_identifiers_replicate(make_target, source_kind, dest_kind):
         table.create(conn)
         conn.execute(table.insert(), [{"Straße": 1, "order": "a", "Mixed Case": "x", "semi;colon": 1,
                                        "pct%:val": "100%"}])
-    st = SourceTable(database=source.model("src"), table=TABLE)
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), TABLE)
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table=TABLE)
     call_command("pdr-reflect", verbosity=0)
     with source.engine.begin() as conn:

@@ -3,7 +3,7 @@ import pytest
 from django.core.management import call_command
 
 from django_pdr.models import Reflection, SourceTable
-from tests.targets import PAIRS, rows
+from tests.targets import PAIRS, rows, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -99,10 +99,7 @@ def test_postgresql_values_copy_cannot_spell_take_the_other_bulk_path(make_targe
     source.execute("CREATE TABLE t (id int PRIMARY KEY, tags text[], wait interval, \"50%%\" text)",
                    "INSERT INTO t VALUES (1, ARRAY['a', 'b,c'], '1 day 02:00:00', 'x'), "
                    "(2, NULL, '-5 minutes', NULL)")
-    st = SourceTable(database=source.model("src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "t")
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     call_command("pdr-reflect", verbosity=0)
     source.execute("INSERT INTO t VALUES (3, ARRAY['tab\there'], '3 seconds', 'y'), (4, '{}', NULL, 'z')",

@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from django.db import connection
 
 from django_pdr import worker
-from django_pdr.models import Database, Reflection, SourceTable
+from tests.targets import watch
+from django_pdr.models import Database, Reflection
 from tests import live_servers
 from tests.processes import Writer, table_rows
 
@@ -78,10 +79,7 @@ def test_destination_outage(own_server, make_target, settings):
     settings.PDR = {"RETRY_BACKOFF": 0.5, "RETRY_BACKOFF_MAX": 4, "CONNECT_TIMEOUT": 2}
     source, other = make_target("sqlite"), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
-    st = SourceTable(database=source.model("src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "t")
     down = Reflection.objects.create(source=st, destination=server_database(own_server, "outage-dst"),
                                      destination_table="t")
     Reflection.objects.create(source=st, destination=other.model("steady"), destination_table="t")
@@ -125,16 +123,10 @@ def test_source_outage(own_server, make_target, settings):
     source_engine = server_engine(own_server)
     with source_engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
-    st = SourceTable(database=server_database(own_server, "outage-src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(server_database(own_server, "outage-src"), "t")
     down = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     steady_source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
-    steady = SourceTable(database=steady_source.model("steady-src"), table="t")
-    steady.full_clean()
-    steady.save()
-    steady.install()
+    steady = watch(steady_source.model("steady-src"), "t")
     Reflection.objects.create(source=steady, destination=steady_dest.model("steady-dst"), destination_table="t")
     writer = Writer(source_engine, seed=9, batch=10, pause=0.05, max_ops=400)
     steady_writer = Writer(steady_source.engine, seed=10, batch=10, pause=0.1)

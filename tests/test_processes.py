@@ -7,6 +7,7 @@ import time
 import pytest
 from django.db import connection
 
+from tests.targets import watch
 from django_pdr.models import Reflection, SourceTable
 from tests.processes import Writer, django_env, kill_cycle, run_worker_once, start_worker, table_rows
 
@@ -18,10 +19,7 @@ TABLE = "CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)"
 def configure(source, dest, name="src", batch_size=None, dest_table="t"):
     st = SourceTable.objects.filter(database__name=name).first()
     if st is None:
-        st = SourceTable(database=source.model(name), table="t")
-        st.full_clean()
-        st.save()
-        st.install()
+        st = watch(source.model(name), "t")
     return Reflection.objects.create(source=st, destination=dest.model(f"dst-{dest.name}"),
                                      destination_table=dest_table, batch_size=batch_size)
 
@@ -61,10 +59,7 @@ def test_two_workers_share_reflections_and_never_apply_a_batch_twice(make_target
                    for i in range(3)])
     dest_db = dest.model("dst")
     for i, source in enumerate(sources):
-        st = SourceTable(database=source.model(f"src{i}"), table="t")
-        st.full_clean()
-        st.save()
-        st.install()
+        st = watch(source.model(f"src{i}"), "t")
         Reflection.objects.create(source=st, destination=dest_db, destination_table=f"t{i}", batch_size=37)
     env = django_env(connection.settings_dict["NAME"], PDR_TEST_LEASE_SECONDS=2)
     first = run_worker_once(env)  # initial loads (of empty tables) before any write

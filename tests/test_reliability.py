@@ -11,17 +11,15 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from django_pdr import worker
-from django_pdr.models import DeadLetter, Reflection, SourceTable
+from django_pdr.models import DeadLetter, Reflection
+from tests.targets import watch as shared_watch
 from tests.targets import rows
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
 
 def watch(source, table="t"):
-    st = SourceTable(database=source.model(f"src-{source.name}"), table=table)
-    st.full_clean()
-    st.save()
-    st.install()
+    st = shared_watch(source.model(f"src-{source.name}"), table)
     return st
 
 

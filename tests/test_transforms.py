@@ -11,8 +11,9 @@ from django.core.management.base import CommandError
 
 from django_pdr import capture, worker
 from django_pdr.errors import ConfigurationError
-from django_pdr.models import Reflection, SourceTable
+from django_pdr.models import Reflection
 from django_pdr.validation import validate
+from tests.targets import watch as shared_watch
 from tests.targets import rows
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
@@ -31,10 +32,7 @@ def example(name):
 
 
 def watch(target, table, name=None):
-    st = SourceTable(database=target.model(name or f"src-{target.kind}-{table}"), table=table)
-    st.full_clean()
-    st.save()
-    st.install()
+    st = shared_watch(target.model(name or f"src-{target.kind}-{table}"), table)
     return st
 
 

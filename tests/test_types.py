@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from django.core.management import call_command
 
-from django_pdr.models import Reflection, SourceTable
-from tests.targets import PAIRS, rows
+from django_pdr.models import Reflection
+from tests.targets import PAIRS, rows, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -115,10 +115,7 @@ def test_type_fidelity(make_target, source_kind, dest_kind):
         table = source_table(source_kind)
         conn.execute(table.insert(), [dict(VALUES[0])])
 
-    st = SourceTable(database=source.model("src"), table="types")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "types")
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="types_copy")
     call_command("pdr-reflect", verbosity=0)  # initial load carries row 1
     with source.engine.begin() as conn:

@@ -4,9 +4,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from django_pdr import worker
-from django_pdr.models import Reflection, SourceTable
+from django_pdr.models import Reflection
 from django_pdr.verify import verify
-from tests.targets import rows
+from tests.targets import rows, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -18,10 +18,7 @@ def test_verify_and_repair(make_target, source_kind, dest_kind, capsys):
     source.execute("CREATE TABLE t (id int, part varchar(10), v varchar(20), n numeric(8,2), "
                    "PRIMARY KEY (id, part))",
                    "INSERT INTO t VALUES " + ", ".join(f"({i}, 'p{i % 3}', 'v{i}', {i}.5)" for i in range(1, 301)))
-    st = SourceTable(database=source.model("src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "t")
     reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     worker.run_round()
     report = verify(reflection, chunk_size=50)

@@ -5,8 +5,8 @@ import pytest
 import sqlalchemy as sa
 
 from django_pdr import worker
-from django_pdr.models import Reflection, SourceTable
-from tests.targets import rows
+from django_pdr.models import Reflection
+from tests.targets import rows, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
@@ -14,10 +14,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.live]
 def setup_reflection(make_target, kind):
     source, dest = make_target(kind), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(20))")
-    st = SourceTable(database=source.model("src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "t")
     reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     worker.run_round()
     return source, dest, reflection

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 
 from django_pdr import worker
-from django_pdr.models import Reflection, SourceTable
-from tests.targets import rows
+from django_pdr.models import Reflection
+from tests.targets import rows, watch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
@@ -15,10 +15,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 def test_notification_wakes_an_idle_worker(make_target):
     source, dest = make_target("postgresql"), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    st = SourceTable(database=source.model("src"), table="t")
-    st.full_clean()
-    st.save()
-    st.install()
+    st = watch(source.model("src"), "t")
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     worker.run_round()
     stop = threading.Event()
