@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from .connections import begin, describe_failure, get_engine
 from .dialects import CAPTURE_VERSION, get_dialect
-from .errors import CaptureError, ConfigurationError, ConnectionFailed, PdrError
+from .errors import CaptureError, ConfigurationError, ConnectionFailed
 from .schema import drift, reflect_table
 
 logger = logging.getLogger("django_pdr.capture")
@@ -168,10 +168,7 @@ def uninstall(source_table, *, keep_events: bool = False) -> None:
     """Remove the triggers (and the event table unless ``keep_events``)."""
     database = source_table.database
     with _connect(database) as conn:
-        try:
-            capture = plan(conn, source_table)
-        except PdrError:
-            raise
+        capture = plan(conn, source_table)
         conn.rollback()
         try:
             with begin(conn):
@@ -191,8 +188,3 @@ def uninstall(source_table, *, keep_events: bool = False) -> None:
     if source_table.pk:
         source_table.save(update_fields=["installed_fingerprint", "installed_at"])
 
-
-def event_table(conn, source_table) -> sa.Table:
-    """The event table of an installed source table, as a SQLAlchemy Table."""
-    capture = plan(conn, source_table)
-    return capture.event, capture

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from django.db.models import F
 from django.utils import timezone
 
 from .errors import describe as describe_error
@@ -589,8 +590,7 @@ class ReflectionRunner:
             fields.update(last_error="", failures=0, next_attempt_at=None)
         if events or rows:
             fields.update(last_applied_at=timezone.now(),
-                          events_applied=sa_add(type(r), "events_applied", events),
-                          rows_applied=sa_add(type(r), "rows_applied", rows))
+                          events_applied=F("events_applied") + events, rows_applied=F("rows_applied") + rows)
         rows_updated = type(r).objects.filter(pk=r.pk)
         if self.owner:
             rows_updated = rows_updated.filter(lease_owner=self.owner)
@@ -600,12 +600,6 @@ class ReflectionRunner:
         for key, value in fields.items():
             if not hasattr(value, "resolve_expression"):
                 setattr(r, key, value)
-
-
-def sa_add(model, field, amount):
-    from django.db.models import F
-
-    return F(field) + amount
 
 
 def pending_events(reflection) -> int | None:
