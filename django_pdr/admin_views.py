@@ -19,8 +19,8 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
-from .errors import describe as describe_error
 from .errors import PdrError
+from .errors import describe as describe_error
 from .models import Database, Reflection, Sample
 
 logger = logging.getLogger("django_pdr.admin")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from django.utils import timezone
 
-from .connections import begin, describe_failure, get_engine
+from .connections import begin, connect
 from .dialects import CAPTURE_VERSION, get_dialect
-from .errors import CaptureError, ConfigurationError, ConnectionFailed
+from .errors import CaptureError, ConfigurationError
 from .schema import drift, reflect_table
 
 logger = logging.getLogger("django_pdr.capture")
@@ -46,11 +46,6 @@ class CapturePlan:
         return [self.create_event_table, *self.create_triggers]
 
 
-def _connect(database):
-    try:
-        return get_engine(database).connect()
-    except Exception as exc:
-        raise ConnectionFailed(describe_failure(database, exc)) from None
 
 
 def plan(conn, source_table) -> CapturePlan:
@@ -90,7 +85,7 @@ def _event_table_exists(conn, capture: CapturePlan) -> bool:
 def status(source_table) -> str:
     """INSTALLED, OUTDATED (installed SQL differs from what would be installed now),
     PARTIAL (some objects missing) or MISSING."""
-    with _connect(source_table.database) as conn:
+    with connect(source_table.database) as conn:
         capture = plan(conn, source_table)
         triggers = _existing_triggers(conn, capture)
         has_events = _event_table_exists(conn, capture)
@@ -111,7 +106,7 @@ def install(source_table, *, force: bool = False) -> str:
 
     Raises CaptureError (nothing left behind) when the engine refuses."""
     database = source_table.database
-    with _connect(database) as conn:
+    with connect(database) as conn:
         capture = plan(conn, source_table)
         triggers = _existing_triggers(conn, capture)
         had_events = _event_table_exists(conn, capture)
@@ -167,7 +162,7 @@ def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool):
 def uninstall(source_table, *, keep_events: bool = False) -> None:
     """Remove the triggers (and the event table unless ``keep_events``)."""
     database = source_table.database
-    with _connect(database) as conn:
+    with connect(database) as conn:
         capture = plan(conn, source_table)
         conn.rollback()
         try:

@@ -62,6 +62,14 @@ def get_engine(database) -> sa.Engine:
         return engine
 
 
+def connect(database) -> sa.Connection:
+    """A connection to ``database``; ConnectionFailed (readable, no credential) if it cannot open."""
+    try:
+        return get_engine(database).connect()
+    except Exception as exc:  # each driver has its own exception classes
+        raise ConnectionFailed(describe_failure(database, exc)) from None
+
+
 def begin(conn):
     """A new transaction on ``conn``, first ending a read left open by autobegin."""
     if conn.in_transaction():

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from . import conf
-from .connections import describe_failure, get_engine
+from .connections import connect
 from .errors import ConnectionFailed
 
 #: Schemas that belong to the engine itself, never a user's tables.
@@ -60,12 +60,6 @@ def _is_system_schema(name: str) -> bool:
     return name.lower() in SYSTEM_SCHEMAS or name.lower().startswith("pg_")
 
 
-def connect(database):
-    """A connection to ``database``; ConnectionFailed (readable, no credential) if it cannot open."""
-    try:
-        return get_engine(database).connect()
-    except Exception as exc:  # each driver has its own exception classes
-        raise ConnectionFailed(describe_failure(database, exc)) from None
 
 
 def list_tables(database) -> list[TableRef]:

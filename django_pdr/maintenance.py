@@ -54,14 +54,11 @@ def purge(source_table) -> int:
     return deleted
 
 
-def measure(reflection, src_conn, event_table) -> tuple[int, float | None]:
+def measure(reflection, src_conn, reader) -> tuple[int, float | None]:
     """(pending events, seconds since the oldest pending event was written)."""
     position = Position.from_json(reflection.position or {})
-    where = event_table.c.pdr_id > position.cursor
-    if position.gaps:
-        where = sa.or_(where, *[event_table.c.pdr_id.between(g.lo, g.hi) for g in position.gaps[:50]])
     count, oldest = src_conn.execute(
-        sa.select(sa.func.count(), sa.func.min(event_table.c.pdr_at)).where(where)).one()
+        sa.select(sa.func.count(), sa.func.min(reader.table.c.pdr_at)).where(reader.unapplied(position))).one()
     src_conn.rollback()
     lag = None
     if oldest is not None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from .coerce import row_converter
 from .dialects import get_dialect
 from .errors import ConfigurationError, NoPrimaryKey
-from .introspect import connect
+from .connections import connect
 from .mapping import Mapping
 from .schema import destination_table, reflect_table
 

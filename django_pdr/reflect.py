@@ -18,13 +18,13 @@ import sqlalchemy as sa
 from django.db.models import F
 from django.utils import timezone
 
-from .errors import describe as describe_error
 from . import conf, keycodec
 from .capture import plan as capture_plan
 from .coerce import row_converter
-from .connections import begin, describe_failure, get_engine
+from .connections import begin, connect
 from .dialects import get_dialect
 from .errors import ConfigurationError, ConnectionFailed, TableNotFound
+from .errors import describe as describe_error
 from .maintenance import measure, record_sample
 from .mapping import Mapping
 from .schema import destination_table, drift, reflect_table
@@ -81,7 +81,7 @@ class PartnerLookup:
         self.ready = True
 
     def present(self, dest_keys: list[tuple], dest_key_names: list[str]) -> set[tuple]:
-        with _connect(self.reflection.source.database) as conn:
+        with connect(self.reflection.source.database) as conn:
             if not self.ready:
                 self._prepare(conn)
             names = [self.by_dest[n] for n in dest_key_names]
@@ -107,11 +107,6 @@ class PassResult:
     position_changed: bool = False
 
 
-def _connect(database):
-    try:
-        return get_engine(database).connect()
-    except Exception as exc:
-        raise ConnectionFailed(describe_failure(database, exc)) from None
 
 
 def checkpoint_table(dialect, schema) -> sa.Table:
@@ -513,7 +508,7 @@ class ReflectionRunner:
         result = PassResult()
         r = self.reflection
         started = time.monotonic()
-        with _connect(self.source_table.database) as src, _connect(r.destination) as dst:
+        with connect(self.source_table.database) as src, connect(r.destination) as dst:
             try:
                 self.prepare_cached(src, dst)
                 return self._run(src, dst, result, stop, max_seconds, started)
@@ -576,7 +571,7 @@ class ReflectionRunner:
             return result  # an idle poll of a healthy reflection: nothing new to record
         self._save_progress(status="running", state=state, events=0, rows=0)
         if state["phase"] == STREAM:
-            pending, lag = measure(r, src, self.reader.table)
+            pending, lag = measure(r, src, self.reader)
             type(r).objects.filter(pk=r.pk).update(pending_events=pending, lag_seconds=lag)
             r.pending_events, r.lag_seconds = pending, lag
             record_sample(r, pending, lag, result.events, result.rows)
@@ -605,7 +600,7 @@ class ReflectionRunner:
 def pending_events(reflection) -> int | None:
     """Events not yet applied (None when the source cannot be read)."""
     try:
-        with _connect(reflection.source.database) as src:
+        with connect(reflection.source.database) as src:
             capture = capture_plan(src, reflection.source)
             reader = EventReader(capture.dialect, capture.event, len(capture.key_names))
             return reader.count_pending(src, Position.from_json(reflection.position or {}))

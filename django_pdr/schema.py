@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .connections import describe_failure, get_engine
+from .connections import connect
 from .dialects import get_dialect
-from .errors import ConnectionFailed, NoPrimaryKey, TableNotFound
+from .errors import NoPrimaryKey, TableNotFound
 
 
 @dataclass
@@ -49,12 +49,7 @@ def reflect_table(conn, schema: str | None, name: str, database_label: str) -> s
 
 def discover_source(database, schema: str | None, table: str) -> SourceInfo:
     """Reflect a source table and its primary key (composite keys included)."""
-    engine = get_engine(database)
-    try:
-        conn = engine.connect()
-    except Exception as exc:
-        raise ConnectionFailed(describe_failure(database, exc)) from None
-    with conn:
+    with connect(database) as conn:
         reflected = reflect_table(conn, schema, table, database.describe())
     keys = [c.name for c in reflected.primary_key.columns]
     if not keys:

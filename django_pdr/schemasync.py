@@ -6,18 +6,12 @@ import logging
 import sqlalchemy as sa
 
 from .capture import plan as capture_plan
-from .connections import begin, describe_failure, get_engine
-from .errors import ConnectionFailed
+from .connections import begin, connect
 from .schema import destination_table, drift, reflect_table
 
 logger = logging.getLogger("django_pdr.schemasync")
 
 
-def _connect(database):
-    try:
-        return get_engine(database).connect()
-    except Exception as exc:
-        raise ConnectionFailed(describe_failure(database, exc)) from None
 
 
 def sync(source_table, add_to_destinations: bool = True) -> dict:
@@ -26,7 +20,7 @@ def sync(source_table, add_to_destinations: bool = True) -> dict:
     from .dialects import get_dialect
 
     done = {"added": [], "removed": [], "altered": []}
-    with _connect(source_table.database) as src:
+    with connect(source_table.database) as src:
         capture = capture_plan(src, source_table)
         src.rollback()
     added, removed = drift(source_table, capture.source)
@@ -35,7 +29,7 @@ def sync(source_table, add_to_destinations: bool = True) -> dict:
         for reflection in source_table.reflections.select_related("destination"):
             if (reflection.mapping or "").strip() or (reflection.statement or "").strip():
                 continue  # an explicit mapping names its columns itself
-            with _connect(reflection.destination) as dst:
+            with connect(reflection.destination) as dst:
                 schema = reflection.destination_schema or None
                 if not sa.inspect(dst).has_table(reflection.destination_table, schema=schema):
                     continue

@@ -10,20 +10,15 @@ import re
 
 import sqlalchemy as sa
 
+from .connections import begin, connect
+from .errors import ConfigurationError
 from .errors import describe as describe_error
-from .connections import begin, describe_failure, get_engine
-from .errors import ConfigurationError, ConnectionFailed
 from .mapping import Mapping, check_sql_fragment
 from .schema import reflect_table
 
 _DML = re.compile(r"^\s*(insert|update|delete|replace|merge|upsert|with)\b", re.I)
 
 
-def _connect(database):
-    try:
-        return get_engine(database).connect()
-    except Exception as exc:
-        raise ConnectionFailed(describe_failure(database, exc)) from None
 
 
 def check_statement(text: str, what: str, allowed: set[str]) -> sa.TextClause:
@@ -43,7 +38,7 @@ def check_statement(text: str, what: str, allowed: set[str]) -> sa.TextClause:
 def validate(reflection) -> Mapping:
     """Raise ConfigurationError (or ConnectionFailed) with a readable message, or return the mapping."""
     st = reflection.source
-    with _connect(st.database) as src:
+    with connect(st.database) as src:
         source = reflect_table(src, st.schema or None, st.table, st.database.describe())
         key = [c.name for c in source.primary_key.columns]
         mapping = Mapping.from_reflection(reflection, [c.name for c in source.columns], key)
@@ -70,7 +65,7 @@ def validate(reflection) -> Mapping:
         checks.append((check_statement(statement, "The statement", set(params)), params))
     if delete_statement:
         checks.append((check_statement(delete_statement, "The delete statement", set(key_params)), key_params))
-    with _connect(reflection.destination) as dst:
+    with connect(reflection.destination) as dst:
         for clause, values in checks:
             try:
                 with begin(dst) as transaction:

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 
 from . import conf
 from .coerce import row_converter
-from .connections import begin
-from .reflect import ReflectionRunner, _connect, chunks
+from .connections import begin, connect
+from .reflect import ReflectionRunner, chunks
 from .visibility import Position
 
 logger = logging.getLogger("django_pdr.verify")
@@ -122,11 +122,7 @@ class Verifier:
         if not keys:
             return set()
         r = self.runner
-        table = r.reader.table
-        position = Position.from_json(self.reflection.position or {})
-        unapplied = table.c.pdr_id > position.cursor
-        if position.gaps:
-            unapplied = sa.or_(unapplied, *[table.c.pdr_id.between(g.lo, g.hi) for g in position.gaps[:50]])
+        unapplied = r.reader.unapplied(Position.from_json(self.reflection.position or {}))
         query = sa.select(*r.reader.key_columns).where(unapplied).where(
             r.src_dialect.key_filter(r.reader.key_columns, keys))
         pending = {tuple(canonical(v) for v in row) for row in src.execute(query)}
@@ -136,7 +132,7 @@ class Verifier:
     def run(self, repair: bool = False, progress=None) -> Report:
         report = Report(self.reflection)
         r = self.runner
-        with _connect(self.reflection.source.database) as src, _connect(self.reflection.destination) as dst:
+        with connect(self.reflection.source.database) as src, connect(self.reflection.destination) as dst:
             r.prepare(src, dst)
             self._source_pass(src, dst, report, repair, progress)
             if self.reflection.delete_policy == "delete":

@@ -161,10 +161,15 @@ class EventReader:
         (hence settled); everything above is read, whatever its commit order."""
         return Position(cursor=floor)
 
+    def unapplied(self, position: Position):
+        """WHERE clause for the events ``position`` has not applied (after the cursor, or
+        inside one of the first MAX_GAP_RANGES_PER_READ gaps)."""
+        pdr_id = self.table.c.pdr_id
+        gaps = [pdr_id.between(g.lo, g.hi) for g in position.gaps[:MAX_GAP_RANGES_PER_READ]]
+        return sa.or_(pdr_id > position.cursor, *gaps)
+
     def count_pending(self, conn, position: Position) -> int:
-        where = self.table.c.pdr_id > position.cursor
-        if position.gaps:
-            where = sa.or_(where, *[self.table.c.pdr_id.between(g.lo, g.hi) for g in position.gaps[:50]])
-        value = conn.execute(sa.select(sa.func.count()).select_from(self.table).where(where)).scalar()
+        query = sa.select(sa.func.count()).select_from(self.table).where(self.unapplied(position))
+        value = conn.execute(query).scalar()
         conn.rollback()
         return int(value or 0)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from django.db.models import Q
 from django.utils import timezone
 
-from .errors import describe as describe_error
 from . import conf
+from .errors import describe as describe_error
 from .maintenance import purge
-from .wakeup import Waker
 from .models import Database, Reflection
 from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint, forget_descriptions
+from .wakeup import Waker
 
 logger = logging.getLogger("django_pdr.worker")
 

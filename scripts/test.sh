@@ -14,36 +14,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 section() { printf '\n== %s ==\n' "$*"; }
 
+. scripts/lib.sh
+
 section "apt packages"
-missing=()
-for pkg in postgresql mariadb-server chromium chromium-driver; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == "install ok installed" ]] || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]]; then
-        apt_get=(apt-get)
-    elif command -v sudo >/dev/null 2>&1; then
-        apt_get=(sudo apt-get)
-    else
-        echo "test.sh: missing packages: ${missing[*]}; install them as root: apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-    echo "installing: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    "${apt_get[@]}" update -q
-    "${apt_get[@]}" install -y -q "${missing[@]}"
-else
-    echo "all present"
-fi
+apt_install postgresql mariadb-server chromium chromium-driver
+echo "present: postgresql mariadb-server chromium chromium-driver"
 
 section "virtualenv"
-if [[ ! -x .venv/bin/python ]]; then
-    "${PYTHON:-python3}" -m venv .venv
-    echo "created .venv with $(.venv/bin/python --version)"
-else
-    echo "using .venv ($(.venv/bin/python --version))"
-fi
+ensure_venv
 .venv/bin/python -m pip install -q -e '.[mysql,test]'
 
 section "tests"
