@@ -43,6 +43,11 @@ class LeaseLost(Exception):
     """This worker's lease on the reflection expired and another worker holds it."""
 
 
+class TextPathFailed(Exception):
+    """The destination refused a batch written as text: redo it with Python rows
+    (which isolates bad rows into dead letters)."""
+
+
 def key_hash(key: tuple) -> str:
     import hashlib
 
@@ -54,7 +59,7 @@ _PREPARED: dict = {}
 PREPARE_TTL = 60.0
 _DESCRIBED = ("src_dialect", "source", "source_key", "reader", "mapping", "removed_columns", "dst_dialect",
               "statement", "delete_statement", "dest", "checkpoints", "convert", "dest_key_columns",
-              "source_key_columns")
+              "source_key_columns", "text_path")
 
 
 def forget_descriptions():
@@ -98,6 +103,23 @@ class PartnerLookup:
 
 
 @dataclass
+class Batch:
+    """A batch read from the source, ready to commit with its checkpoint.
+
+    Either Python rows (``upserts`` as (key, destination row) pairs, ``deletes``,
+    ``removals``) or, on the text path, ``text`` = (rows, keys gone) in the engines'
+    own text form.  ``keys`` are the source keys of the batch's events."""
+
+    state: dict
+    events: int
+    keys: list = None
+    upserts: list = ()
+    deletes: list = ()
+    removals: list = ()
+    text: tuple | None = None
+
+
+@dataclass
 class PassResult:
     events: int = 0
     rows: int = 0
@@ -133,6 +155,7 @@ class ReflectionRunner:
         self.source_table = reflection.source
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
+        self.held_keys = set()  # keys waiting on a dead letter (read at the start of a pass)
 
     # -- set-up ------------------------------------------------------------
     def prepare(self, src, dst):
@@ -196,6 +219,24 @@ class ReflectionRunner:
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
         self._load_partners()
+        self.text_path = self._text_path_possible()
+        if self.text_path:
+            logger.info("%s: rows pass as text (every column has the same type on both sides)", r)
+
+    def _text_path_possible(self) -> bool:
+        """Rows can pass from source to destination in the engines' own text form (no
+        Python values): same engine family, plain copied columns of the same types."""
+        if self.statement or not self.src_dialect.copies_text_to(self.dst_dialect):
+            return False
+        return all(c.source is not None and c.source in self.source.c and c.dest in self.dest.c
+                   and self.src_dialect.text_compatible(self.source.c[c.source].type, self.dest.c[c.dest].type)
+                   for c in self.mapping.columns)
+
+    def _use_text(self) -> bool:
+        """The text path for this batch: only the plain delete policy, no fan-in partner,
+        no key held by a dead letter (those need per-row decisions)."""
+        return (self.text_path and self.reflection.delete_policy == "delete" and not self.partners
+                and not self.held_keys)
 
     def _load_partners(self):
         """Other active reflections into the same destination table (fan-in)."""
@@ -389,15 +430,67 @@ class ReflectionRunner:
                 upserts.append((key, self.convert(out)))
         return upserts, filtered
 
+    # -- the text path ---------------------------------------------------------
+    def _text_rows_query(self, *where):
+        query = sa.select(*[self.source.c[c.source] for c in self.mapping.columns]).where(*where)
+        if self.mapping.filter:
+            query = query.where(sa.literal_column(f"({self.mapping.filter})"))
+        return query
+
+    def _text_batch_queries(self, position: Position, last_id: int):
+        """(rows, keys gone) for the events ``position`` has not applied, up to ``last_id``:
+        the current source rows of their keys, and their keys with no (kept) source row."""
+        ev, ev_keys = self.reader.table, self.reader.key_columns
+        window = sa.and_(self.reader.unapplied(position), ev.c.pdr_id <= last_id)
+        keys = sa.select(*ev_keys).where(window)
+        src_keys = self.source_key_columns
+        if len(src_keys) == 1:
+            matches = src_keys[0].in_(keys)
+        else:
+            matches = sa.tuple_(*src_keys).in_(keys)
+        kept = [s == e for s, e in zip(src_keys, ev_keys)]
+        if self.mapping.filter:
+            kept.append(sa.literal_column(f"({self.mapping.filter})"))
+        gone = sa.select(*ev_keys).where(window).where(~sa.exists().where(*kept)).distinct()
+        return [self._text_rows_query(matches), gone]
+
+    def _copy_out(self, src, queries) -> list[str] | None:
+        """The queries' results as text, or None when a value cannot be rendered inline."""
+        try:
+            return self.src_dialect.copy_out(src, queries)
+        except (sa.exc.CompileError, NotImplementedError) as exc:
+            logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
+            return None
+
+    def _commit_text(self, dst, expected: dict | None, new_state: dict, rows_text: str, gone_text: str) -> int:
+        names = self.mapping.dest_columns
+        try:
+            with begin(dst):
+                self._fence(dst, expected)
+                written = self.dst_dialect.apply_copied(dst, self.dest, names, self.mapping.dest_key,
+                                                        self.mapping.value_columns, rows_text, gone_text)
+                self._write_state(dst, new_state)
+            return written
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            logger.info("%s: destination refused the batch as text (%s); redoing it with Python rows",
+                        self.reflection, describe_error(exc))
+            raise TextPathFailed() from exc
+
+    def python_batch(self, src, batch: Batch) -> Batch:
+        """The same batch as Python rows (after the text path failed, or a key got held)."""
+        upserts, deletes, removals = self.keyed_rows(src, batch.keys) if batch.keys else ([], [], [])
+        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals)
+
     # -- phases ------------------------------------------------------------
     def start_state(self) -> dict:
         floor = int(self.source_table.purged_through or 0)
         return {"phase": LOAD, "after": None, "pos": self.reader.start_position(floor).to_json(),
                 "loaded": 0}
 
-    def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
-        """Copy the next key-ordered chunk of source rows; return the new state."""
-        after = keycodec.decode_key(state.get("after"))
+    def _load_python(self, src, after):
+        """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered)."""
         query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
         if after is not None:
             query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
@@ -405,12 +498,41 @@ class ReflectionRunner:
         src.rollback()
         keyed = [(tuple(r[n] for n in self.source_key), r) for r in rows]
         upserts, filtered = self._dest_rows(keyed)
+        last = keyed[-1][0] if len(rows) >= self.load_chunk else None
+        return len(rows), last, upserts, filtered
+
+    def _load_text(self, src, after):
+        """The next chunk as text: (rows copied, last key or None at the end, text), or None."""
+        columns = self.source_key_columns
+        bounds = [self.src_dialect.key_after(columns, after)] if after is not None else []
+        upper = src.execute(sa.select(*columns).where(*bounds).order_by(*columns)
+                            .offset(self.load_chunk - 1).limit(1)).first()
+        src.rollback()
+        if upper is not None:
+            upper = tuple(upper)
+            bounds.append(sa.not_(self.src_dialect.key_after(columns, upper)))
+        out = self._copy_out(src, [self._text_rows_query(*bounds)])
+        if out is None:
+            return None
+        return out[0].count("\n"), upper, out[0]
+
+    def _load_state(self, state, count, last):
         new_state = dict(state)
-        new_state["loaded"] = state.get("loaded", 0) + len(rows)
-        if len(rows) < self.load_chunk:
-            new_state = {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"]}
+        new_state["loaded"] = state.get("loaded", 0) + count
+        if last is None:
+            return {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"]}
+        new_state["after"] = keycodec.encode_key(last)
+        return new_state
+
+    def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
+        """Copy the next key-ordered chunk of source rows; return the new state."""
+        after = keycodec.decode_key(state.get("after"))
+        text = self._load_text(src, after) if self._use_text() else None
+        if text is None:
+            count, last, upserts, filtered = self._load_python(src, after)
         else:
-            new_state["after"] = keycodec.encode_key(keyed[-1][0])
+            count, last, rows_text = text
+        new_state = self._load_state(state, count, last)
         if after is None:
             # A (re)load starts from a clean slate: rows deleted at the source while no
             # checkpoint existed must not survive it.  A table shared with other
@@ -427,24 +549,44 @@ class ReflectionRunner:
                     dst.execute(sa.delete(self.dest))
                 self._write_state(dst, state)
             expected = state
+        if text is not None:
+            try:
+                self._commit_text(dst, expected, new_state, rows_text, "")
+                return new_state
+            except TextPathFailed:
+                count, last, upserts, filtered = self._load_python(src, after)
+                new_state = self._load_state(state, count, last)
         self._commit(dst, expected, new_state, upserts, [], filtered)
         return new_state
 
-    def read_batch(self, src, state: dict):
-        """Read and prepare the next batch on the source side only (no write anywhere):
-        (new state, events read, upserts, deletes, removals), or None when nothing is new."""
+    def read_batch(self, src, state: dict) -> Batch | None:
+        """Read and prepare the next batch on the source side only (no write anywhere),
+        or None when nothing is new."""
         position = Position.from_json(state["pos"])
         events, new_position = self.reader.read(src, position, self.batch_size)
         if not events and new_position.to_json() == position.to_json():
             return None
         keys = list(dict.fromkeys(e.key for e in events))
-        upserts, deletes, removals = self.keyed_rows(src, keys)
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
-        return new_state, len(events), upserts, deletes, removals
+        batch = Batch(new_state, len(events), keys)
+        if not keys:
+            return batch
+        if self._use_text():
+            text = self._copy_out(src, self._text_batch_queries(position, max(e.id for e in events)))
+            if text is not None:
+                batch.text = tuple(text)
+                return batch
+        return self.python_batch(src, batch)
 
-    def commit_batch(self, dst, state: dict, prepared) -> tuple[dict, int, int]:
-        """Write a prepared batch with its checkpoint; return (state, events, rows written)."""
-        new_state, count, upserts, deletes, removals = prepared
+    def commit_batch(self, dst, state: dict, batch: Batch) -> tuple[dict, int, int]:
+        """Write a prepared batch with its checkpoint; return (state, events, rows written).
+        Raises TextPathFailed when a text batch must be redone as Python rows."""
+        new_state, count = batch.state, batch.events
+        if batch.text is not None:
+            if not self._use_text():  # a key became held since the batch was read
+                raise TextPathFailed()
+            return new_state, count, self._commit_text(dst, state, new_state, *batch.text)
+        upserts, deletes, removals = batch.upserts, batch.deletes, batch.removals
         if self.held_keys:
             # per-key order: a dead-lettered key waits until its retry applies the current row
             upserts = [(k, row) for k, row in upserts if key_hash(k) not in self.held_keys]
@@ -455,10 +597,13 @@ class ReflectionRunner:
 
     def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
         """Apply the next batch of events; return (state, events read, rows written)."""
-        prepared = self.read_batch(src, state)
-        if prepared is None:
+        batch = self.read_batch(src, state)
+        if batch is None:
             return state, 0, 0
-        return self.commit_batch(dst, state, prepared)
+        try:
+            return self.commit_batch(dst, state, batch)
+        except TextPathFailed:
+            return self.commit_batch(dst, state, self.python_batch(src, batch))
 
     def stream(self, src, dst, state, result, stop, deadline):
         """Apply batches until caught up, stopped or past ``deadline``.
@@ -469,14 +614,19 @@ class ReflectionRunner:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
             future = pool.submit(self.read_batch, src, state)
             while True:
-                prepared = future.result()
-                if prepared is None:
+                batch = future.result()
+                if batch is None:
                     result.caught_up = True
                     return state
                 more = not stop() and (deadline is None or time.monotonic() < deadline)
                 if more:
-                    future = pool.submit(self.read_batch, src, prepared[0])
-                state, events, rows = self.commit_batch(dst, state, prepared)
+                    future = pool.submit(self.read_batch, src, batch.state)
+                try:
+                    state, events, rows = self.commit_batch(dst, state, batch)
+                except TextPathFailed:
+                    if more:
+                        future.result()  # wait: the read-ahead holds the source connection
+                    state, events, rows = self.commit_batch(dst, state, self.python_batch(src, batch))
                 result.position_changed = True
                 result.events += events
                 result.rows += rows

@@ -233,6 +233,27 @@ class Dialect:
         types' SQLAlchemy bind processors first, as they would through SQLAlchemy."""
         return False
 
+    # -- rows passed as the engine's own text (no Python values) -----------------
+    def copies_text_to(self, other: "Dialect") -> bool:
+        """True when rows read from this engine as text can be written to ``other`` as-is
+        (same engine: its text output is its own text input)."""
+        return False
+
+    def text_compatible(self, source_type, dest_type) -> bool:
+        """True when a value of ``source_type`` in text form means the same value of
+        ``dest_type`` (the text path is used only when every column passes)."""
+        return False
+
+    def copy_out(self, conn, queries: list) -> list[str]:
+        """The results of ``queries`` as text, read in one snapshot (``copies_text_to``)."""
+        raise NotImplementedError(f"{self.label}: rows cannot be read as text")
+
+    def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
+                     update_names: list[str], rows_text: str, gone_text: str) -> int:
+        """In ``conn``'s transaction: delete the keys of ``gone_text``, then upsert the rows
+        of ``rows_text`` (both in ``copy_out``'s text form); return the rows written."""
+        raise NotImplementedError(f"{self.label}: text rows cannot be written")
+
     @staticmethod
     def run_on_driver(conn, sql: str, work) -> None:
         """Run ``work(cursor)`` on the DB-API connection under ``conn``'s transaction;

@@ -169,6 +169,33 @@ END
             index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
         )
 
+    def _names(self, table, names, key_names, update_names):
+        """Target, column list, key list and ON CONFLICT action as SQL text (run without
+        parameters: no %-escaping wanted)."""
+        def ident(name):
+            return self.quote(name).replace("%%", "%")
+
+        target = ".".join(ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
+        if update_names:
+            action = "DO UPDATE SET " + ", ".join(f"{ident(n)} = EXCLUDED.{ident(n)}" for n in update_names)
+        else:
+            action = "DO NOTHING"
+        return target, [ident(n) for n in names], [ident(n) for n in key_names], action
+
+    @staticmethod
+    def _stage_and_upsert(cursor, target, columns, keys, action, data) -> int:
+        """COPY ``data`` into a temporary table shaped like the target, then one INSERT ...
+        SELECT ... ON CONFLICT; returns the rows written."""
+        cols, stage = ", ".join(columns), "pg_temp.pdr_stage"
+        cursor.execute(f"DROP TABLE IF EXISTS {stage}; "
+                       f"CREATE TEMPORARY TABLE pdr_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+        cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.StringIO(data))
+        cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
+                       f"ON CONFLICT ({', '.join(keys)}) {action}")
+        written = max(cursor.rowcount, 0)
+        cursor.execute(f"DROP TABLE {stage}")
+        return written
+
     def bulk_upsert(self, conn, table, key_names, update_names, rows):
         # psycopg2's executemany() is one round trip per row.  Fastest: COPY the rows into
         # a temporary table shaped like the target, then one INSERT ... SELECT ... ON
@@ -177,35 +204,74 @@ END
             return False
         names = [n for n in table.c.keys() if n in rows[0]]
         values = self.bound_rows(conn, table, names, rows)
-
-        def ident(name):  # run without parameters: no %-escaping wanted
-            return self.quote(name).replace("%%", "%")
-
-        target = ".".join(ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
-        columns = ", ".join(ident(n) for n in names)
-        keys = ", ".join(ident(n) for n in key_names)
-        if update_names:
-            action = "DO UPDATE SET " + ", ".join(f"{ident(n)} = EXCLUDED.{ident(n)}" for n in update_names)
-        else:
-            action = "DO NOTHING"
+        target, columns, keys, action = self._names(table, names, key_names, update_names)
         try:
             data = copy_text(values)
         except _NotCopyable:
-            return self._execute_values(conn, target, columns, keys, action, values)
-        stage = "pg_temp.pdr_stage"
-        sql = (f"DROP TABLE IF EXISTS {stage}; "
-               f"CREATE TEMPORARY TABLE pdr_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
-        insert = (f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} "
-                  f"ON CONFLICT ({keys}) {action}")
+            return self._execute_values(conn, target, ", ".join(columns), ", ".join(keys), action, values)
+        self.run_on_driver(conn, f"COPY {target}",
+                           lambda cursor: self._stage_and_upsert(cursor, target, columns, keys, action, data))
+        return True
+
+    # -- rows passed as text, PostgreSQL to PostgreSQL ------------------------
+    def copies_text_to(self, other):
+        return isinstance(other, PostgreSQLDialect)
+
+    def _type_text(self, type_) -> str:
+        text = type_.compile(dialect=self.sa).upper()
+        text = text.replace("TIMESTAMP(6)", "TIMESTAMP").replace("TIME(6)", "TIME")
+        return text.replace("TIMESTAMP WITHOUT TIME ZONE", "TIMESTAMP").replace("TIME WITHOUT TIME ZONE", "TIME")
+
+    def text_compatible(self, source_type, dest_type):
+        try:
+            src, dst = self._type_text(source_type), self._type_text(dest_type)
+        except Exception:  # a type SQLAlchemy cannot render: take the Python path
+            return False
+        if src == dst:
+            return True
+        textual = src == "TEXT" or src.startswith(("VARCHAR", "CHARACTER VARYING"))
+        return (textual and dst == "TEXT") or (src == "JSON" and dst == "JSONB")
+
+    def copy_out(self, conn, queries):
+        # One REPEATABLE READ snapshot for every query; the SELECTs are rendered with
+        # their values inline (COPY takes no parameters), by SQLAlchemy's literal rendering.
+        sqls = [str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                .replace("%%", "%") for q in queries]
+        out = []
+        conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
 
         def work(cursor):
-            cursor.execute(sql)
-            cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN", io.StringIO(data))
-            cursor.execute(insert)
-            cursor.execute(f"DROP TABLE {stage}")
+            for sql in sqls:
+                buffer = io.StringIO()
+                cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
+                out.append(buffer.getvalue())
 
-        self.run_on_driver(conn, insert, work)
-        return True
+        try:
+            self.run_on_driver(conn, "COPY ... TO STDOUT", work)
+        finally:
+            conn.rollback()
+        return out
+
+    def apply_copied(self, conn, table, names, key_names, update_names, rows_text, gone_text):
+        target, columns, keys, action = self._names(table, names, key_names, update_names)
+        written = 0
+
+        def work(cursor):
+            nonlocal written
+            if gone_text:
+                key_list = ", ".join(keys)
+                cursor.execute(f"DROP TABLE IF EXISTS pg_temp.pdr_gone; CREATE TEMPORARY TABLE pdr_gone "
+                               f"ON COMMIT DROP AS SELECT {key_list} FROM {target} WITH NO DATA")
+                cursor.copy_expert(f"COPY pg_temp.pdr_gone ({key_list}) FROM STDIN", io.StringIO(gone_text))
+                match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
+                cursor.execute(f"DELETE FROM {target} AS pdr_t USING pg_temp.pdr_gone AS pdr_g WHERE {match}")
+                written += max(cursor.rowcount, 0)
+                cursor.execute("DROP TABLE pg_temp.pdr_gone")
+            if rows_text:
+                written += self._stage_and_upsert(cursor, target, columns, keys, action, rows_text)
+
+        self.run_on_driver(conn, f"COPY {target}", work)
+        return written
 
     def _execute_values(self, conn, target, columns, keys, action, values):
         from psycopg2.extras import execute_values
