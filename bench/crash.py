@@ -1,6 +1,6 @@
 """Long crash test: kill -9 the worker many times during catch-up with concurrent writers.
 
-    python tests/live_servers.py run -- python bench/crash.py [--kills 50] [--pairs postgresql:mysql,...]
+    python tests/live_servers.py run -- python bench/crash.py [--kills 50] [--pairs postgresql:postgresql,...]
 
 For each pair: a writer thread makes random inserts, updates, deletes and key
 changes on the source while a `pdr-reflect -i 0.05` process is started and
@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=50)
-    parser.add_argument("--pairs", default="postgresql:mysql,mysql:postgresql,sqlite:postgresql")
+    parser.add_argument("--pairs", default="postgresql:postgresql,postgresql:mysql,mysql:postgresql,sqlite:postgresql")
     parser.add_argument("--min-run", type=float, default=0.8)
     parser.add_argument("--max-run", type=float, default=2.5)
     parser.add_argument("--seed", type=int, default=2026)

@@ -24,7 +24,8 @@ def configure(source, dest, name="src", batch_size=None, dest_table="t"):
                                      destination_table=dest_table, batch_size=batch_size)
 
 
-@pytest.mark.parametrize("source_kind,dest_kind", [("postgresql", "mysql"), ("mysql", "postgresql"),
+@pytest.mark.parametrize("source_kind,dest_kind", [("postgresql", "postgresql"), ("postgresql", "mysql"),
+                                                   ("mysql", "postgresql"),
                                                    ("sqlite", "postgresql")])
 def test_kill_9_during_catch_up_loses_and_doubles_nothing(make_target, source_kind, dest_kind, tmp_path):
     source, dest = make_target(source_kind), make_target(dest_kind)
