@@ -134,15 +134,20 @@ def converter_for(type_):
     return None
 
 
+#: Value types each converter returns unchanged (checked by exact type, before calling it).
+_UNCHANGED = {_uuid: {uuid.UUID}, _date: {dt.date}, _bool: {bool}, _bytes: {bytes}, _integer: {int},
+              _decimal: {decimal.Decimal, int}, _text: {str}}
+
+
 def row_converter(table: sa.Table, names: list[str]):
     """A function mapping a dict of values to the types of ``table``'s columns."""
     converters = [(name, converter_for(table.c[name].type)) for name in names]
-    active = [(n, f) for n, f in converters if f is not None]
+    active = [(n, f, _UNCHANGED.get(f, ())) for n, f in converters if f is not None]
 
     def convert(row: dict) -> dict:
-        for name, func in active:
+        for name, func, unchanged in active:
             value = row.get(name)
-            if value is not None:
+            if value is not None and type(value) not in unchanged:
                 row[name] = func(value)
         return row
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sqlalchemy as sa
 
@@ -185,15 +186,13 @@ class Mapping:
         """The destination row for a source row (None: filtered out)."""
         if self.filter and not row.get("pdr_keep"):
             return None
-        out = {}
-        for i, column in enumerate(self.columns):
-            if column.source is not None:
-                out[column.dest] = row[column.source]
-            elif column.expr is not None:
-                out[column.dest] = row[f"pdr_x_{i}"]
-            else:
-                out[column.dest] = column.const
-        return out
+        return {dest: row[name] if name is not None else const for dest, name, const in self._picks}
+
+    @cached_property
+    def _picks(self) -> list[tuple]:
+        """(destination column, name in the SELECT's row or None for a constant, constant)."""
+        return [(c.dest, c.source if c.source is not None else (f"pdr_x_{i}" if c.expr is not None else None),
+                 c.const) for i, c in enumerate(self.columns)]
 
     def dest_key_values(self, source_key: tuple) -> dict:
         return dict(zip(self.dest_key, source_key))

@@ -344,8 +344,11 @@ class ReflectionRunner:
         for part in chunks(keys, per_chunk):
             query = self.mapping.select(self.source).where(
                 self.src_dialect.key_filter(self.source_key_columns, part))
-            for row in src.execute(query).mappings():
-                found[tuple(row[n] for n in names)] = dict(row)
+            result = src.execute(query)
+            columns = list(result.keys())
+            at = [columns.index(n) for n in names]
+            for row in result:
+                found[tuple([row[i] for i in at])] = dict(zip(columns, row))
         src.rollback()
         return found
 

@@ -277,9 +277,17 @@ class Dialect:
 
     @staticmethod
     def bound_rows(conn, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:
-        processors = [table.c[n].type.bind_processor(conn.dialect) for n in names]
-        pairs = list(zip(names, processors))
-        return [tuple(p(row.get(n)) if p else row.get(n) for n, p in pairs) for row in rows]
+        processors = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
+        active = [(i, p) for i, p in processors if p is not None]
+        if not active:
+            return [tuple(map(row.get, names)) for row in rows]
+        out = []
+        for row in rows:
+            values = list(map(row.get, names))
+            for i, process in active:
+                values[i] = process(values[i])
+            out.append(tuple(values))
+        return out
 
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table: sa.Table) -> None:

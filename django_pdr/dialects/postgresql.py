@@ -46,9 +46,24 @@ def _copy_value(value) -> str:
     raise _NotCopyable()
 
 
+def _copy_str(value: str) -> str:
+    if "\x00" in value:
+        raise _NotCopyable()
+    if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
+        return value.translate(_ESCAPES)
+    return value
+
+
+#: Encoders by exact value type (the common ones); anything else takes _copy_value.
+_COPY_BY_TYPE = {int: str, str: _copy_str, decimal.Decimal: str, datetime.datetime: datetime.datetime.isoformat,
+                 datetime.date: datetime.date.isoformat, bool: _copy_value, float: _copy_value}
+
+
 def copy_text(rows) -> str:
     """Rows of DB-API values in COPY's text format (tab-separated, \\N for NULL)."""
-    return "".join("\t".join(_copy_value(v) for v in row) + "\n" for row in rows)
+    encoder, fallback = _COPY_BY_TYPE.get, _copy_value
+    return "".join(["\t".join(["\\N" if v is None else encoder(type(v), fallback)(v) for v in row]) + "\n"
+                    for row in rows])
 
 
 #: Channel the capture triggers notify; idle workers LISTEN on it (one wake-up per
