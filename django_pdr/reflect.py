@@ -388,6 +388,10 @@ class ReflectionRunner:
             yield self.dst_dialect.key_filter(self.dest_key_columns, part)
 
     def _delete(self, dst, keys):
+        if len(keys) > 1:
+            dest_keys = [self.convert(self.mapping.dest_key_values(k)) for k in keys]
+            if self.dst_dialect.bulk_delete(dst, self.dest, self.mapping.dest_key, dest_keys):
+                return
         for where in self._dest_key_chunks(keys):
             dst.execute(sa.delete(self.dest).where(where))
 

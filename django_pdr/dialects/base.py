@@ -254,6 +254,11 @@ class Dialect:
         of ``rows_text`` (both in ``copy_out``'s text form); return the rows written."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
+    def bulk_delete(self, conn, table: sa.Table, key_names: list[str], keys: list[dict]) -> bool:
+        """Delete the rows of ``keys`` (dicts of key values) through the driver's fastest
+        path; False when there is none (the caller then runs DELETE ... WHERE key IN)."""
+        return False
+
     @staticmethod
     def run_on_driver(conn, sql: str, work) -> None:
         """Run ``work(cursor)`` on the DB-API connection under ``conn``'s transaction;

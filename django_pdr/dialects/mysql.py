@@ -111,21 +111,60 @@ class MySQLDialect(Dialect):
         # the column name twice for format-paramstyle drivers.
         return stmt.on_duplicate_key_update({n: sa.func.values(sa.column(n)) for n in update_names})
 
+    #: Longest multi-row statement we send (bytes of SQL text; under max_allowed_packet).
+    max_statement_length = 1_000_000
+
+    def _ident(self, name):  # statements run without parameters: no %-escaping wanted
+        return self.quote(name).replace("%%", "%")
+
+    def _target(self, table):
+        return ".".join(self._ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
+
+    def _literal_statements(self, conn, head, rows, tail=""):
+        """``head`` + multi-row literal VALUES + ``tail``, split under max_statement_length.
+        Values are spelled by PyMySQL's own escaping rules (one dispatch per value)."""
+        encode = _literal_encoder(conn.connection.dbapi_connection)
+        statements, part, size = [], [], len(head) + len(tail)
+        for row in rows:
+            text = "(" + ",".join(map(encode, row)) + ")"
+            if part and size + len(text) + 1 > self.max_statement_length:
+                statements.append(head + ",".join(part) + tail)
+                part, size = [], len(head) + len(tail)
+            part.append(text)
+            size += len(text) + 1
+        if part:
+            statements.append(head + ",".join(part) + tail)
+        return statements
+
+    def _run_statements(self, conn, statements):
+        def work(cursor):
+            for sql in statements:
+                cursor.execute(sql)
+
+        self.run_on_driver(conn, statements[0][:200] if statements else "", work)
+
     def bulk_upsert(self, conn, table, key_names, update_names, rows):
-        # PyMySQL's executemany() rewrites INSERT ... VALUES into multi-row statements,
-        # but leaves the ON DUPLICATE KEY UPDATE clause unformatted: a "%" in a name
-        # there would stay doubled, so such tables take the SQLAlchemy path.
-        names = [n for n in table.c.keys() if n in rows[0]]
-        if conn.dialect.driver != "pymysql" or any("%" in n for n in names + [table.name, table.schema or ""]):
+        # Multi-row INSERT ... ON DUPLICATE KEY UPDATE statements, spelled here rather than by
+        # PyMySQL's executemany (which formats each value through three Python calls).
+        if conn.dialect.driver != "pymysql":
             return False
-        target = self.qualified(table.schema, table.name)
-        columns = ", ".join(self.quote(n) for n in names)
+        names = [n for n in table.c.keys() if n in rows[0]]
+        columns = ", ".join(self._ident(n) for n in names)
         updates = update_names or key_names[:1]
-        action = ", ".join(f"{self.quote(n)} = VALUES({self.quote(n)})" for n in updates)
-        sql = (f"INSERT INTO {target} ({columns}) VALUES ({', '.join(['%s'] * len(names))}) "
-               f"ON DUPLICATE KEY UPDATE {action}")
+        action = ", ".join(f"{self._ident(n)} = VALUES({self._ident(n)})" for n in updates)
         values = self.bound_rows(conn, table, names, rows)
-        self.run_on_driver(conn, sql, lambda cursor: cursor.executemany(sql, values))
+        self._run_statements(conn, self._literal_statements(
+            conn, f"INSERT INTO {self._target(table)} ({columns}) VALUES ", values,
+            f" ON DUPLICATE KEY UPDATE {action}"))
+        return True
+
+    def bulk_delete(self, conn, table, key_names, keys):
+        if conn.dialect.driver != "pymysql":
+            return False
+        columns = ", ".join(self._ident(n) for n in key_names)
+        values = self.bound_rows(conn, table, key_names, keys)
+        head = f"DELETE FROM {self._target(table)} WHERE ({columns}) IN ("
+        self._run_statements(conn, self._literal_statements(conn, head, values, ")"))
         return True
 
     def upsert_batches(self, table, key_names, update_names, rows):
@@ -210,3 +249,28 @@ class MySQLDialect(Dialect):
             return ("The MySQL user lacks a privilege: it needs TRIGGER and CREATE on the source "
                     "schema to install capture, and PROCESS to read INFORMATION_SCHEMA.INNODB_TRX.")
         return None
+
+
+def _literal_encoder(dbapi_connection):
+    """A function spelling one DB-API value as a MySQL literal, as PyMySQL would."""
+    import datetime
+    import decimal
+
+    from pymysql import converters
+    from pymysql.constants import SERVER_STATUS
+
+    if dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        def text(value):
+            return "'" + value.replace("'", "''") + "'"
+    else:
+        def text(value):
+            return "'" + converters.escape_string(value) + "'"
+    by_type = {int: str, str: text, decimal.Decimal: str, float: converters.escape_float,
+               bool: converters.escape_bool, datetime.datetime: converters.escape_datetime,
+               datetime.date: converters.escape_date}
+    get, fallback = by_type.get, dbapi_connection.escape
+
+    def encode(value):
+        return "NULL" if value is None else get(type(value), fallback)(value)
+
+    return encode

@@ -228,6 +228,17 @@ END
                            lambda cursor: self._stage_and_upsert(cursor, target, columns, keys, action, data))
         return True
 
+    def bulk_delete(self, conn, table, key_names, keys):
+        # COPY the keys into a temporary table, then one DELETE ... USING it.
+        if conn.dialect.driver != "psycopg2":
+            return False
+        try:
+            data = copy_text(self.bound_rows(conn, table, key_names, keys))
+        except _NotCopyable:
+            return False
+        self.apply_copied(conn, table, key_names, key_names, [], "", data)
+        return True
+
     # -- rows passed as text, PostgreSQL to PostgreSQL ------------------------
     def copies_text_to(self, other):
         return isinstance(other, PostgreSQLDialect)
