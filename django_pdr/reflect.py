@@ -117,6 +117,7 @@ class Batch:
     deletes: list = ()
     removals: list = ()
     text: tuple | None = None
+    window: tuple | None = None  # (position, last event id): the events the batch covers
 
 
 @dataclass
@@ -336,14 +337,19 @@ class ReflectionRunner:
         return written
 
     # -- applying rows -----------------------------------------------------
-    def _source_rows(self, src, keys: list[tuple]) -> dict[tuple, dict]:
-        """Current source rows for ``keys``, by exact key (one query per chunk)."""
+    def _source_rows(self, src, keys: list[tuple], window=None) -> dict[tuple, dict]:
+        """Current source rows for ``keys``, by exact key (one query per chunk).  With
+        ``window`` (position, last event id), the keys are those of the window's events:
+        one query that joins the event table, no key list sent."""
         found = {}
         per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
         names = self.source_key
-        for part in chunks(keys, per_chunk):
-            query = self.mapping.select(self.source).where(
-                self.src_dialect.key_filter(self.source_key_columns, part))
+        if window is not None:
+            wheres = [self._keys_in_window(*window)]
+        else:
+            wheres = [self.src_dialect.key_filter(self.source_key_columns, part) for part in chunks(keys, per_chunk)]
+        for where in wheres:
+            query = self.mapping.select(self.source).where(where)
             result = src.execute(query)
             columns = list(result.keys())
             at = [columns.index(n) for n in names]
@@ -413,9 +419,10 @@ class ReflectionRunner:
             held |= {k for k, d in dest_keys.items() if d in present}
         return held
 
-    def keyed_rows(self, src, keys):
-        """(upserts as (key, destination row), deletes) for the current source state of ``keys``."""
-        current = self._source_rows(src, keys) if keys else {}
+    def keyed_rows(self, src, keys, window=None):
+        """(upserts as (key, destination row), deletes) for the current source state of ``keys``
+        (the keys of the events in ``window``, when given)."""
+        current = self._source_rows(src, keys, window) if keys else {}
         present = [(k, current[k]) for k in keys if k in current]
         # rows the engine's collation matched without exact equality (case-insensitive keys)
         seen = set(keys)
@@ -444,17 +451,25 @@ class ReflectionRunner:
             query = query.where(sa.literal_column(f"({self.mapping.filter})"))
         return query
 
+    def _event_window(self, position: Position, last_id: int):
+        """WHERE clause for the events ``position`` has not applied, up to ``last_id``."""
+        return sa.and_(self.reader.unapplied(position), self.reader.table.c.pdr_id <= last_id)
+
+    def _keys_in_window(self, position: Position, last_id: int):
+        """WHERE clause for the source rows whose key has an event in the window."""
+        keys = sa.select(*self.reader.key_columns).where(self._event_window(position, last_id))
+        src_keys = self.source_key_columns
+        if len(src_keys) == 1:
+            return src_keys[0].in_(keys)
+        return sa.tuple_(*src_keys).in_(keys)
+
     def _text_batch_queries(self, position: Position, last_id: int):
         """(rows, keys gone) for the events ``position`` has not applied, up to ``last_id``:
         the current source rows of their keys, and their keys with no (kept) source row."""
-        ev, ev_keys = self.reader.table, self.reader.key_columns
-        window = sa.and_(self.reader.unapplied(position), ev.c.pdr_id <= last_id)
-        keys = sa.select(*ev_keys).where(window)
+        ev_keys = self.reader.key_columns
+        window = self._event_window(position, last_id)
+        matches = self._keys_in_window(position, last_id)
         src_keys = self.source_key_columns
-        if len(src_keys) == 1:
-            matches = src_keys[0].in_(keys)
-        else:
-            matches = sa.tuple_(*src_keys).in_(keys)
         kept = [s == e for s, e in zip(src_keys, ev_keys)]
         if self.mapping.filter:
             kept.append(sa.literal_column(f"({self.mapping.filter})"))
@@ -487,8 +502,8 @@ class ReflectionRunner:
 
     def python_batch(self, src, batch: Batch) -> Batch:
         """The same batch as Python rows (after the text path failed, or a key got held)."""
-        upserts, deletes, removals = self.keyed_rows(src, batch.keys) if batch.keys else ([], [], [])
-        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals)
+        upserts, deletes, removals = self.keyed_rows(src, batch.keys, batch.window) if batch.keys else ([], [], [])
+        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window)
 
     # -- phases ------------------------------------------------------------
     def start_state(self) -> dict:
@@ -578,8 +593,9 @@ class ReflectionRunner:
         batch = Batch(new_state, len(events), keys)
         if not keys:
             return batch
+        batch.window = (position, max(e.id for e in events))
         if self._use_text():
-            text = self._copy_out(src, self._text_batch_queries(position, max(e.id for e in events)))
+            text = self._copy_out(src, self._text_batch_queries(*batch.window))
             if text is not None:
                 batch.text = tuple(text)
                 return batch

@@ -67,8 +67,7 @@ class Position:
 @dataclass
 class Event:
     id: int
-    op: str
-    key: tuple
+    key: tuple  # the source row's key (what happened to it is read from the row itself)
 
 
 def _split(gap: Gap, found: list[int]) -> list[Gap]:
@@ -93,7 +92,7 @@ class EventReader:
         self.dialect = dialect
         self.table = event_table
         self.key_columns = [event_table.c[f"pdr_k{i}"] for i in range(key_count)]
-        self.columns = [event_table.c.pdr_id, event_table.c.pdr_op, *self.key_columns]
+        self.columns = [event_table.c.pdr_id, *self.key_columns]
 
     def _open_transactions(self, conn) -> set | None:
         query = self.dialect.open_transactions_query()
@@ -103,7 +102,7 @@ class EventReader:
 
     def _rows(self, conn, where, limit):
         query = sa.select(*self.columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
-        return [Event(row[0], row[1], tuple(row[2:])) for row in conn.execute(query)]
+        return [Event(row[0], tuple(row[1:])) for row in conn.execute(query)]
 
     def read(self, conn, position: Position, limit: int, now: float | None = None):
         """Return (events, new_position); at most ``limit`` events."""
