@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import decimal
 import io
 import math
@@ -198,18 +199,26 @@ END
         return target, [ident(n) for n in names], [ident(n) for n in key_names], action
 
     @staticmethod
-    def _stage_and_upsert(cursor, target, columns, keys, action, data) -> int:
+    def _stage(cursor, target, columns, kind) -> str:
+        """A temporary table of this session shaped like ``columns`` of the target, empty.
+
+        Made once per connection (ON COMMIT DELETE ROWS empties it at each commit), named
+        after the target and the columns, so a changed table structure gets a new one."""
+        digest = hashlib.sha1(f"{target}\x00{', '.join(columns)}".encode("utf-8")).hexdigest()[:16]
+        name = f"pdr_{kind}_{digest}"
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+                       f"SELECT {', '.join(columns)} FROM {target} WITH NO DATA; DELETE FROM pg_temp.{name}")
+        return f"pg_temp.{name}"
+
+    def _stage_and_upsert(self, cursor, target, columns, keys, action, data) -> int:
         """COPY ``data`` into a temporary table shaped like the target, then one INSERT ...
         SELECT ... ON CONFLICT; returns the rows written."""
-        cols, stage = ", ".join(columns), "pg_temp.pdr_stage"
-        cursor.execute(f"DROP TABLE IF EXISTS {stage}; "
-                       f"CREATE TEMPORARY TABLE pdr_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+        cols = ", ".join(columns)
+        stage = self._stage(cursor, target, columns, "rows")
         cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.StringIO(data))
         cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
                        f"ON CONFLICT ({', '.join(keys)}) {action}")
-        written = max(cursor.rowcount, 0)
-        cursor.execute(f"DROP TABLE {stage}")
-        return written
+        return max(cursor.rowcount, 0)
 
     def bulk_upsert(self, conn, table, key_names, update_names, rows):
         # psycopg2's executemany() is one round trip per row.  Fastest: COPY the rows into
@@ -285,14 +294,11 @@ END
         def work(cursor):
             nonlocal written
             if gone_text:
-                key_list = ", ".join(keys)
-                cursor.execute(f"DROP TABLE IF EXISTS pg_temp.pdr_gone; CREATE TEMPORARY TABLE pdr_gone "
-                               f"ON COMMIT DROP AS SELECT {key_list} FROM {target} WITH NO DATA")
-                cursor.copy_expert(f"COPY pg_temp.pdr_gone ({key_list}) FROM STDIN", io.StringIO(gone_text))
+                stage = self._stage(cursor, target, keys, "keys")
+                cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(gone_text))
                 match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
-                cursor.execute(f"DELETE FROM {target} AS pdr_t USING pg_temp.pdr_gone AS pdr_g WHERE {match}")
+                cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE {match}")
                 written += max(cursor.rowcount, 0)
-                cursor.execute("DROP TABLE pg_temp.pdr_gone")
             if rows_text:
                 written += self._stage_and_upsert(cursor, target, columns, keys, action, rows_text)
 
