@@ -618,6 +618,8 @@ class Bench:
                     "INSERT INTO t SELECT g, g % 1000, 'name-' || g, g * 0.5, g * 0.01, now(), g % 2 = 0 "
                     "FROM generate_series(1, 100000) g")
         db = src.model("cap")
+        from django.test import override_settings
+
         from django_pdr.models import SourceTable
 
         for table in ("t", "b"):
@@ -625,6 +627,11 @@ class Bench:
             st.full_clean()
             st.save()
             st.install()
+        capture_t = SourceTable.objects.get(database=db, table="t")
+
+        def notify(on):  # reinstall t's capture with or without NOTIFY (PDR["NOTIFY"])
+            with override_settings(PDR={"NOTIFY": on}):
+                capture_t.install()
         pg_admin(self.pga, "VACUUM ANALYZE", db="cap")
         scripts = {
             "insert": "\\set r random(1, 1000000)\n"
@@ -638,9 +645,11 @@ class Bench:
             path = os.path.join(self.workdir, f"{name}.sql")
             with open(path, "w") as f:
                 f.write(text)
-            tps = {"off": [], "on": []}
+            tps = {"off": [], "on": [], "quiet": []}
             for _ in range(runs):
-                for mode in ("off", "on"):
+                for mode in ("off", "on", "quiet"):  # quiet: triggers without NOTIFY
+                    if mode != "off":
+                        notify(mode == "on")
                     pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER",
                              db="cap")
                     proc = subprocess.run([os.path.join(PGBIN, "pgbench"), "-n", "-c", "2", "-j", "2", "-T",
@@ -652,7 +661,8 @@ class Bench:
                     tps[mode].append(float(m.group(1)))
             pg_admin(self.pga, "ALTER TABLE t ENABLE TRIGGER USER", db="cap")
             out[name] = tps
-            log(f"capture {name}: TPS without triggers {tps['off']}, with {tps['on']}")
+            log(f"capture {name}: TPS without triggers {tps['off']}, with {tps['on']}, "
+                f"with triggers without NOTIFY {tps['quiet']}")
         # bulk INSERT ... SELECT (durable commit)
         bulk = {"off": [], "on": []}
         conn = pg_connect(self.pga, "cap", autocommit=True)
@@ -841,9 +851,16 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
             off, on = med(cap[name]["off"]), med(cap[name]["on"])
             paired = med([b / a for a, b in zip(cap[name]["off"], cap[name]["on"])])
             print(f"| (c) pgbench one-row {name.upper()} tx, 2 clients, durable, {cap_seconds} s runs | "
-                  f"{off:,.0f} TPS without → {on:,.0f} with triggers | off {fmt_runs(cap[name]['off'])}; "
+                  f"{off:,.0f} TPS without → {on:,.0f} with triggers (NOTIFY on, the default) | "
+                  f"off {fmt_runs(cap[name]['off'])}; "
                   f"on {fmt_runs(cap[name]['on'])} | ≤ 10% TPS loss | {(1 - paired) * 100:+.1f}% loss "
                   f"(median of paired runs) |")
+            if cap[name].get("quiet"):
+                quiet = med(cap[name]["quiet"])
+                paired = med([b / a for a, b in zip(cap[name]["off"], cap[name]["quiet"])])
+                print(f"| (c) same, triggers with PDR[\"NOTIFY\"] = False | {off:,.0f} TPS without → "
+                      f"{quiet:,.0f} with triggers | quiet {fmt_runs(cap[name]['quiet'])} | ≤ 10% TPS loss | "
+                      f"{(1 - paired) * 100:+.1f}% loss (median of paired runs) |")
         off, on = med(cap["bulk"]["off"]), med(cap["bulk"]["on"])
         paired = med([b / a for a, b in zip(cap["bulk"]["off"], cap["bulk"]["on"])])
         print(f"| (c) INSERT … SELECT 200,000 rows, durable | {off:.2f} s without → {on:.2f} s with triggers | "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from django.utils import timezone
 
+from . import conf
 from .connections import begin, connect
 from .dialects import CAPTURE_VERSION, get_dialect
 from .errors import CaptureError, ConfigurationError
@@ -68,7 +69,8 @@ def plan(conn, source_table) -> CapturePlan:
     return CapturePlan(
         dialect=dialect, schema=schema, source=source, event=event, names=names, key_names=key_names,
         create_event_table=create_event,
-        create_triggers=dialect.create_trigger_statements(source, event, names, key_names),
+        create_triggers=dialect.create_trigger_statements(source, event, names, key_names,
+                                                          notify=bool(conf.get("NOTIFY"))),
         drop_triggers=dialect.drop_trigger_statements(source, names),
     )
 

@@ -28,6 +28,11 @@ DEFAULTS = {
     "PURGE_CHUNK": 10000,
     # Seconds between two lag/throughput samples of a reflection (dashboard history).
     "SAMPLE_INTERVAL": 10,
+    # PostgreSQL sources: the capture trigger NOTIFYs idle workers, which then wake at once
+    # instead of at the next poll (-i).  Costs commit throughput under concurrent writers:
+    # PostgreSQL serialises the commits of notifying transactions.  Changing it makes
+    # installed capture outdated; the worker reinstalls it.
+    "NOTIFY": True,
     # Days of samples kept.
     "SAMPLE_RETENTION_DAYS": 7,
 }

@@ -12,6 +12,7 @@ import logging
 import select
 import threading
 
+from . import conf
 from .connections import get_engine
 from .dialects import get_dialect
 
@@ -29,7 +30,7 @@ class Waker:
                 dialect = get_dialect(get_engine(database))
             except Exception:
                 continue
-            if dialect.supports_notify:
+            if dialect.supports_notify and conf.get("NOTIFY"):
                 wanted[database.pk] = database
         for pk in list(self._listeners):
             if pk not in wanted or self._listeners[pk][0] != wanted[pk].modified_at:

@@ -1050,3 +1050,54 @@ def test_postgresql_copy_text_escapes_and_refuses_what_it_cannot_spell():
     for value in ([1, 2], dt.timedelta(seconds=1), "nul\x00"):
         with pytest.raises(_NotCopyable):
             copy_text([(value,)])
+
+
+def test_postgresql_notify_is_rendered_only_when_asked():
+    dialect = pg()
+    source = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), schema="public")
+    names = dialect.capture_names("public", "t")
+    event = dialect.event_table(sa.MetaData(), "public", names, [source.c.id])
+    loud = dialect.create_trigger_statements(source, event, names, ["id"], notify=True)[0]
+    quiet = dialect.create_trigger_statements(source, event, names, ["id"], notify=False)[0]
+    assert "PERFORM pg_notify('pdr_events', '');" in loud
+    assert "pg_notify" not in quiet
+    assert quiet == loud.replace("  PERFORM pg_notify('pdr_events', '');\n", "")
+
+
+def test_postgresql_text_path_only_between_postgresql_and_same_types():
+    from sqlalchemy.dialects import postgresql as pgt
+
+    dialect = pg()
+    assert dialect.copies_text_to(pg())
+    assert not dialect.copies_text_to(my()) and not dialect.copies_text_to(lite())
+    assert not my().copies_text_to(pg()) and not lite().copies_text_to(pg())
+    same = [
+        (sa.Integer(), sa.Integer()), (sa.Numeric(12, 2), sa.Numeric(12, 2)), (sa.String(40), sa.String(40)),
+        (sa.String(40), sa.Text()), (sa.Text(), sa.Text()), (pgt.JSON(), pgt.JSONB()),
+        # a table PDR creates gives timestamps precision 6, the default precision
+        (pgt.TIMESTAMP(timezone=True), pgt.TIMESTAMP(timezone=True, precision=6)),
+        (pgt.TIME(), pgt.TIME(precision=6)), (pgt.UUID(), pgt.UUID()), (pgt.BYTEA(), pgt.BYTEA()),
+    ]
+    different = [
+        (sa.Integer(), sa.BigInteger()), (sa.BigInteger(), sa.Integer()), (sa.Numeric(12, 2), sa.Numeric(10, 2)),
+        (sa.Text(), sa.String(40)), (pgt.JSONB(), pgt.JSON()), (pgt.TIMESTAMP(), pgt.TIMESTAMP(timezone=True)),
+        (pgt.TIMESTAMP(timezone=True), pgt.TIMESTAMP()), (pgt.BYTEA(), sa.Text()), (sa.Boolean(), sa.Integer()),
+        (pgt.TIMESTAMP(precision=3), pgt.TIMESTAMP()), (sa.Float(), sa.Numeric()),
+    ]
+    assert [dialect.text_compatible(a, b) for a, b in same] == [True] * len(same)
+    assert [dialect.text_compatible(a, b) for a, b in different] == [False] * len(different)
+
+
+def test_postgresql_copy_text_by_type_matches_the_general_encoder():
+    import datetime as dt
+    import decimal
+    import uuid
+
+    from django_pdr.dialects.postgresql import _copy_value, copy_text
+
+    values = [0, -7, 2 ** 70, "", "plain", "tab\there", "back\\slash", "new\nline\r", decimal.Decimal("-1.50"),
+              1.5, float("nan"), float("-inf"), True, False, dt.datetime(2024, 1, 2, 3, 4, 5, 6),
+              dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc), dt.date(2024, 2, 29), dt.time(1, 2, 3),
+              uuid.UUID(int=1), b"\x00\xff", None]
+    expected = "\t".join("\\N" if v is None else _copy_value(v) for v in values) + "\n"
+    assert copy_text([values]) == expected

@@ -168,7 +168,9 @@ class Dialect:
 
     # -- capture: triggers -------------------------------------------------
     def create_trigger_statements(self, source: sa.Table, event: sa.Table, names: CaptureNames,
-                                  key_names: list[str]) -> list[str]:
+                                  key_names: list[str], notify: bool = False) -> list[str]:
+        """CREATE statements of the capture triggers; ``notify``: also wake listening workers
+        (engines with ``supports_notify``)."""
         raise NotImplementedError(f"{self.label}: capture triggers are not implemented")
 
     def replace_needs_drop(self) -> bool:

@@ -55,7 +55,7 @@ class MySQLDialect(Dialect):
             f"({column_list(self, ['pdr_op', *keys])}) VALUES ('{op}', {values})"
         )
 
-    def create_trigger_statements(self, source, event, names, key_names):
+    def create_trigger_statements(self, source, event, names, key_names, notify=False):
         table = self.qualified(source.schema, source.name)
         same_key = " AND ".join(
             f"CAST(OLD.{self.quote(n)} AS BINARY) <=> CAST(NEW.{self.quote(n)} AS BINARY)" for n in key_names

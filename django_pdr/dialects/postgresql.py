@@ -100,11 +100,14 @@ class PostgreSQLDialect(Dialect):
             f"SELECT '{op}', pdr_txid, {values} FROM {from_clause}"
         )
 
-    def create_trigger_statements(self, source, event, names, key_names):
+    def create_trigger_statements(self, source, event, names, key_names, notify=True):
         fn = self.qualified(source.schema, names.function)
         table = self.qualified(source.schema, source.name)
         cols = column_list(self, key_names)
         key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
+        # NOTIFY wakes idle workers at once, but serialises the commits of notifying
+        # transactions (a cluster-wide lock held through the commit's WAL flush).
+        notify_line = f"  PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n" if notify else ""
         body = f"""
 DECLARE
   pdr_txid bigint := pg_current_xact_id()::text::bigint;
@@ -117,8 +120,7 @@ BEGIN
   ELSIF TG_OP = 'DELETE' THEN
     {self._insert_events(event, OP_DELETE, 'o', key_names, 'pdr_old AS o')};
   END IF;
-  PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
-  RETURN NULL;
+{notify_line}  RETURN NULL;
 END
 """
         tag, n = "$pdr$", 0

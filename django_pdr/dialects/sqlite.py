@@ -42,7 +42,7 @@ class SQLiteDialect(Dialect):
         return (f"INSERT INTO {self.quote(event.name)} ({column_list(self, ['pdr_op', *keys])}) "
                 f"SELECT '{op}', {values}{where}")
 
-    def create_trigger_statements(self, source, event, names, key_names):
+    def create_trigger_statements(self, source, event, names, key_names, notify=False):
         table = self.quote(source.name)
         changed = " OR ".join(f"OLD.{self.quote(n)} IS NOT NEW.{self.quote(n)}" for n in key_names)
         head = "CREATE TRIGGER {name} AFTER {when} ON {table} BEGIN "
