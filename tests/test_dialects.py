@@ -1101,3 +1101,15 @@ def test_postgresql_copy_text_by_type_matches_the_general_encoder():
               uuid.UUID(int=1), b"\x00\xff", None]
     expected = "\t".join("\\N" if v is None else _copy_value(v) for v in values) + "\n"
     assert copy_text([values]) == expected
+
+
+@pytest.mark.parametrize("text", [b"2024-02-29 13:14:15", b"2024-02-29 13:14:15.123456", b"2024-02-29 13:14:15.1",
+                                  b"2024-02-29 13:14:15.123", b"0000-00-00 00:00:00", b"2024-02-31 00:00:00",
+                                  b"9999-12-31 23:59:59.999999", b"1000-01-01 00:00:00", "2024-01-01 00:00:00"])
+def test_mysql_datetime_reader_reads_what_pymysql_reads(text):
+    from pymysql import converters
+
+    from django_pdr.dialects.mysql import _read_datetime
+
+    assert _read_datetime(text) == converters.convert_datetime(text)
+    assert type(_read_datetime(text)) is type(converters.convert_datetime(text))
