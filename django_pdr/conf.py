@@ -12,7 +12,7 @@ from django.core.signals import setting_changed
 
 DEFAULTS = {
     # Events read, collapsed and applied per destination transaction.
-    "BATCH_SIZE": 5000,
+    "BATCH_SIZE": 20000,
     # Rows per chunk of an initial load or resync.
     "LOAD_CHUNK_SIZE": 10000,
     # Seconds a failed reflection waits before its next try; doubles up to the cap.
