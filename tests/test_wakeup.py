@@ -44,3 +44,27 @@ def test_notification_wakes_an_idle_worker(make_target):
         thread.join(timeout=90)
     assert [r["id"] for r in rows(dest.engine, "t", ["id"])][:5] == [0, 1, 2, 3, 4]
     assert max(latencies) < 5, latencies
+
+
+def test_without_notify_capture_sends_nothing_and_the_worker_polls(make_target, settings):
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    settings.PDR = {"NOTIFY": False}
+    source, dest = make_target("postgresql"), make_target("sqlite")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    st = watch(source.model("src"), "t")
+    with source.engine.connect() as conn:
+        body = conn.exec_driver_sql(
+            "SELECT prosrc FROM pg_proc WHERE proname = %s", (f"{st.event_table[:-3]}_fn",)).scalar()
+    assert body is not None and "pg_notify" not in body
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    waker = wakeup.Waker()
+    try:
+        assert waker.wait([Database.objects.get(name="src")], timeout=0.05) is False
+        assert waker._listeners == {}  # nothing to listen to: the worker polls every interval
+    finally:
+        waker.close()
+    source.execute("INSERT INTO t VALUES (1, 'x')")
+    worker.run_round()
+    assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1]
