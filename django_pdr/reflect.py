@@ -34,6 +34,10 @@ logger = logging.getLogger("django_pdr.reflect")
 
 LOAD, STREAM = "load", "stream"
 
+#: Name of the flag column of text-path batches (a destination with a column of this
+#: name takes the Python path).
+MARK_COLUMN = "pdr_gone"
+
 
 class StaleCheckpoint(Exception):
     """Another worker moved this reflection's checkpoint: abandon the batch."""
@@ -107,8 +111,8 @@ class Batch:
     """A batch read from the source, ready to commit with its checkpoint.
 
     Either Python rows (``upserts`` as (key, destination row) pairs, ``deletes``,
-    ``removals``) or, on the text path, ``text`` = (rows, keys gone) in the engines'
-    own text form.  ``keys`` are the source keys of the batch's events."""
+    ``removals``) or, on the text path, ``text``: one row per key in the engines' own
+    text form, flagged "gone" or not.  ``keys`` are the source keys of the batch's events."""
 
     state: dict
     events: int
@@ -116,7 +120,7 @@ class Batch:
     upserts: list = ()
     deletes: list = ()
     removals: list = ()
-    text: tuple | None = None
+    text: str | None = None
     window: tuple | None = None  # (position, last event id): the events the batch covers
 
 
@@ -227,7 +231,8 @@ class ReflectionRunner:
     def _text_path_possible(self) -> bool:
         """Rows can pass from source to destination in the engines' own text form (no
         Python values): same engine family, plain copied columns of the same types."""
-        if self.statement or not self.src_dialect.copies_text_to(self.dst_dialect):
+        if (self.statement or not self.src_dialect.copies_text_to(self.dst_dialect)
+                or MARK_COLUMN in self.dest.c):
             return False
         return all(c.source is not None and c.source in self.source.c and c.dest in self.dest.c
                    and self.src_dialect.text_compatible(self.source.c[c.source].type, self.dest.c[c.dest].type)
@@ -463,18 +468,23 @@ class ReflectionRunner:
             return src_keys[0].in_(keys)
         return sa.tuple_(*src_keys).in_(keys)
 
-    def _text_batch_queries(self, position: Position, last_id: int):
-        """(rows, keys gone) for the events ``position`` has not applied, up to ``last_id``:
-        the current source rows of their keys, and their keys with no (kept) source row."""
+    def _text_batch_query(self, position: Position, last_id: int):
+        """One row per distinct key of the events ``position`` has not applied, up to
+        ``last_id``: a "gone" flag (no source row, or the row fails the filter), then the
+        destination columns (key columns from the event, so a gone key keeps its key).
+        One index probe per key on the source table."""
         ev_keys = self.reader.key_columns
-        window = self._event_window(position, last_id)
-        matches = self._keys_in_window(position, last_id)
+        keys = (sa.select(*ev_keys).where(self._event_window(position, last_id)).distinct()
+                .subquery("pdr_e"))
         src_keys = self.source_key_columns
-        kept = [s == e for s, e in zip(src_keys, ev_keys)]
+        on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
         if self.mapping.filter:
-            kept.append(sa.literal_column(f"({self.mapping.filter})"))
-        gone = sa.select(*ev_keys).where(window).where(~sa.exists().where(*kept)).distinct()
-        return [self._text_rows_query(matches), gone]
+            on.append(sa.literal_column(f"({self.mapping.filter})"))
+        from_key = {name: keys.c[e.name] for name, e in zip(self.source_key, ev_keys)}
+        columns = [(from_key[c.source] if c.source in from_key else self.source.c[c.source]).label(f"pdr_c{i}")
+                   for i, c in enumerate(self.mapping.columns)]
+        return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *columns)
+                .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
     def _copy_out(self, src, queries) -> list[str] | None:
         """The queries' results as text, or None when a value cannot be rendered inline."""
@@ -484,13 +494,17 @@ class ReflectionRunner:
             logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
             return None
 
-    def _commit_text(self, dst, expected: dict | None, new_state: dict, rows_text: str, gone_text: str) -> int:
-        names = self.mapping.dest_columns
+    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: str, *, marked: bool) -> int:
+        """Write text rows (``marked``: with the leading "gone" flag of a batch; else the
+        plain rows of a load chunk) and the checkpoint in one destination transaction."""
+        names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         try:
             with begin(dst):
                 self._fence(dst, expected)
-                written = self.dst_dialect.apply_copied(dst, self.dest, names, self.mapping.dest_key,
-                                                        self.mapping.value_columns, rows_text, gone_text)
+                if marked:
+                    written = self.dst_dialect.apply_marked(dst, self.dest, names, keys, values, text)
+                else:
+                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text, "")
                 self._write_state(dst, new_state)
             return written
         except sa.exc.DBAPIError as exc:
@@ -573,7 +587,7 @@ class ReflectionRunner:
             expected = state
         if text is not None:
             try:
-                self._commit_text(dst, expected, new_state, rows_text, "")
+                self._commit_text(dst, expected, new_state, rows_text, marked=False)
                 return new_state
             except TextPathFailed:
                 count, last, upserts, filtered = self._load_python(src, after)
@@ -595,9 +609,9 @@ class ReflectionRunner:
             return batch
         batch.window = (position, max(e.id for e in events))
         if self._use_text():
-            text = self._copy_out(src, self._text_batch_queries(*batch.window))
+            text = self._copy_out(src, [self._text_batch_query(*batch.window)])
             if text is not None:
-                batch.text = tuple(text)
+                batch.text = text[0]
                 return batch
         return self.python_batch(src, batch)
 
@@ -608,7 +622,7 @@ class ReflectionRunner:
         if batch.text is not None:
             if not self._use_text():  # a key became held since the batch was read
                 raise TextPathFailed()
-            return new_state, count, self._commit_text(dst, state, new_state, *batch.text)
+            return new_state, count, self._commit_text(dst, state, new_state, batch.text, marked=True)
         upserts, deletes, removals = batch.upserts, batch.deletes, batch.removals
         if self.held_keys:
             # per-key order: a dead-lettered key waits until its retry applies the current row

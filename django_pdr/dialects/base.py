@@ -250,6 +250,13 @@ class Dialect:
         """The results of ``queries`` as text, read in one snapshot (``copies_text_to``)."""
         raise NotImplementedError(f"{self.label}: rows cannot be read as text")
 
+    def apply_marked(self, conn, table: sa.Table, names: list[str], key_names: list[str],
+                     update_names: list[str], text: str) -> int:
+        """In ``conn``'s transaction: rows of ``text`` (``copy_out``'s form) whose leading
+        boolean column is true are keys to delete, the others rows to upsert; return the
+        rows written."""
+        raise NotImplementedError(f"{self.label}: text rows cannot be written")
+
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
                      update_names: list[str], rows_text: str, gone_text: str) -> int:
         """In ``conn``'s transaction: delete the keys of ``gone_text``, then upsert the rows

@@ -289,6 +289,25 @@ END
             conn.rollback()
         return out
 
+    def apply_marked(self, conn, table, names, key_names, update_names, text):
+        target, columns, keys, action = self._names(table, names, key_names, update_names)
+        written = 0
+
+        def work(cursor):
+            nonlocal written
+            stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(text))
+            match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
+            cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE pdr_g.pdr_gone AND {match}")
+            written += max(cursor.rowcount, 0)
+            cols = ", ".join(columns)
+            cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE NOT pdr_gone "
+                           f"ON CONFLICT ({', '.join(keys)}) {action}")
+            written += max(cursor.rowcount, 0)
+
+        self.run_on_driver(conn, f"COPY {target}", work)
+        return written
+
     def apply_copied(self, conn, table, names, key_names, update_names, rows_text, gone_text):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
