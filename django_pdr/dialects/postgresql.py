@@ -67,6 +67,12 @@ def copy_text(rows) -> str:
                     for row in rows])
 
 
+#: Joins of a batch's keys (a staging table, never analyzed, or the event window) with a
+#: table go by index lookups: a hash join would scan the whole table for a few thousand
+#: keys.  SET LOCAL: until the end of the transaction, which runs no other join.
+_NESTED_LOOP = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+
+
 #: Channel the capture triggers notify; idle workers LISTEN on it (one wake-up per
 #: transaction: PostgreSQL folds identical notifications of a transaction into one).
 NOTIFY_CHANNEL = "pdr_events"
@@ -276,6 +282,9 @@ END
                 .replace("%%", "%") for q in queries]
         out = []
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        # the batch's keys are few next to the source table (even once the event table's
+        # statistics say how many): look each one up, never scan the table
+        conn.execute(sa.text(_NESTED_LOOP))
 
         def work(cursor):
             for sql in sqls:
@@ -298,6 +307,7 @@ END
             stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
             cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(text))
             match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
+            cursor.execute(_NESTED_LOOP)
             cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE pdr_g.pdr_gone AND {match}")
             written += max(cursor.rowcount, 0)
             cols = ", ".join(columns)
@@ -318,6 +328,7 @@ END
                 stage = self._stage(cursor, target, keys, "keys")
                 cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(gone_text))
                 match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
+                cursor.execute(_NESTED_LOOP)
                 cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE {match}")
                 written += max(cursor.rowcount, 0)
             if rows_text:
