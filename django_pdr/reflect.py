@@ -351,6 +351,8 @@ class ReflectionRunner:
         names = self.source_key
         if window is not None:
             wheres = [self._keys_in_window(*window)]
+            for statement in self.src_dialect.key_lookup_settings():
+                src.execute(sa.text(statement))
         else:
             wheres = [self.src_dialect.key_filter(self.source_key_columns, part) for part in chunks(keys, per_chunk)]
         for where in wheres:

@@ -263,6 +263,11 @@ class Dialect:
         of ``rows_text`` (both in ``copy_out``'s text form); return the rows written."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
+    def key_lookup_settings(self) -> list[str]:
+        """Statements run in a read transaction before joining a batch's keys with a table,
+        so that the engine looks each key up instead of scanning the table."""
+        return []
+
     def bulk_delete(self, conn, table: sa.Table, key_names: list[str], keys: list[dict]) -> bool:
         """Delete the rows of ``keys`` (dicts of key values) through the driver's fastest
         path; False when there is none (the caller then runs DELETE ... WHERE key IN)."""

@@ -245,6 +245,9 @@ END
                            lambda cursor: self._stage_and_upsert(cursor, target, columns, keys, action, data))
         return True
 
+    def key_lookup_settings(self):
+        return [_NESTED_LOOP]
+
     def bulk_delete(self, conn, table, key_names, keys):
         # COPY the keys into a temporary table, then one DELETE ... USING it.
         if conn.dialect.driver != "psycopg2":
