@@ -349,7 +349,7 @@ class ReflectionRunner:
         found = {}
         per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
         names = self.source_key
-        if window is not None:
+        if window is not None and self.src_dialect.joins_event_keys:
             wheres = [self._keys_in_window(*window)]
             for statement in self.src_dialect.key_lookup_settings():
                 src.execute(sa.text(statement))
@@ -482,7 +482,11 @@ class ReflectionRunner:
         on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
         if self.mapping.filter:
             on.append(sa.literal_column(f"({self.mapping.filter})"))
-        from_key = {name: keys.c[e.name] for name, e in zip(self.source_key, ev_keys)}
+        # key columns: the source row's own value when there is a row (where values that
+        # compare equal differ in spelling, the row's is the one the Python path writes),
+        # else the event's
+        from_key = {name: sa.func.coalesce(self.source.c[name], keys.c[e.name])
+                    for name, e in zip(self.source_key, ev_keys)}
         columns = [(from_key[c.source] if c.source in from_key else self.source.c[c.source]).label(f"pdr_c{i}")
                    for i, c in enumerate(self.mapping.columns)]
         return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *columns)
@@ -494,6 +498,12 @@ class ReflectionRunner:
             return self.src_dialect.copy_out(src, queries)
         except (sa.exc.CompileError, NotImplementedError) as exc:
             logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
+            return None
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            logger.info("%s: source refused the text query (%s); using Python rows", self.reflection,
+                        describe_error(exc))
             return None
 
     def _commit_text(self, dst, expected: dict | None, new_state: dict, text: str, *, marked: bool) -> int:

@@ -1113,3 +1113,30 @@ def test_mysql_datetime_reader_reads_what_pymysql_reads(text):
 
     assert _read_datetime(text) == converters.convert_datetime(text)
     assert type(_read_datetime(text)) is type(converters.convert_datetime(text))
+
+
+def test_mysql_decimal_literals_are_never_in_exponent_form():
+    import decimal
+
+    from django_pdr.dialects.mysql import _literal_encoder
+
+    class Connection:
+        server_status = 0
+
+        def escape(self, value):
+            raise AssertionError("not expected here")
+
+    encode = _literal_encoder(Connection())
+    assert encode(decimal.Decimal("0.000000123456789012345678")) == "0.000000123456789012345678"
+    assert encode(decimal.Decimal("1E+3")) == "1000"
+    assert encode(decimal.Decimal("-12.50")) == "-12.50"
+    assert encode(None) == "NULL" and encode(True) == "1" and encode("it's") == "'it\\'s'"
+
+
+def test_postgresql_text_path_never_takes_arrays_to_another_type():
+    from sqlalchemy.dialects import postgresql as pgt
+
+    dialect = pg()
+    assert not dialect.text_compatible(pgt.ARRAY(sa.String(10)), sa.Text())
+    assert not dialect.text_compatible(pgt.ARRAY(sa.Integer()), pgt.ARRAY(sa.BigInteger()))
+    assert dialect.text_compatible(pgt.ARRAY(sa.Integer()), pgt.ARRAY(sa.Integer()))

@@ -106,3 +106,19 @@ def test_postgresql_values_copy_cannot_spell_take_the_other_bulk_path(make_targe
                    "UPDATE t SET tags = ARRAY['new'] WHERE id = 1")
     call_command("pdr-reflect", verbosity=0)
     assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
+
+
+def test_mariadb_key_with_a_collation_other_than_the_default(make_target):
+    # the event table's key column may not carry the source key's collation: reading the
+    # batch's rows must not compare the two columns (MariaDB: "Illegal mix of collations")
+    source, dest = make_target("mysql"), make_target("sqlite")
+    source.execute("CREATE TABLE c (code varchar(20) COLLATE utf8mb4_unicode_ci PRIMARY KEY, v int) "
+                   "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci",
+                   "INSERT INTO c VALUES ('Äpfel', 1), ('b', 2)")
+    st = watch(source.model("src"), "c")
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="c")
+    call_command("pdr-reflect", verbosity=0)
+    source.execute("INSERT INTO c VALUES ('ß', 3)", "UPDATE c SET v = 20 WHERE code = 'b'",
+                   "DELETE FROM c WHERE code = 'Äpfel'")
+    call_command("pdr-reflect", verbosity=0)
+    assert rows(dest.engine, "c", ["v"]) == [{"code": "ß", "v": 3}, {"code": "b", "v": 20}]

@@ -103,3 +103,47 @@ def test_python_path_when_a_column_changes_type_or_is_computed(make_target, dest
     call_command("pdr-reflect", verbosity=0)
     factor = 2 if mapping else 1
     assert rows(dest.engine, "t", ["id"]) == [{"id": 1, "amount": 7 * factor}, {"id": 2, "amount": 8 * factor}]
+
+
+def test_a_staging_table_takes_the_destination_types_of_each_transaction(make_target):
+    # one connection, two bulk upserts around an ALTER of the target: a staging table kept
+    # for the connection's life would still be numeric(10,2) and round 1.2345 to 1.23
+    import decimal
+
+    import sqlalchemy as sa
+
+    from django_pdr.dialects import get_dialect
+
+    dest = make_target("postgresql")
+    dest.execute("CREATE TABLE t (id int PRIMARY KEY, amount numeric(10,2))")
+    with dest.engine.connect() as conn:
+        dialect = get_dialect(conn)
+        table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+        rows_in = [{"id": 1, "amount": 1.5}, {"id": 2, "amount": 2.5}]
+        conn.rollback()
+        with conn.begin():
+            assert dialect.bulk_upsert(conn, table, ["id"], ["amount"], rows_in)
+        dest.execute("ALTER TABLE t ALTER COLUMN amount TYPE numeric(12,4)")
+        table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+        conn.rollback()
+        with conn.begin():
+            assert dialect.bulk_upsert(conn, table, ["id"], ["amount"],
+                                       [{"id": 3, "amount": decimal.Decimal("1.2345")},
+                                        {"id": 4, "amount": decimal.Decimal("5.4321")}])
+    assert [str(r["amount"]) for r in rows(dest.engine, "t", ["id"])] == ["1.5000", "2.5000", "1.2345", "5.4321"]
+
+
+def test_text_load_pages_through_binary_keys_with_percent_and_backslash(make_target, settings):
+    settings.PDR = {"LOAD_CHUNK_SIZE": 2}
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute("CREATE TABLE b (k bytea PRIMARY KEY, v int)")
+    keys = [b"%", b"%%", b"\\", b"a\\b", b"\x00\xff", b"'q'", b"zz"]
+    with source.engine.begin() as conn:
+        for i, key in enumerate(keys):
+            conn.exec_driver_sql("INSERT INTO b VALUES (%s, %s)", (key, i))
+    st = watch(source.model("src"), "b")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="b")
+    call_command("pdr-reflect", verbosity=0)
+    assert runner_for(reflection).text_path
+    assert rows(dest.engine, "b", ["k"]) == rows(source.engine, "b", ["k"])
+    assert len(rows(dest.engine, "b", ["k"])) == len(keys)

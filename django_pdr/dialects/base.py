@@ -263,6 +263,10 @@ class Dialect:
         of ``rows_text`` (both in ``copy_out``'s text form); return the rows written."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
+    #: Source rows of a batch can be read by joining the event table's key columns with
+    #: the source key (False: by a list of the keys, chunked by max_parameters).
+    joins_event_keys = True
+
     def key_lookup_settings(self) -> list[str]:
         """Statements run in a read transaction before joining a batch's keys with a table,
         so that the engine looks each key up instead of scanning the table."""

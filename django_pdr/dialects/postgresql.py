@@ -94,7 +94,10 @@ class PostgreSQLDialect(Dialect):
     @classmethod
     def connect_args(cls, timeout):
         # psycopg2 reads timestamptz at year 1/9999 only with the session in UTC.
-        return {"connect_timeout": timeout, "options": "-c timezone=UTC"}
+        # DateStyle/IntervalStyle fixed: rows passed as text between two servers must be
+        # spelled the same whatever either server's or role's defaults.
+        return {"connect_timeout": timeout,
+                "options": "-c timezone=UTC -c datestyle=ISO,MDY -c intervalstyle=postgres"}
 
     # -- capture -------------------------------------------------------------
     def event_time_default(self):
@@ -211,13 +214,15 @@ END
 
     @staticmethod
     def _stage(cursor, target, columns, kind) -> str:
-        """A temporary table of this session shaped like ``columns`` of the target, empty.
+        """An empty temporary table shaped like ``columns`` of the target, as they are now.
 
-        Made once per connection (ON COMMIT DELETE ROWS empties it at each commit), named
-        after the target and the columns, so a changed table structure gets a new one."""
+        Dropped at commit (ON COMMIT DROP): a stage kept for the connection's life would
+        keep the column types of its day, and COPY into it would silently round or cut
+        values once the target's types change.  Used twice in one transaction, it is
+        emptied instead of made again."""
         digest = hashlib.sha1(f"{target}\x00{', '.join(columns)}".encode("utf-8")).hexdigest()[:16]
         name = f"pdr_{kind}_{digest}"
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ON COMMIT DROP AS "
                        f"SELECT {', '.join(columns)} FROM {target} WITH NO DATA; DELETE FROM pg_temp.{name}")
         return f"pg_temp.{name}"
 
@@ -276,16 +281,17 @@ END
             src, dst = self._type_text(source_type), self._type_text(dest_type)
         except Exception:  # a type SQLAlchemy cannot render: take the Python path
             return False
+        if "[" in src or "[" in dst:  # arrays: the Python path converts them (to JSON text, ...)
+            return src == dst
         if src == dst:
             return True
         textual = src == "TEXT" or src.startswith(("VARCHAR", "CHARACTER VARYING"))
         return (textual and dst == "TEXT") or (src == "JSON" and dst == "JSONB")
 
     def copy_out(self, conn, queries):
-        # One REPEATABLE READ snapshot for every query; the SELECTs are rendered with
-        # their values inline (COPY takes no parameters), by SQLAlchemy's literal rendering.
-        sqls = [str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
-                .replace("%%", "%") for q in queries]
+        # One REPEATABLE READ snapshot for every query.  COPY takes no parameters: each
+        # SELECT is compiled with parameters as usual (values through their types' bind
+        # processors) and the driver spells them in (mogrify), as it would for a query.
         out = []
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         # the batch's keys are few next to the source table (even once the event table's
@@ -293,7 +299,17 @@ END
         conn.execute(sa.text(_NESTED_LOOP))
 
         def work(cursor):
-            for sql in sqls:
+            from psycopg2.extensions import encodings
+
+            codec = encodings.get(cursor.connection.encoding, "utf-8")
+            for query in queries:
+                compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+                params = compiled.construct_params()
+                for name, value in params.items():
+                    process = compiled.binds[name].type.bind_processor(conn.dialect)
+                    if process is not None:
+                        params[name] = process(value)
+                sql = cursor.mogrify(str(compiled), params).decode(codec)
                 buffer = io.StringIO()
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
                 out.append(buffer.getvalue())
