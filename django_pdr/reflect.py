@@ -161,6 +161,7 @@ class ReflectionRunner:
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
         self.held_keys = set()  # keys waiting on a dead letter (read at the start of a pass)
+        self._window_join_refused = False
 
     # -- set-up ------------------------------------------------------------
     def prepare(self, src, dst):
@@ -345,19 +346,30 @@ class ReflectionRunner:
     def _source_rows(self, src, keys: list[tuple], window=None) -> dict[tuple, dict]:
         """Current source rows for ``keys``, by exact key (one query per chunk).  With
         ``window`` (position, last event id), the keys are those of the window's events:
-        one query that joins the event table, no key list sent."""
-        found = {}
+        one query that joins the event table, no key list sent.  Where the engine refuses
+        that join (MySQL: the event table's key column may not carry the source key's
+        collation, "Illegal mix of collations"), the key list is used from then on."""
+        if window is not None and self.src_dialect.joins_event_keys and not self._window_join_refused:
+            try:
+                for statement in self.src_dialect.key_lookup_settings():
+                    src.execute(sa.text(statement))
+                return self._rows_where(src, [self._keys_in_window(*window)])
+            except sa.exc.DBAPIError as exc:
+                src.rollback()
+                if exc.connection_invalidated:
+                    raise
+                self._window_join_refused = True
+                logger.info("%s: source refused joining the event table (%s); reading rows by key list",
+                            self.reflection, describe_error(exc))
         per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
+        return self._rows_where(src, [self.src_dialect.key_filter(self.source_key_columns, part)
+                                      for part in chunks(keys, per_chunk)])
+
+    def _rows_where(self, src, wheres) -> dict[tuple, dict]:
+        found = {}
         names = self.source_key
-        if window is not None and self.src_dialect.joins_event_keys:
-            wheres = [self._keys_in_window(*window)]
-            for statement in self.src_dialect.key_lookup_settings():
-                src.execute(sa.text(statement))
-        else:
-            wheres = [self.src_dialect.key_filter(self.source_key_columns, part) for part in chunks(keys, per_chunk)]
         for where in wheres:
-            query = self.mapping.select(self.source).where(where)
-            result = src.execute(query)
+            result = src.execute(self.mapping.select(self.source).where(where))
             columns = list(result.keys())
             at = [columns.index(n) for n in names]
             for row in result:

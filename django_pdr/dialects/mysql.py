@@ -13,10 +13,6 @@ class MySQLDialect(Dialect):
     driver = "mysql+pymysql"
     install_hint = "Install PyMySQL: pip install 'django-pdr[mysql]'."
     tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI
-    # Event-table key columns may not share the source key's collation (SHOW CREATE TABLE
-    # does not always say it): comparing the two in a join can fail ("Illegal mix of
-    # collations") or skip the index.  Source rows are looked up by a list of keys instead.
-    joins_event_keys = False
     max_identifier_length = 64
     max_parameters = 30000
     # INFORMATION_SCHEMA.INNODB_TRX is served from a cache refreshed at most
