@@ -179,8 +179,12 @@ class Mapping:
         extra = [sa.literal_column(f"({c.expr})").label(f"pdr_x_{i}")
                  for i, c in enumerate(self.columns) if c.expr is not None]
         if self.filter:
-            extra.append(sa.case((sa.literal_column(f"({self.filter})"), 1), else_=0).label("pdr_keep"))
+            extra.append(sa.case((self.filter_clause(), 1), else_=0).label("pdr_keep"))
         return sa.select(source, *extra)
+
+    def filter_clause(self):
+        """The filter as an SQL condition on the source row (checked on save)."""
+        return sa.literal_column(f"({self.filter})")
 
     def transform(self, row: dict) -> dict | None:
         """The destination row for a source row (None: filtered out)."""

@@ -467,7 +467,7 @@ class ReflectionRunner:
     def _text_rows_query(self, *where):
         query = sa.select(*[self.source.c[c.source] for c in self.mapping.columns]).where(*where)
         if self.mapping.filter:
-            query = query.where(sa.literal_column(f"({self.mapping.filter})"))
+            query = query.where(self.mapping.filter_clause())
         return query
 
     def _event_window(self, position: Position, last_id: int):
@@ -485,7 +485,7 @@ class ReflectionRunner:
     def _text_batch_query(self, position: Position, last_id: int):
         """One row per distinct key of the events ``position`` has not applied, up to
         ``last_id``: a "gone" flag (no source row, or the row fails the filter), then the
-        destination columns (key columns from the event, so a gone key keeps its key).
+        destination columns (key columns from the row, or from the event for a gone key).
         One index probe per key on the source table."""
         ev_keys = self.reader.key_columns
         keys = (sa.select(*ev_keys).where(self._event_window(position, last_id)).distinct()
@@ -493,7 +493,7 @@ class ReflectionRunner:
         src_keys = self.source_key_columns
         on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
         if self.mapping.filter:
-            on.append(sa.literal_column(f"({self.mapping.filter})"))
+            on.append(self.mapping.filter_clause())
         # key columns: the source row's own value when there is a row (where values that
         # compare equal differ in spelling, the row's is the one the Python path writes),
         # else the event's
@@ -505,7 +505,8 @@ class ReflectionRunner:
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
     def _copy_out(self, src, queries) -> list[str] | None:
-        """The queries' results as text, or None when a value cannot be rendered inline."""
+        """The queries' results as text, or None (a value the driver cannot spell, or a
+        query the source refuses): the caller then takes the Python path."""
         try:
             return self.src_dialect.copy_out(src, queries)
         except (sa.exc.CompileError, NotImplementedError) as exc:
@@ -528,7 +529,7 @@ class ReflectionRunner:
                 if marked:
                     written = self.dst_dialect.apply_marked(dst, self.dest, names, keys, values, text)
                 else:
-                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text, "")
+                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text)
                 self._write_state(dst, new_state)
             return written
         except sa.exc.DBAPIError as exc:
@@ -587,12 +588,6 @@ class ReflectionRunner:
     def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
         """Copy the next key-ordered chunk of source rows; return the new state."""
         after = keycodec.decode_key(state.get("after"))
-        text = self._load_text(src, after) if self._use_text() else None
-        if text is None:
-            count, last, upserts, filtered = self._load_python(src, after)
-        else:
-            count, last, rows_text = text
-        new_state = self._load_state(state, count, last)
         if after is None:
             # A (re)load starts from a clean slate: rows deleted at the source while no
             # checkpoint existed must not survive it.  A table shared with other
@@ -609,13 +604,17 @@ class ReflectionRunner:
                     dst.execute(sa.delete(self.dest))
                 self._write_state(dst, state)
             expected = state
+        text = self._load_text(src, after) if self._use_text() else None
         if text is not None:
+            count, last, rows_text = text
+            new_state = self._load_state(state, count, last)
             try:
                 self._commit_text(dst, expected, new_state, rows_text, marked=False)
                 return new_state
             except TextPathFailed:
-                count, last, upserts, filtered = self._load_python(src, after)
-                new_state = self._load_state(state, count, last)
+                pass  # the same chunk as Python rows, below
+        count, last, upserts, filtered = self._load_python(src, after)
+        new_state = self._load_state(state, count, last)
         self._commit(dst, expected, new_state, upserts, [], filtered)
         return new_state
 

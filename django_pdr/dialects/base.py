@@ -92,6 +92,15 @@ class Dialect:
             function=f"{base}_fn",
         )
 
+    def raw_name(self, name: str) -> str:
+        """``name`` quoted for SQL sent to the driver without parameters (the preparer
+        doubles "%" for drivers whose placeholders use it; no placeholder is read here)."""
+        return self.quote(name).replace("%%", "%")
+
+    def raw_table(self, table: sa.Table) -> str:
+        """``table``'s qualified name, quoted as ``raw_name`` does."""
+        return ".".join(self.raw_name(p) for p in ([table.schema] if table.schema else []) + [table.name])
+
     def qualified(self, schema: str | None, name: str) -> str:
         if schema:
             return f"{self.quote(schema)}.{self.quote(name)}"
@@ -258,9 +267,9 @@ class Dialect:
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
-                     update_names: list[str], rows_text: str, gone_text: str) -> int:
-        """In ``conn``'s transaction: delete the keys of ``gone_text``, then upsert the rows
-        of ``rows_text`` (both in ``copy_out``'s text form); return the rows written."""
+                     update_names: list[str], text: str) -> int:
+        """In ``conn``'s transaction: upsert the rows of ``text`` (``copy_out``'s form);
+        return the rows written."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     #: Source rows of a batch can be read by joining the event table's key columns with

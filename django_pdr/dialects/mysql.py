@@ -129,12 +129,6 @@ class MySQLDialect(Dialect):
     #: 2 MB, under every default max_allowed_packet since MySQL 5.7's 4 MB).
     max_statement_length = 500_000
 
-    def _ident(self, name):  # statements run without parameters: no %-escaping wanted
-        return self.quote(name).replace("%%", "%")
-
-    def _target(self, table):
-        return ".".join(self._ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
-
     def _literal_statements(self, conn, head, rows, tail=""):
         """``head`` + multi-row literal VALUES + ``tail``, split under max_statement_length.
         Values are spelled by PyMySQL's own escaping rules (one dispatch per value)."""
@@ -164,21 +158,21 @@ class MySQLDialect(Dialect):
         if conn.dialect.driver != "pymysql":
             return False
         names = [n for n in table.c.keys() if n in rows[0]]
-        columns = ", ".join(self._ident(n) for n in names)
+        columns = ", ".join(self.raw_name(n) for n in names)
         updates = update_names or key_names[:1]
-        action = ", ".join(f"{self._ident(n)} = VALUES({self._ident(n)})" for n in updates)
+        action = ", ".join(f"{self.raw_name(n)} = VALUES({self.raw_name(n)})" for n in updates)
         values = self.bound_rows(conn, table, names, rows)
         self._run_statements(conn, self._literal_statements(
-            conn, f"INSERT INTO {self._target(table)} ({columns}) VALUES ", values,
+            conn, f"INSERT INTO {self.raw_table(table)} ({columns}) VALUES ", values,
             f" ON DUPLICATE KEY UPDATE {action}"))
         return True
 
     def bulk_delete(self, conn, table, key_names, keys):
         if conn.dialect.driver != "pymysql":
             return False
-        columns = ", ".join(self._ident(n) for n in key_names)
+        columns = ", ".join(self.raw_name(n) for n in key_names)
         values = self.bound_rows(conn, table, key_names, keys)
-        head = f"DELETE FROM {self._target(table)} WHERE ({columns}) IN ("
+        head = f"DELETE FROM {self.raw_table(table)} WHERE ({columns}) IN ("
         self._run_statements(conn, self._literal_statements(conn, head, values, ")"))
         return True
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import decimal
+import hashlib
 import io
 import math
 import uuid
@@ -202,10 +202,8 @@ END
     def _names(self, table, names, key_names, update_names):
         """Target, column list, key list and ON CONFLICT action as SQL text (run without
         parameters: no %-escaping wanted)."""
-        def ident(name):
-            return self.quote(name).replace("%%", "%")
-
-        target = ".".join(ident(p) for p in ([table.schema] if table.schema else []) + [table.name])
+        ident = self.raw_name
+        target = self.raw_table(table)
         if update_names:
             action = "DO UPDATE SET " + ", ".join(f"{ident(n)} = EXCLUDED.{ident(n)}" for n in update_names)
         else:
@@ -229,11 +227,22 @@ END
     def _stage_and_upsert(self, cursor, target, columns, keys, action, data) -> int:
         """COPY ``data`` into a temporary table shaped like the target, then one INSERT ...
         SELECT ... ON CONFLICT; returns the rows written."""
-        cols = ", ".join(columns)
         stage = self._stage(cursor, target, columns, "rows")
-        cursor.copy_expert(f"COPY {stage} ({cols}) FROM STDIN", io.StringIO(data))
-        cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} "
+        cursor.copy_expert(f"COPY {stage} ({', '.join(columns)}) FROM STDIN", io.StringIO(data))
+        return self._upsert_from(cursor, target, columns, keys, action, stage)
+
+    @staticmethod
+    def _upsert_from(cursor, target, columns, keys, action, stage, where="") -> int:
+        cols = ", ".join(columns)
+        cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} {where} "
                        f"ON CONFLICT ({', '.join(keys)}) {action}")
+        return max(cursor.rowcount, 0)
+
+    @staticmethod
+    def _delete_from(cursor, target, keys, stage, where="TRUE") -> int:
+        """DELETE the target rows whose key is in ``stage`` (rows matching ``where``)."""
+        match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
+        cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE {where} AND {match}")
         return max(cursor.rowcount, 0)
 
     def bulk_upsert(self, conn, table, key_names, update_names, rows):
@@ -264,7 +273,14 @@ END
             data = copy_text(self.bound_rows(conn, table, key_names, keys))
         except _NotCopyable:
             return False
-        self.apply_copied(conn, table, key_names, key_names, [], "", data)
+        target, _, key_list, _ = self._names(table, [], key_names, [])
+
+        def work(cursor):
+            stage = self._stage(cursor, target, key_list, "keys")
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(data))
+            self._delete_from(cursor, target, key_list, stage)
+
+        self.run_on_driver(conn, f"COPY {target}", work)
         return True
 
     # -- rows passed as text, PostgreSQL to PostgreSQL ------------------------
@@ -296,7 +312,8 @@ END
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         # the batch's keys are few next to the source table (even once the event table's
         # statistics say how many): look each one up, never scan the table
-        conn.execute(sa.text(_NESTED_LOOP))
+        for statement in self.key_lookup_settings():
+            conn.execute(sa.text(statement))
 
         def work(cursor):
             from psycopg2.extensions import encodings
@@ -328,32 +345,21 @@ END
             nonlocal written
             stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
             cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(text))
-            match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
-            cursor.execute(_NESTED_LOOP)
-            cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE pdr_g.pdr_gone AND {match}")
-            written += max(cursor.rowcount, 0)
-            cols = ", ".join(columns)
-            cursor.execute(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} WHERE NOT pdr_gone "
-                           f"ON CONFLICT ({', '.join(keys)}) {action}")
-            written += max(cursor.rowcount, 0)
+            for statement in self.key_lookup_settings():
+                cursor.execute(statement)
+            written += self._delete_from(cursor, target, keys, stage, where="pdr_g.pdr_gone")
+            written += self._upsert_from(cursor, target, columns, keys, action, stage, where="WHERE NOT pdr_gone")
 
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
 
-    def apply_copied(self, conn, table, names, key_names, update_names, rows_text, gone_text):
+    def apply_copied(self, conn, table, names, key_names, update_names, text):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
 
         def work(cursor):
             nonlocal written
-            if gone_text:
-                stage = self._stage(cursor, target, keys, "keys")
-                cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(gone_text))
-                match = " AND ".join(f"pdr_t.{k} = pdr_g.{k}" for k in keys)
-                cursor.execute(f"DELETE FROM {target} AS pdr_t USING {stage} AS pdr_g WHERE {match}")
-                written += max(cursor.rowcount, 0)
-            if rows_text:
-                written += self._stage_and_upsert(cursor, target, columns, keys, action, rows_text)
+            written = self._stage_and_upsert(cursor, target, columns, keys, action, text)
 
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
