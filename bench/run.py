@@ -422,10 +422,13 @@ class Bench:
         cmd = [PY, os.path.join(self.snap, "bench", "_worker.py"), "--reflection", str(reflection.pk)]
         if profile:
             cmd += ["--profile", profile]
+        if os.environ.get("PDR_BENCH_PYSPY"):  # sample both threads: py-spy record -f raw
+            out = f"{os.environ['PDR_BENCH_PYSPY']}-{reflection.pk}.txt"
+            cmd = ["py-spy", "record", "--idle", "--threads", "-r", "200", "-f", "raw", "-o", out, "--"] + cmd
         proc = subprocess.run(cmd, cwd=self.snap, env=dict(os.environ), capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"timed worker failed:\n{proc.stdout}\n{proc.stderr[-3000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
     # -- (a) catch-up -------------------------------------------------------------
     def catchup_pair(self, label, src_kind, dst_kind, events, repeat, seed):

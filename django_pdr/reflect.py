@@ -23,6 +23,7 @@ from .capture import plan as capture_plan
 from .coerce import row_converter
 from .connections import begin, connect
 from .dialects import get_dialect
+from .dialects.base import TextRefused, TextRows
 from .errors import ConfigurationError, ConnectionFailed, TableNotFound
 from .errors import describe as describe_error
 from .maintenance import measure, record_sample
@@ -120,7 +121,7 @@ class Batch:
     upserts: list = ()
     deletes: list = ()
     removals: list = ()
-    text: str | None = None
+    text: TextRows | None = None
     window: tuple | None = None  # (position, last event id): the events the batch covers
 
 
@@ -236,7 +237,8 @@ class ReflectionRunner:
                 or MARK_COLUMN in self.dest.c):
             return False
         return all(c.source is not None and c.source in self.source.c and c.dest in self.dest.c
-                   and self.src_dialect.text_compatible(self.source.c[c.source].type, self.dest.c[c.dest].type)
+                   and self.src_dialect.text_compatible(self.source.c[c.source].type, self.dest.c[c.dest].type,
+                                                        self.dst_dialect)
                    for c in self.mapping.columns)
 
     def _use_text(self) -> bool:
@@ -464,8 +466,18 @@ class ReflectionRunner:
         return upserts, filtered
 
     # -- the text path ---------------------------------------------------------
+    def _text_columns(self, replace=None):
+        """The destination's columns as labelled source expressions (see Dialect.copy_out):
+        "pdr_k<j>" for destination key column j, "pdr_c<i>" for the others; ``replace``
+        gives another expression for some source columns."""
+        keys = {name: j for j, name in enumerate(self.mapping.dest_key)}
+        replace = replace or {}
+        return [replace.get(c.source, self.source.c[c.source]).label(
+                    f"pdr_k{keys[c.dest]}" if c.dest in keys else f"pdr_c{i}")
+                for i, c in enumerate(self.mapping.columns)]
+
     def _text_rows_query(self, *where):
-        query = sa.select(*[self.source.c[c.source] for c in self.mapping.columns]).where(*where)
+        query = sa.select(*self._text_columns()).where(*where)
         if self.mapping.filter:
             query = query.where(self.mapping.filter_clause())
         return query
@@ -499,16 +511,14 @@ class ReflectionRunner:
         # else the event's
         from_key = {name: sa.func.coalesce(self.source.c[name], keys.c[e.name])
                     for name, e in zip(self.source_key, ev_keys)}
-        columns = [(from_key[c.source] if c.source in from_key else self.source.c[c.source]).label(f"pdr_c{i}")
-                   for i, c in enumerate(self.mapping.columns)]
-        return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *columns)
+        return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
-    def _copy_out(self, src, queries) -> list[str] | None:
-        """The queries' results as text, or None (a value the driver cannot spell, or a
-        query the source refuses): the caller then takes the Python path."""
+    def _copy_out(self, src, queries) -> list[TextRows] | None:
+        """The queries' results as text for the destination, or None (a value with no text
+        spelling, or a query the source refuses): the caller then takes the Python path."""
         try:
-            return self.src_dialect.copy_out(src, queries)
+            return self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format)
         except (sa.exc.CompileError, NotImplementedError) as exc:
             logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
             return None
@@ -519,7 +529,7 @@ class ReflectionRunner:
                         describe_error(exc))
             return None
 
-    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: str, *, marked: bool) -> int:
+    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: TextRows, *, marked: bool) -> int:
         """Write text rows (``marked``: with the leading "gone" flag of a batch; else the
         plain rows of a load chunk) and the checkpoint in one destination transaction."""
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
@@ -537,6 +547,9 @@ class ReflectionRunner:
                 raise
             logger.info("%s: destination refused the batch as text (%s); redoing it with Python rows",
                         self.reflection, describe_error(exc))
+            raise TextPathFailed() from exc
+        except TextRefused as exc:
+            logger.info("%s: destination cannot take rows as text (%s); using Python rows", self.reflection, exc)
             raise TextPathFailed() from exc
 
     def python_batch(self, src, batch: Batch) -> Batch:
@@ -575,7 +588,7 @@ class ReflectionRunner:
         out = self._copy_out(src, [self._text_rows_query(*bounds)])
         if out is None:
             return None
-        return out[0].count("\n"), upper, out[0]
+        return out[0].count, upper, out[0]
 
     def _load_state(self, state, count, last):
         new_state = dict(state)

@@ -1064,13 +1064,16 @@ def test_postgresql_notify_is_rendered_only_when_asked():
     assert quiet == loud.replace("  PERFORM pg_notify('pdr_events', '');\n", "")
 
 
-def test_postgresql_text_path_only_between_postgresql_and_same_types():
+def test_text_path_pairs():
+    # PostgreSQL spells COPY text (for itself) and MySQL literals; MySQL spells COPY text
+    assert pg().copies_text_to(pg()) and pg().copies_text_to(my()) and my().copies_text_to(pg())
+    assert not my().copies_text_to(my()) and not lite().copies_text_to(pg()) and not pg().copies_text_to(lite())
+
+
+def test_postgresql_text_path_to_postgresql_only_for_the_same_types():
     from sqlalchemy.dialects import postgresql as pgt
 
     dialect = pg()
-    assert dialect.copies_text_to(pg())
-    assert not dialect.copies_text_to(my()) and not dialect.copies_text_to(lite())
-    assert not my().copies_text_to(pg()) and not lite().copies_text_to(pg())
     same = [
         (sa.Integer(), sa.Integer()), (sa.Numeric(12, 2), sa.Numeric(12, 2)), (sa.String(40), sa.String(40)),
         (sa.String(40), sa.Text()), (sa.Text(), sa.Text()), (pgt.JSON(), pgt.JSONB()),
@@ -1140,3 +1143,111 @@ def test_postgresql_text_path_never_takes_arrays_to_another_type():
     assert not dialect.text_compatible(pgt.ARRAY(sa.String(10)), sa.Text())
     assert not dialect.text_compatible(pgt.ARRAY(sa.Integer()), pgt.ARRAY(sa.BigInteger()))
     assert dialect.text_compatible(pgt.ARRAY(sa.Integer()), pgt.ARRAY(sa.Integer()))
+
+
+def test_postgresql_values_only_for_pairs_the_python_path_writes_alike():
+    from sqlalchemy.dialects import mysql as myt
+    from sqlalchemy.dialects import postgresql as pgt
+
+    dialect, dest = pg(), my()
+    same = [
+        (sa.Integer(), myt.BIGINT()), (sa.BigInteger(), myt.INTEGER()), (sa.Boolean(), myt.TINYINT(1)),
+        (pgt.DOUBLE_PRECISION(), myt.DOUBLE()), (pgt.REAL(), myt.FLOAT()), (sa.Numeric(12, 2), myt.DECIMAL(12, 2)),
+        (pgt.TIMESTAMP(), myt.DATETIME(fsp=6)), (sa.Date(), myt.DATE()), (sa.Text(), myt.LONGTEXT()),
+        (sa.String(40), myt.VARCHAR(40)),
+    ]
+    different = [
+        (pgt.TIMESTAMP(timezone=True), myt.DATETIME()),  # an aware value: converted on the Python path
+        (sa.CHAR(5), myt.CHAR(5)),  # character(n) casts to text without its padding
+        (sa.Numeric(12, 2), myt.DOUBLE()), (pgt.DOUBLE_PRECISION(), myt.DECIMAL(12, 2)),
+        (sa.Integer(), myt.VARCHAR(10)), (sa.Text(), myt.ENUM("a", "b")), (sa.Text(), myt.SET("a", "b")),
+        (pgt.BYTEA(), myt.LONGBLOB()), (pgt.JSONB(), myt.JSON()), (pgt.UUID(), myt.CHAR(36)),
+        (pgt.ARRAY(sa.Integer()), myt.LONGTEXT()), (sa.Date(), myt.DATETIME()), (sa.Time(), myt.TIME()),
+    ]
+    assert [dialect.text_compatible(a, b, dest) for a, b in same] == [True] * len(same)
+    assert [dialect.text_compatible(a, b, dest) for a, b in different] == [False] * len(different)
+
+
+def test_mysql_copy_text_only_for_pairs_the_python_path_writes_alike():
+    from sqlalchemy.dialects import mysql as myt
+    from sqlalchemy.dialects import postgresql as pgt
+
+    dialect, dest = my(mariadb=True), pg()
+    same = [
+        (myt.INTEGER(), sa.Integer()), (myt.TINYINT(1), sa.SmallInteger()), (myt.BIGINT(unsigned=True), sa.BigInteger()),
+        (myt.DOUBLE(), pgt.DOUBLE_PRECISION()), (myt.FLOAT(), pgt.REAL()), (myt.FLOAT(), pgt.DOUBLE_PRECISION()),
+        (myt.DECIMAL(12, 2), sa.Numeric(12, 2)), (myt.DATETIME(fsp=6), pgt.TIMESTAMP()),
+        (myt.TIMESTAMP(), pgt.TIMESTAMP()), (myt.DATE(), sa.Date()),
+        (myt.VARCHAR(40, charset="latin1"), sa.String(40)), (myt.LONGTEXT(), sa.Text()),
+        (myt.ENUM("a", "b"), sa.Text()),
+    ]
+    different = [
+        (myt.DOUBLE(), pgt.REAL()),  # rounded twice on one path, once on the other
+        (myt.DATETIME(), pgt.TIMESTAMP(timezone=True)), (myt.BIT(8), sa.BigInteger()),
+        (myt.SET("a", "b"), sa.Text()), (myt.VARBINARY(10), pgt.BYTEA()), (myt.JSON(), pgt.JSONB()),
+        (myt.DECIMAL(12, 2), pgt.DOUBLE_PRECISION()), (myt.TIME(), sa.Time()), (myt.YEAR(), sa.SmallInteger()),
+        (myt.VARCHAR(10), pgt.ENUM("a", "b", name="e")), (myt.INTEGER(), sa.Boolean()),
+    ]
+    assert [dialect.text_compatible(a, b, dest) for a, b in same] == [True] * len(same)
+    assert [dialect.text_compatible(a, b, dest) for a, b in different] == [False] * len(different)
+    assert not dialect.text_compatible(myt.INTEGER(), sa.Integer(), my())  # MySQL reads no COPY text
+
+
+def _labelled_query():
+    t = sa.table("t", sa.column("id", sa.Integer()), sa.column("s", sa.Text()), sa.column("ok", sa.Boolean()))
+    return sa.select(t.c.id.is_(None).label("pdr_gone"), t.c.id.label("pdr_k0"), t.c.s.label("pdr_c1"),
+                     t.c.ok.label("pdr_c2"))
+
+
+def test_postgresql_spells_mysql_literals_in_sql():
+    from django_pdr.dialects.postgresql import _values_query
+
+    sql = literal(_values_query(_labelled_query()), pg())
+    # a gone key: "(id)"; a row: "(id,'s',flag)"; NULL as NULL; backslashes and quotes escaped
+    assert sql.startswith("SELECT pdr_q.pdr_gone, CASE WHEN pdr_q.pdr_gone "
+                          "THEN '(' || coalesce(CAST(pdr_q.pdr_k0 AS TEXT), 'NULL') || ')' ELSE '('")
+    assert r"""coalesce('''' || replace(replace(CAST(pdr_q.pdr_c1 AS TEXT), '\', '\\'), '''', '\''') || '''', 'NULL')""" \
+        in sql
+    assert "coalesce(CASE WHEN pdr_q.pdr_c2 THEN '1' WHEN NOT pdr_q.pdr_c2 THEN '0' END, 'NULL') || ')' END" in sql
+    with pytest.raises(NotImplementedError):
+        _values_query(sa.select(sa.column("x", sa.LargeBinary()).label("pdr_c0")))
+
+
+def test_mysql_spells_copy_text_in_sql():
+    from django_pdr.dialects.mysql import _copy_query
+
+    sql = literal(_copy_query(_labelled_query()), my())
+    assert sql.startswith("SELECT CAST(concat_ws('\t', "
+                          "coalesce(CASE WHEN pdr_q.pdr_gone THEN 't' WHEN pdr_q.pdr_gone = 0 THEN 'f' END, '\\\\N'), "
+                          "coalesce(CAST(pdr_q.pdr_k0 AS CHAR), '\\\\N'), ")
+    # backslash first, then newline, carriage return, tab; in utf8mb4 whatever the column's charset
+    assert ("coalesce(replace(replace(replace(replace(CAST(pdr_q.pdr_c1 AS CHAR CHARACTER SET utf8mb4), "
+            "'\\\\', '\\\\\\\\'), '\n', '\\\\n'), '\r', '\\\\r'), '\t', '\\\\t'), '\\\\N')") in sql
+    assert "AS BINARY)" in sql
+    with pytest.raises(NotImplementedError):
+        _copy_query(sa.select(sa.column("x", sa.LargeBinary()).label("pdr_c0")))
+
+
+def test_driver_statement_orders_positional_parameters_and_uses_engine_processors():
+    from sqlalchemy.dialects.mysql import pymysql
+    from sqlalchemy.dialects.postgresql import psycopg2
+
+    from django_pdr.dialects.base import Dialect, bind_processor
+
+    class Conn:
+        dialect = pymysql.dialect()
+
+    query = sa.select(sa.literal("a")).where(sa.column("x") == 2)
+    sql, params = Dialect.driver_statement(Conn(), query)
+    assert sql.count("%s") == 2 and params == ("a", 2)
+    # a generic NUMERIC's own processor makes floats (-123456789012345678.123456 lost its
+    # last digits on the Python path into PostgreSQL); psycopg2's NUMERIC keeps Decimal
+    assert sa.Numeric(24, 6).bind_processor(psycopg2.dialect()) is not None
+    assert bind_processor(sa.Numeric(24, 6), psycopg2.dialect()) is None
+
+
+def test_a_collation_does_not_cross_engines():
+    from sqlalchemy.dialects import mysql as myt
+
+    generic = my().generic_type(myt.VARCHAR(20, charset="latin1", collation="latin1_swedish_ci"))
+    assert generic.collation is None and generic.length == 20

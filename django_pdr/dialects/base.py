@@ -24,6 +24,20 @@ OP_INSERT, OP_UPDATE, OP_DELETE = "I", "U", "D"
 CHECKPOINT_TABLE = "pdr_checkpoint"
 
 
+class TextRefused(Exception):
+    """A destination connection cannot take text rows now (the caller takes the Python path)."""
+
+
+@dataclass
+class TextRows:
+    """Rows spelled as text by the source engine for the destination engine (``fmt``):
+    ``data`` is COPY text (one str) for "copy", a list of literals for "values"."""
+
+    fmt: str
+    data: object
+    count: int
+
+
 @dataclass(frozen=True)
 class CaptureNames:
     """Names of the objects installed for one source table."""
@@ -244,33 +258,59 @@ class Dialect:
         types' SQLAlchemy bind processors first, as they would through SQLAlchemy."""
         return False
 
-    # -- rows passed as the engine's own text (no Python values) -----------------
+    # -- rows passed as text (no Python values) --------------------------------
+    #: The form of text rows this engine writes (``apply_marked``/``apply_copied``):
+    #: "copy" (PostgreSQL COPY text: tab-separated, \\N for NULL, backslash escapes) or
+    #: "values" (MySQL row literals), or None (none: the Python path only).
+    text_format: str | None = None
+    #: The forms of text rows this engine can render from its own rows (``copy_out``).
+    renders_text: tuple[str, ...] = ()
+
     def copies_text_to(self, other: "Dialect") -> bool:
-        """True when rows read from this engine as text can be written to ``other`` as-is
-        (same engine: its text output is its own text input)."""
+        """True when rows read from this engine as text can be written to ``other``: this
+        engine spells its values in the form ``other`` reads."""
+        return other.text_format is not None and other.text_format in self.renders_text
+
+    def text_compatible(self, source_type, dest_type, dest: "Dialect | None" = None) -> bool:
+        """True when a value of ``source_type`` spelled as text for ``dest`` (default: this
+        engine) means exactly the value the Python path would write into ``dest_type``
+        (the text path is used only when every column passes)."""
         return False
 
-    def text_compatible(self, source_type, dest_type) -> bool:
-        """True when a value of ``source_type`` in text form means the same value of
-        ``dest_type`` (the text path is used only when every column passes)."""
-        return False
-
-    def copy_out(self, conn, queries: list) -> list[str]:
-        """The results of ``queries`` as text, read in one snapshot (``copies_text_to``)."""
+    def copy_out(self, conn, queries: list, fmt: str = "copy") -> list["TextRows"]:
+        """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot.
+        A query's columns are labelled: "pdr_gone" (a batch's flag: no row, delete the key),
+        "pdr_k<i>" (key columns, also on a gone row), "pdr_c<i>" (the other columns).
+        Raises NotImplementedError for a value with no text spelling (the caller then
+        takes the Python path)."""
         raise NotImplementedError(f"{self.label}: rows cannot be read as text")
 
     def apply_marked(self, conn, table: sa.Table, names: list[str], key_names: list[str],
-                     update_names: list[str], text: str) -> int:
-        """In ``conn``'s transaction: rows of ``text`` (``copy_out``'s form) whose leading
-        boolean column is true are keys to delete, the others rows to upsert; return the
-        rows written."""
+                     update_names: list[str], rows: "TextRows") -> int:
+        """In ``conn``'s transaction: ``rows`` (``copy_out``'s form, with the "gone" flag)
+        flagged gone are keys to delete, the others rows to upsert; return the rows written.
+        Raises TextRefused when this connection cannot take text rows now."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
-                     update_names: list[str], text: str) -> int:
-        """In ``conn``'s transaction: upsert the rows of ``text`` (``copy_out``'s form);
+                     update_names: list[str], rows: "TextRows") -> int:
+        """In ``conn``'s transaction: upsert ``rows`` (``copy_out``'s form, no flag);
         return the rows written."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
+
+    @staticmethod
+    def driver_statement(conn, query) -> tuple[str, dict | tuple]:
+        """``query`` compiled for ``conn``'s driver: (SQL, parameters), each value through
+        its type's bind processor, as SQLAlchemy would send it."""
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        params = compiled.construct_params()
+        for name, value in params.items():
+            process = bind_processor(compiled.binds[name].type, conn.dialect)
+            if process is not None:
+                params[name] = process(value)
+        if compiled.positional:
+            return str(compiled), tuple(params[name] for name in compiled.positiontup)
+        return str(compiled), params
 
     #: Source rows of a batch can be read by joining the event table's key columns with
     #: the source key (False: by a list of the keys, chunked by max_parameters).
@@ -309,7 +349,7 @@ class Dialect:
 
     @staticmethod
     def bound_rows(conn, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:
-        processors = [(i, table.c[n].type.bind_processor(conn.dialect)) for i, n in enumerate(names)]
+        processors = [(i, bind_processor(table.c[n].type, conn.dialect)) for i, n in enumerate(names)]
         active = [(i, p) for i, p in processors if p is not None]
         if not active:
             return [tuple(map(row.get, names)) for row in rows]
@@ -331,6 +371,11 @@ class Dialect:
             generic = source_type.as_generic()
         except NotImplementedError:
             return sa.Text()
+        if getattr(generic, "collation", None):
+            # a collation's name belongs to its engine (MySQL's latin1_swedish_ci means
+            # nothing to PostgreSQL): the destination engine's default applies
+            generic = generic.copy()
+            generic.collation = None
         return generic
 
     def destination_type(self, generic, *, is_key: bool):
@@ -349,6 +394,13 @@ class Dialect:
     def explain_error(self, exc: BaseException) -> str | None:
         """A hint for a known server error, or None."""
         return None
+
+
+def bind_processor(type_, sa_dialect):
+    """The function SQLAlchemy passes a value of ``type_`` through before the driver, or None:
+    the processor of the engine's own implementation of the type (a generic NUMERIC's own
+    processor converts to float; PostgreSQL's psycopg2 NUMERIC keeps Decimal)."""
+    return type_.dialect_impl(sa_dialect).bind_processor(sa_dialect)
 
 
 def column_list(dialect: Dialect, names):

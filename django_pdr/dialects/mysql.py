@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRefused, TextRows, column_list, event_key_name
 
 
 class MySQLDialect(Dialect):
@@ -133,9 +133,13 @@ class MySQLDialect(Dialect):
         """``head`` + multi-row literal VALUES + ``tail``, split under max_statement_length.
         Values are spelled by PyMySQL's own escaping rules (one dispatch per value)."""
         encode = _literal_encoder(conn.connection.dbapi_connection)
+        return self._joined_statements(head, ("(" + ",".join(map(encode, row)) + ")" for row in rows), tail)
+
+    def _joined_statements(self, head, literals, tail=""):
+        """``head`` + the row ``literals`` joined by commas + ``tail``, split into statements
+        under max_statement_length."""
         statements, part, size = [], [], len(head) + len(tail)
-        for row in rows:
-            text = "(" + ",".join(map(encode, row)) + ")"
+        for text in literals:
             if part and size + len(text) + 1 > self.max_statement_length:
                 statements.append(head + ",".join(part) + tail)
                 part, size = [], len(head) + len(tail)
@@ -152,29 +156,87 @@ class MySQLDialect(Dialect):
 
         self.run_on_driver(conn, statements[0][:200] if statements else "", work)
 
+    def _upsert_head_tail(self, table, names, key_names, update_names):
+        columns = ", ".join(self.raw_name(n) for n in names)
+        updates = update_names or key_names[:1]  # a no-op update keeps the row
+        action = ", ".join(f"{self.raw_name(n)} = VALUES({self.raw_name(n)})" for n in updates)
+        return f"INSERT INTO {self.raw_table(table)} ({columns}) VALUES ", f" ON DUPLICATE KEY UPDATE {action}"
+
+    def _delete_head_tail(self, table, key_names):
+        columns = ", ".join(self.raw_name(n) for n in key_names)
+        return f"DELETE FROM {self.raw_table(table)} WHERE ({columns}) IN (", ")"
+
     def bulk_upsert(self, conn, table, key_names, update_names, rows):
         # Multi-row INSERT ... ON DUPLICATE KEY UPDATE statements, spelled here rather than by
         # PyMySQL's executemany (which formats each value through three Python calls).
         if conn.dialect.driver != "pymysql":
             return False
         names = [n for n in table.c.keys() if n in rows[0]]
-        columns = ", ".join(self.raw_name(n) for n in names)
-        updates = update_names or key_names[:1]
-        action = ", ".join(f"{self.raw_name(n)} = VALUES({self.raw_name(n)})" for n in updates)
+        head, tail = self._upsert_head_tail(table, names, key_names, update_names)
         values = self.bound_rows(conn, table, names, rows)
-        self._run_statements(conn, self._literal_statements(
-            conn, f"INSERT INTO {self.raw_table(table)} ({columns}) VALUES ", values,
-            f" ON DUPLICATE KEY UPDATE {action}"))
+        self._run_statements(conn, self._literal_statements(conn, head, values, tail))
         return True
 
     def bulk_delete(self, conn, table, key_names, keys):
         if conn.dialect.driver != "pymysql":
             return False
-        columns = ", ".join(self.raw_name(n) for n in key_names)
+        head, tail = self._delete_head_tail(table, key_names)
         values = self.bound_rows(conn, table, key_names, keys)
-        head = f"DELETE FROM {self.raw_table(table)} WHERE ({columns}) IN ("
-        self._run_statements(conn, self._literal_statements(conn, head, values, ")"))
+        self._run_statements(conn, self._literal_statements(conn, head, values, tail))
         return True
+
+    # -- rows passed as text ---------------------------------------------------------
+    #: Written: row literals spelled by the source ("values", see PostgreSQL's
+    #: ``_values_query``); read: rows spelled in PostgreSQL's COPY text form.
+    text_format = "values"
+    renders_text = ("copy",)
+
+    def text_compatible(self, source_type, dest_type, dest=None):
+        if dest is None or dest.text_format != "copy":
+            return False
+        return _copy_spelling(source_type, dest_type) is not None
+
+    def copy_out(self, conn, queries, fmt="copy"):
+        if fmt != "copy":
+            raise NotImplementedError(f"MySQL does not spell rows as {fmt!r}")
+        out = []
+
+        def work(cursor):
+            for query in queries:
+                cursor.execute(*self.driver_statement(conn, _copy_query(query)))
+                lines = [row[0] for row in cursor.fetchall()]
+                text = (b"\n".join(lines) + b"\n").decode("utf-8") if lines else ""
+                out.append(TextRows(fmt, text, len(lines)))
+
+        try:
+            self.run_on_driver(conn, "SELECT ... rows as COPY text", work)
+        finally:
+            conn.rollback()
+        return out
+
+    def _run_literals(self, conn, table, names, key_names, update_names, upserts, deletes) -> int:
+        from pymysql.constants import SERVER_STATUS
+
+        if conn.connection.dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            # the literals were spelled with backslash escapes
+            raise TextRefused("the session has sql_mode NO_BACKSLASH_ESCAPES")
+        statements = []
+        if deletes:
+            head, tail = self._delete_head_tail(table, key_names)
+            statements += self._joined_statements(head, deletes, tail)
+        if upserts:
+            head, tail = self._upsert_head_tail(table, names, key_names, update_names)
+            statements += self._joined_statements(head, upserts, tail)
+        self._run_statements(conn, statements)
+        return len(upserts) + len(deletes)
+
+    def apply_marked(self, conn, table, names, key_names, update_names, rows):
+        upserts = [text for gone, text in rows.data if not gone]
+        deletes = [text for gone, text in rows.data if gone]
+        return self._run_literals(conn, table, names, key_names, update_names, upserts, deletes)
+
+    def apply_copied(self, conn, table, names, key_names, update_names, rows):
+        return self._run_literals(conn, table, names, key_names, update_names, [r[0] for r in rows.data], [])
 
     def upsert_batches(self, table, key_names, update_names, rows):
         # One multi-row INSERT per chunk rather than executemany: PyMySQL's executemany
@@ -303,3 +365,72 @@ def _read_datetime(text):
     except ValueError:
         pass
     return converters.convert_datetime(text)
+
+
+# -- MySQL rows spelled as PostgreSQL COPY text ("copy") -------------------------------
+# Each spelling gives the text PostgreSQL reads as the value the Python path would write
+# (what PyMySQL reads, converted and sent by psycopg2), or SQL NULL for a NULL value.
+
+def _copy_escaped(expr):
+    """A string in COPY's text form: backslash, newline, carriage return and tab escaped."""
+    from sqlalchemy.dialects import mysql
+
+    text = sa.cast(expr, mysql.CHAR(charset="utf8mb4"))
+    for char, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        text = sa.func.replace(text, char, escaped)
+    return text
+
+
+def _copy_plain(expr):
+    return sa.cast(expr, sa.String)
+
+
+def _copy_flag(expr):
+    return sa.case((expr, "t"), (sa.not_(expr), "f"))
+
+
+def _copy_spelling(source_type, dest_type=None):
+    """How a MySQL value of ``source_type`` is spelled in COPY text (a function of the SQL
+    expression), or None when the text path does not take it; with ``dest_type`` (a
+    PostgreSQL column type), None also when the pair is not exactly equal to what the
+    Python path writes."""
+    from sqlalchemy.dialects import mysql
+
+    def dest_is(*kinds, never=()):
+        return dest_type is None or (isinstance(dest_type, kinds) and not isinstance(dest_type, never))
+
+    if isinstance(source_type, sa.Boolean):
+        return _copy_flag if dest_is(sa.Boolean) else None
+    if isinstance(source_type, sa.Integer) and not isinstance(source_type, mysql.BIT):
+        return _copy_plain if dest_is(sa.Integer, never=(sa.Boolean,)) else None
+    if isinstance(source_type, mysql.FLOAT):
+        # at most 6-7 significant digits: the same decimal value read as a float either way
+        return _copy_plain if dest_is(sa.Float) else None
+    if isinstance(source_type, sa.Float):
+        # MySQL spells a DOUBLE exactly (tested); into a real it would round twice
+        return _copy_plain if dest_is(sa.Double) else None
+    if isinstance(source_type, sa.Numeric):
+        return _copy_plain if dest_is(sa.Numeric, never=(sa.Float,)) else None
+    if isinstance(source_type, sa.DateTime):
+        # read in the session's UTC; an aware destination converts on the Python path
+        return _copy_plain if dest_is(sa.DateTime) and not getattr(dest_type, "timezone", False) else None
+    if isinstance(source_type, sa.Date):
+        return _copy_plain if dest_is(sa.Date, never=(sa.DateTime,)) else None
+    if isinstance(source_type, sa.String) and not isinstance(source_type, mysql.SET):
+        return _copy_escaped if dest_is(sa.String, never=(sa.Enum,)) else None
+    return None
+
+
+def _copy_query(query):
+    """``query`` (labelled columns: see Dialect.copy_out) as one COPY text line per row, in
+    bytes (PyMySQL then decodes one value per row, not one per column)."""
+    rows = query.subquery("pdr_q")
+
+    def spelled(column):
+        spell = _copy_spelling(column.type)
+        if spell is None:
+            raise NotImplementedError(f"no COPY text for MySQL type {column.type!r}")
+        return sa.func.coalesce(spell(column), "\\N")
+
+    line = sa.func.concat_ws("\t", *[spelled(c) for c in rows.c])
+    return sa.select(sa.cast(line, sa.LargeBinary))

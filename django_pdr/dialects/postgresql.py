@@ -11,7 +11,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRows, column_list, event_key_name
 
 
 class _NotCopyable(Exception):
@@ -95,9 +95,10 @@ class PostgreSQLDialect(Dialect):
     def connect_args(cls, timeout):
         # psycopg2 reads timestamptz at year 1/9999 only with the session in UTC.
         # DateStyle/IntervalStyle fixed: rows passed as text between two servers must be
-        # spelled the same whatever either server's or role's defaults.
+        # spelled the same whatever either server's or role's defaults; extra_float_digits=1:
+        # floats spelled exactly (the shortest text that reads back as the same value).
         return {"connect_timeout": timeout,
-                "options": "-c timezone=UTC -c datestyle=ISO,MDY -c intervalstyle=postgres"}
+                "options": "-c timezone=UTC -c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1"}
 
     # -- capture -------------------------------------------------------------
     def event_time_default(self):
@@ -283,16 +284,18 @@ END
         self.run_on_driver(conn, f"COPY {target}", work)
         return True
 
-    # -- rows passed as text, PostgreSQL to PostgreSQL ------------------------
-    def copies_text_to(self, other):
-        return isinstance(other, PostgreSQLDialect)
+    # -- rows passed as text -------------------------------------------------------
+    text_format = "copy"
+    renders_text = ("copy", "values")
 
     def _type_text(self, type_) -> str:
         text = type_.compile(dialect=self.sa).upper()
         text = text.replace("TIMESTAMP(6)", "TIMESTAMP").replace("TIME(6)", "TIME")
         return text.replace("TIMESTAMP WITHOUT TIME ZONE", "TIMESTAMP").replace("TIME WITHOUT TIME ZONE", "TIME")
 
-    def text_compatible(self, source_type, dest_type):
+    def text_compatible(self, source_type, dest_type, dest=None):
+        if dest is not None and dest.text_format == "values":
+            return _values_spelling(source_type, dest_type) is not None
         try:
             src, dst = self._type_text(source_type), self._type_text(dest_type)
         except Exception:  # a type SQLAlchemy cannot render: take the Python path
@@ -304,47 +307,54 @@ END
         textual = src == "TEXT" or src.startswith(("VARCHAR", "CHARACTER VARYING"))
         return (textual and dst == "TEXT") or (src == "JSON" and dst == "JSONB")
 
-    def copy_out(self, conn, queries):
-        # One REPEATABLE READ snapshot for every query.  COPY takes no parameters: each
-        # SELECT is compiled with parameters as usual (values through their types' bind
-        # processors) and the driver spells them in (mogrify), as it would for a query.
-        out = []
+    def _read_only_snapshot(self, conn):
+        """One REPEATABLE READ snapshot for every query of a ``copy_out``."""
         conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         # the batch's keys are few next to the source table (even once the event table's
         # statistics say how many): look each one up, never scan the table
         for statement in self.key_lookup_settings():
             conn.execute(sa.text(statement))
 
+    def copy_out(self, conn, queries, fmt="copy"):
+        # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
+        # driver spells them in (mogrify), as it would for a query.
+        if fmt == "values":
+            queries = [_values_query(query) for query in queries]
+        elif fmt != "copy":
+            raise NotImplementedError(f"PostgreSQL does not spell rows as {fmt!r}")
+        out = []
+
         def work(cursor):
             from psycopg2.extensions import encodings
 
             codec = encodings.get(cursor.connection.encoding, "utf-8")
             for query in queries:
-                compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-                params = compiled.construct_params()
-                for name, value in params.items():
-                    process = compiled.binds[name].type.bind_processor(conn.dialect)
-                    if process is not None:
-                        params[name] = process(value)
-                sql = cursor.mogrify(str(compiled), params).decode(codec)
-                buffer = io.StringIO()
-                cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
-                out.append(buffer.getvalue())
+                sql = cursor.mogrify(*self.driver_statement(conn, query)).decode(codec)
+                if fmt == "values":
+                    cursor.execute(sql)
+                    rows = cursor.fetchall()
+                    out.append(TextRows(fmt, rows, len(rows)))
+                else:
+                    buffer = io.StringIO()
+                    cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
+                    text = buffer.getvalue()
+                    out.append(TextRows(fmt, text, text.count("\n")))
 
+        self._read_only_snapshot(conn)
         try:
             self.run_on_driver(conn, "COPY ... TO STDOUT", work)
         finally:
             conn.rollback()
         return out
 
-    def apply_marked(self, conn, table, names, key_names, update_names, text):
+    def apply_marked(self, conn, table, names, key_names, update_names, rows):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
 
         def work(cursor):
             nonlocal written
             stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
-            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(text))
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(rows.data))
             for statement in self.key_lookup_settings():
                 cursor.execute(statement)
             written += self._delete_from(cursor, target, keys, stage, where="pdr_g.pdr_gone")
@@ -353,13 +363,13 @@ END
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
 
-    def apply_copied(self, conn, table, names, key_names, update_names, text):
+    def apply_copied(self, conn, table, names, key_names, update_names, rows):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
 
         def work(cursor):
             nonlocal written
-            written = self._stage_and_upsert(cursor, target, columns, keys, action, text)
+            written = self._stage_and_upsert(cursor, target, columns, keys, action, rows.data)
 
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
@@ -401,3 +411,90 @@ END
             return ("The PostgreSQL user lacks a privilege: it needs CREATE on the schema and "
                     "TRIGGER on the table to install capture, SELECT to read rows.")
         return None
+
+
+# -- PostgreSQL rows spelled as MySQL row literals ("values") ------------------------
+# Each spelling gives the literal the Python path would send for the same value
+# (PyMySQL's escaping of what psycopg2 reads), or SQL NULL for a NULL value.
+
+def _quoted(expr):
+    """A string value as a MySQL string literal (backslash escapes: the destination
+    session is checked to read them so, see MySQLDialect.apply_marked)."""
+    text = sa.func.replace(sa.func.replace(sa.cast(expr, sa.Text), "\\", "\\\\"), "'", "\\'")
+    return sa.literal("'", sa.Text).concat(text).concat(sa.literal("'", sa.Text))
+
+
+def _as_text(expr):
+    return sa.cast(expr, sa.Text)
+
+
+def _approximate(expr):
+    """A float as an approximate-value literal: "e0" appended when the text has no
+    exponent, as PyMySQL spells floats (MySQL reads it as a DOUBLE, not a DECIMAL)."""
+    text = sa.cast(expr, sa.Text)
+    return sa.case((sa.func.strpos(text, "e") > 0, text), else_=text.concat(sa.literal("e0", sa.Text)))
+
+
+def _flag(expr):
+    return sa.case((expr, sa.literal("1", sa.Text)), (sa.not_(expr), sa.literal("0", sa.Text)))
+
+
+def _values_spelling(source_type, dest_type=None):
+    """How a PostgreSQL value of ``source_type`` is spelled as a MySQL literal (a function
+    of the SQL expression), or None when the text path does not take it; with
+    ``dest_type`` (a MySQL column type), None also when the pair is not exactly equal
+    to what the Python path writes."""
+    from sqlalchemy.dialects import mysql
+
+    def dest_is(*kinds, never=()):
+        return dest_type is None or (isinstance(dest_type, kinds) and not isinstance(dest_type, never))
+
+    if isinstance(source_type, sa.ARRAY):
+        return None
+    if isinstance(source_type, sa.Boolean):
+        return _flag if dest_is(sa.Integer, sa.Boolean) else None
+    if isinstance(source_type, sa.Integer):
+        return _as_text if dest_is(sa.Integer, never=(sa.Boolean,)) else None
+    if isinstance(source_type, sa.Float):
+        return _approximate if dest_is(sa.Float) else None
+    if isinstance(source_type, sa.Numeric):
+        return _as_text if dest_is(sa.Numeric, never=(sa.Float,)) else None
+    if isinstance(source_type, sa.DateTime):
+        # timestamps without a zone only: an aware value is converted on the Python path
+        if source_type.timezone:
+            return None
+        return _quoted if dest_is(sa.DateTime) else None
+    if isinstance(source_type, sa.Date):
+        return _quoted if dest_is(sa.Date, never=(sa.DateTime,)) else None
+    if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.CHAR, sa.JSON)):
+        # (character(n) reads back padded on the Python path, but casts to text unpadded)
+        return _quoted if dest_is(sa.String, never=(sa.Enum, mysql.SET)) else None
+    return None
+
+
+def _values_query(query):
+    """``query`` (labelled columns: see Dialect.copy_out) as one MySQL literal per row:
+    "(v1,v2,...)"; with a "pdr_gone" flag, (flag, "(k1,k2,...)" for a gone key, else the
+    row literal)."""
+    rows = query.subquery("pdr_q")
+    gone = rows.c.get("pdr_gone")
+    values = [c for c in rows.c if c.name != "pdr_gone"]
+
+    def literal(column):
+        spell = _values_spelling(column.type)
+        if spell is None:
+            raise NotImplementedError(f"no MySQL literal for PostgreSQL type {column.type!r}")
+        return sa.func.coalesce(spell(column), sa.literal("NULL", sa.Text))
+
+    def row(columns):
+        text = sa.literal("(", sa.Text)
+        for position, column in enumerate(columns):
+            if position:
+                text = text.concat(sa.literal(",", sa.Text))
+            text = text.concat(literal(column))
+        return text.concat(sa.literal(")", sa.Text))
+
+    if gone is None:
+        return sa.select(row(values))
+    keys = sorted((c for c in values if c.name.startswith("pdr_k")), key=lambda c: int(c.name[5:]))
+    return sa.select(gone, sa.case((gone, row(keys)), else_=row(values)))

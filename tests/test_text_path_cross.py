@@ -1,0 +1,186 @@
+"""Rows passed as text between engines: MariaDB rows spelled as PostgreSQL COPY text,
+PostgreSQL rows spelled as MySQL row literals.
+
+Each test replicates one source table to two destinations of the same engine: one by the
+text path, one with the text path switched off (the Python path, the reference).  Both
+must hold exactly the same rows after a load in chunks and after changes, with values
+chosen to break a careless spelling: tabs, newlines, backslashes, quotes, the text
+"\\N" and "NULL", emoji, extreme numbers and timestamps, NULL in every column."""
+import pytest
+from django.core.management import call_command
+
+from django_pdr import reflect
+from django_pdr.connections import connect
+from django_pdr.models import Reflection
+from tests.targets import rows, watch
+
+pytestmark = [pytest.mark.django_db, pytest.mark.live]
+
+TRICKY = ["a\tb\nc\rd\\e'f\"g", "", " trailing  ", "\U0001F600 é", "\\N", "NULL", "\\", "'", "\\'", "x\\ty",
+          "%s %(x)s", "\x0b\x0c\x08"]
+
+
+def runner_for(reflection):
+    runner = reflect.ReflectionRunner(reflection)
+    with connect(reflection.source.database) as src, connect(reflection.destination) as dst:
+        runner.prepare(src, dst)
+    return runner
+
+
+class Spy:
+    """Counts text commits, their refusals, and batches redone as Python rows."""
+
+    def __init__(self, monkeypatch):
+        self.text_commits, self.refusals, self.python_batches = 0, [], 0
+        commit_text, python_batch = reflect.ReflectionRunner._commit_text, reflect.ReflectionRunner.python_batch
+
+        def spy_commit_text(runner, *args, **kwargs):
+            self.text_commits += 1
+            try:
+                return commit_text(runner, *args, **kwargs)
+            except reflect.TextPathFailed as exc:
+                self.refusals.append(exc.__cause__)
+                raise
+
+        def spy_python_batch(runner, *args, **kwargs):
+            self.python_batches += 1
+            return python_batch(runner, *args, **kwargs)
+
+        monkeypatch.setattr(reflect.ReflectionRunner, "_commit_text", spy_commit_text)
+        monkeypatch.setattr(reflect.ReflectionRunner, "python_batch", spy_python_batch)
+
+
+def replicate_both_ways(monkeypatch, text, python):
+    """One pass of the text reflection (which must take the text path for every load chunk
+    and batch), then one of the reference with the text path off."""
+    with monkeypatch.context() as patch:
+        spy = Spy(patch)
+        call_command("pdr-reflect", reflections=[text.pk], verbosity=0)
+    assert spy.text_commits > 1 and spy.refusals == [] and spy.python_batches == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(reflect.ReflectionRunner, "_text_path_possible", lambda self: False)
+        call_command("pdr-reflect", reflections=[python.pk], verbosity=0)
+
+
+def differences(text_rows, python_rows):
+    """(key, column, text path's value, Python path's value) for every value that differs."""
+    assert len(text_rows) == len(python_rows)
+    return [(a.get("k"), a["id"], c, a[c], b[c]) for a, b in zip(text_rows, python_rows) for c in a if a[c] != b[c]]
+
+
+def two_destinations(make_target, source_model, table, kind, **options):
+    st = watch(source_model, table)
+    made = []
+    for name in ("text", "python"):
+        dest = make_target(kind)
+        model = dest.model(f"dst-{name}")
+        if options:
+            model.options = options
+            model.save()
+        made.append((dest, Reflection.objects.create(source=st, destination=model, destination_table=table)))
+    return made
+
+
+MARIADB_TABLE = (
+    "CREATE TABLE items (k varchar(30), id int, ti tinyint, big bigint, b boolean, d double, f float, "
+    "n decimal(24,6), dt datetime(6), dt0 datetime, da date, s varchar(100), t text, e enum('a','b'), "
+    "l varchar(20) CHARACTER SET latin1, PRIMARY KEY (k, id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+
+
+def mariadb_rows():
+    out = []
+    for i, s in enumerate(TRICKY):
+        out.append((f"k{i % 3}{s[:8]}", i, -128 + i, 9223372036854775807 - i, i % 2, [0.1, 1e300, -1.5e-300,
+                    1 / 3, 2.0 ** 53 + 1, 123456.789][i % 6], [0.1, 3.4e38, -1.17e-38, 1 / 3][i % 4],
+                    ["-123456789012345678.123456", "0.000001", "0", "1.5"][i % 4],
+                    ["9999-12-31 23:59:59.999999", "1000-01-01 00:00:00", "2024-02-29 12:00:00.5"][i % 3],
+                    "2024-01-02 03:04:05", "2024-02-29", s, s * 3, "ab"[i % 2], "é\tà"))
+    out.append(("nulls", 0) + (None,) * 13)
+    return out
+
+
+def test_mariadb_rows_as_copy_text_equal_the_python_path(make_target, settings, monkeypatch):
+    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
+    source = make_target("mysql")
+    source.execute(MARIADB_TABLE)
+    with source.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO items VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                             mariadb_rows())
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    replicate_both_ways(monkeypatch, text, python)
+    assert runner_for(text).text_path
+    loaded = rows(dest_text.engine, "items", ["k", "id"])
+    assert len(loaded) == len(TRICKY) + 1
+    assert differences(loaded, rows(dest_py.engine, "items", ["k", "id"])) == []
+    assert {r["s"] for r in loaded} == set(TRICKY) | {None}
+
+    with source.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE items SET s = CONCAT(s, '\\\\\\t'), d = d * 3, dt = NULL WHERE MOD(id, 2) = 0")
+        conn.exec_driver_sql("DELETE FROM items WHERE id IN (3, 5)")
+        conn.exec_driver_sql("UPDATE items SET k = 'moved' WHERE id = 7")  # key change
+        conn.exec_driver_sql("INSERT INTO items (k, id, s) VALUES ('new', 100, 'x\\\\Ny')")
+    replicate_both_ways(monkeypatch, text, python)
+    changed = rows(dest_text.engine, "items", ["k", "id"])
+    assert differences(changed, rows(dest_py.engine, "items", ["k", "id"])) == []
+    assert len(changed) == len(TRICKY) + 1 - 2 + 1  # 2 deleted, 1 inserted
+    assert [r["s"] for r in changed if r["k"] == "new"] == ["x\\Ny"]
+
+
+POSTGRES_TABLE = (
+    "CREATE TABLE items (k text, id int, sm smallint, big bigint, b boolean, d double precision, r real, "
+    "n numeric(24,6), ts timestamp, ts0 timestamp(0), da date, s varchar(100), t text, PRIMARY KEY (k, id))")
+
+
+def postgres_rows():
+    out = []
+    for i, s in enumerate(TRICKY):
+        out.append((f"k{i % 3}{s[:8]}", i, -32768 + i, -9223372036854775808 + i, bool(i % 2),
+                    [0.1, 1e300, -1.5e-300, 1 / 3, 2.0 ** 53 + 1, 5e-324][i % 6], [0.1, 3.4e38, 1 / 3][i % 3],
+                    ["-123456789012345678.123456", "0.000001", "0", "1.5"][i % 4],
+                    ["9999-12-31 23:59:59.999999", "1000-01-01 00:00:00", "2024-02-29 12:00:00.5"][i % 3],
+                    "2024-01-02 03:04:05", "0999-02-28", s, s * 3))
+    out.append(("nulls", 0) + (None,) * 11)
+    return out
+
+
+def test_postgresql_rows_as_mysql_literals_equal_the_python_path(make_target, settings, monkeypatch):
+    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
+    source = make_target("postgresql")
+    source.execute(POSTGRES_TABLE)
+    with source.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO items VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                             postgres_rows())
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "mysql")
+    replicate_both_ways(monkeypatch, text, python)
+    assert runner_for(text).text_path
+    loaded = rows(dest_text.engine, "items", ["k", "id"])
+    assert len(loaded) == len(TRICKY) + 1
+    assert differences(loaded, rows(dest_py.engine, "items", ["k", "id"])) == []
+    assert {r["s"] for r in loaded} == set(TRICKY) | {None}
+
+    source.execute("UPDATE items SET s = s || E'\\\\\\t', d = d * 3, ts = NULL WHERE MOD(id, 2) = 0",
+                   "DELETE FROM items WHERE id IN (3, 5)",
+                   "UPDATE items SET k = 'moved' WHERE id = 7",
+                   "INSERT INTO items (k, id, s) VALUES ('new', 100, E'x\\\\Ny')")
+    replicate_both_ways(monkeypatch, text, python)
+    changed = rows(dest_text.engine, "items", ["k", "id"])
+    assert differences(changed, rows(dest_py.engine, "items", ["k", "id"])) == []
+    assert len(changed) == len(TRICKY) + 1 - 2 + 1  # 2 deleted, 1 inserted
+    assert [r["s"] for r in changed if r["k"] == "new"] == ["x\\Ny"]
+
+
+def test_mysql_literals_are_refused_by_a_session_without_backslash_escapes(make_target, monkeypatch):
+    # the literals are spelled with backslash escapes: a destination session with
+    # NO_BACKSLASH_ESCAPES would read "\\" as two characters; such a batch takes the Python path
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE items (id int PRIMARY KEY, s text)",
+                   "INSERT INTO items VALUES (1, E'back\\\\slash \\'quote')")
+    (dest, reflection), _ = two_destinations(make_target, source.model("src"), "items", "mysql",
+                                             init_command="SET sql_mode = 'NO_BACKSLASH_ESCAPES'")
+    call_command("pdr-reflect", reflections=[reflection.pk], verbosity=0)
+    source.execute("INSERT INTO items VALUES (2, E'two\\\\ \\'')")
+    spy = Spy(monkeypatch)
+    call_command("pdr-reflect", reflections=[reflection.pk], verbosity=0)
+    assert [str(e) for e in spy.refusals] == ["the session has sql_mode NO_BACKSLASH_ESCAPES"]
+    assert spy.python_batches == 1
+    assert rows(dest.engine, "items", ["id"]) == [{"id": 1, "s": "back\\slash 'quote"}, {"id": 2, "s": "two\\ '"}]
