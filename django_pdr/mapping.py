@@ -192,6 +192,11 @@ class Mapping:
             return None
         return {dest: row[name] if name is not None else const for dest, name, const in self._picks}
 
+    def is_identity_for(self, names: list[str]) -> bool:
+        """True when ``transform`` of a row with exactly the columns ``names`` gives the
+        same row (no filter, every column copied under its own name)."""
+        return not self.filter and [(n, n, None) for n in names] == self._picks
+
     @cached_property
     def _picks(self) -> list[tuple]:
         """(destination column, name in the SELECT's row or None for a constant, constant)."""

@@ -374,7 +374,7 @@ class ReflectionRunner:
             result = src.execute(self.mapping.select(self.source).where(where))
             columns = list(result.keys())
             at = [columns.index(n) for n in names]
-            for row in result:
+            for row in result.fetchall():  # one fetch: iterating fetches row by row
                 found[tuple([row[i] for i in at])] = dict(zip(columns, row))
         src.rollback()
         return found
@@ -455,6 +455,10 @@ class ReflectionRunner:
     def _dest_rows(self, rows) -> tuple[list[tuple], list[tuple]]:
         """Transform (key, source row) pairs: ((key, destination row) pairs, filtered-out keys)."""
         upserts, filtered = [], []
+        if rows and not self.statement and self.mapping.is_identity_for(list(rows[0][1])):
+            # a mirror of every column: the source row is the destination row (rows of one
+            # query share their columns)
+            return [(key, self.convert(row)) for key, row in rows], filtered
         for key, row in rows:
             out = self.mapping.transform(row)
             if out is None:
@@ -568,7 +572,7 @@ class ReflectionRunner:
         query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
         if after is not None:
             query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
-        rows = [dict(r) for r in src.execute(query).mappings()]
+        rows = [dict(r) for r in src.execute(query).mappings().all()]
         src.rollback()
         keyed = [(tuple(r[n] for n in self.source_key), r) for r in rows]
         upserts, filtered = self._dest_rows(keyed)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -64,8 +65,7 @@ class Position:
         return min([self.cursor] + [g.lo - 1 for g in self.gaps])
 
 
-@dataclass
-class Event:
+class Event(NamedTuple):
     id: int
     key: tuple  # the source row's key (what happened to it is read from the row itself)
 
@@ -102,7 +102,10 @@ class EventReader:
 
     def _rows(self, conn, where, limit):
         query = sa.select(*self.columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
-        return [Event(row[0], tuple(row[1:])) for row in conn.execute(query)]
+        rows = conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+        if len(self.key_columns) == 1:
+            return [Event(row[0], (row[1],)) for row in rows]
+        return [Event(row[0], tuple(row[1:])) for row in rows]
 
     def read(self, conn, position: Position, limit: int, now: float | None = None):
         """Return (events, new_position); at most ``limit`` events."""
