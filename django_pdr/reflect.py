@@ -238,7 +238,7 @@ class ReflectionRunner:
             return False
         return all(c.source is not None and c.source in self.source.c and c.dest in self.dest.c
                    and self.src_dialect.text_compatible(self.source.c[c.source].type, self.dest.c[c.dest].type,
-                                                        self.dst_dialect)
+                                                        self.dst_dialect, is_key=c.source in self.source_key)
                    for c in self.mapping.columns)
 
     def _use_text(self) -> bool:
@@ -525,6 +525,9 @@ class ReflectionRunner:
             return self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format)
         except (sa.exc.CompileError, NotImplementedError) as exc:
             logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
+            return None
+        except (LookupError, TypeError, ValueError) as exc:  # UnicodeError is a ValueError
+            logger.warning("%s: text path failed unexpectedly (%r); using Python rows", self.reflection, exc)
             return None
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:

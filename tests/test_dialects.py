@@ -1204,28 +1204,63 @@ def test_postgresql_spells_mysql_literals_in_sql():
 
     sql = literal(_values_query(_labelled_query()), pg())
     # a gone key: "(id)"; a row: "(id,'s',flag)"; NULL as NULL; backslashes and quotes escaped
-    assert sql.startswith("SELECT pdr_q.pdr_gone, CASE WHEN pdr_q.pdr_gone "
-                          "THEN '(' || coalesce(CAST(pdr_q.pdr_k0 AS TEXT), 'NULL') || ')' ELSE '('")
-    assert r"""coalesce('''' || replace(replace(CAST(pdr_q.pdr_c1 AS TEXT), '\', '\\'), '''', '\''') || '''', 'NULL')""" \
-        in sql
-    assert "coalesce(CASE WHEN pdr_q.pdr_c2 THEN '1' WHEN NOT pdr_q.pdr_c2 THEN '0' END, 'NULL') || ')' END" in sql
+    assert sql.startswith("SELECT pdr_q.pdr_gone, CASE WHEN pdr_q.pdr_gone THEN '(' || CASE WHEN (pdr_q.pdr_k0 IS NULL) "
+                          "THEN 'NULL' ELSE CAST(pdr_q.pdr_k0 AS TEXT) END || ')' ELSE '('")
+    assert ("CASE WHEN (pdr_q.pdr_c1 IS NULL) THEN 'NULL' ELSE '''' || replace(replace(CAST(pdr_q.pdr_c1 AS TEXT), "
+            r"'\', '\\'), '''', '\''') || '''' END") in sql
+    assert "ELSE CASE WHEN pdr_q.pdr_c2 THEN '1' WHEN NOT pdr_q.pdr_c2 THEN '0' END END || ')' END" in sql
     with pytest.raises(NotImplementedError):
         _values_query(sa.select(sa.column("x", sa.LargeBinary()).label("pdr_c0")))
+
+
+def test_postgresql_spells_no_mysql_literal_for_values_the_python_path_reads_otherwise():
+    # infinity, BC and 5-digit years, NaN: the spelling is SQL NULL (the whole row literal
+    # becomes NULL and copy_out hands the batch to the Python path), never a MySQL literal
+    from django_pdr.dialects.postgresql import _values_spelling
+
+    def spelled(type_):
+        return literal(_values_spelling(type_)(sa.column("x", type_)), pg())
+
+    assert spelled(sa.DateTime()) == (
+        "CASE WHEN (isfinite(x) AND right(CAST(x AS TEXT), 3) != ' BC' AND length(split_part(CAST(x AS TEXT), "
+        "'-', 1)) = 4) THEN '''' || replace(replace(CAST(x AS TEXT), '\\', '\\\\'), '''', '\\''') || '''' "
+        "ELSE NULL END")
+    assert spelled(sa.Date()).startswith("CASE WHEN (isfinite(x) AND")
+    assert spelled(sa.Float()) == ("CASE WHEN (CAST(x AS TEXT) = 'NaN' OR CAST(x AS TEXT) = 'Infinity' OR CAST(x AS TEXT) = '-Infinity') THEN NULL "
+                                   "WHEN (strpos(CAST(x AS TEXT), 'e') > 0) THEN CAST(x AS TEXT) "
+                                   "ELSE CAST(x AS TEXT) || 'e0' END")
+    assert spelled(sa.Numeric()) == ("CASE WHEN (CAST(x AS TEXT) = 'NaN' OR CAST(x AS TEXT) = 'Infinity' OR CAST(x AS TEXT) = '-Infinity') THEN NULL "
+                                     "ELSE CAST(x AS TEXT) END")
 
 
 def test_mysql_spells_copy_text_in_sql():
     from django_pdr.dialects.mysql import _copy_query
 
     sql = literal(_copy_query(_labelled_query()), my())
-    assert sql.startswith("SELECT CAST(concat_ws('\t', "
-                          "coalesce(CASE WHEN pdr_q.pdr_gone THEN 't' WHEN pdr_q.pdr_gone = 0 THEN 'f' END, '\\\\N'), "
-                          "coalesce(CAST(pdr_q.pdr_k0 AS CHAR), '\\\\N'), ")
-    # backslash first, then newline, carriage return, tab; in utf8mb4 whatever the column's charset
-    assert ("coalesce(replace(replace(replace(replace(CAST(pdr_q.pdr_c1 AS CHAR CHARACTER SET utf8mb4), "
-            "'\\\\', '\\\\\\\\'), '\n', '\\\\n'), '\r', '\\\\r'), '\t', '\\\\t'), '\\\\N')") in sql
-    assert "AS BINARY)" in sql
+    assert sql.startswith("SELECT CAST(concat(CASE WHEN (pdr_q.pdr_gone IS NULL) THEN '\\\\N' ELSE CASE WHEN "
+                          "pdr_q.pdr_gone THEN 't' WHEN pdr_q.pdr_gone = 0 THEN 'f' END END, '\t', CASE WHEN "
+                          "(pdr_q.pdr_k0 IS NULL) THEN '\\\\N' ELSE CAST(pdr_q.pdr_k0 AS CHAR) END, '\t', ")
+    # backslash first, then newline, carriage return, tab; on the bytes of the utf8mb4 form
+    # whatever the column's charset (linear time); a NULL spelling (too long) leaves the line NULL
+    assert ("ELSE regexp_replace(regexp_replace(regexp_replace(regexp_replace(CAST(CAST(pdr_q.pdr_c1 AS CHAR CHARACTER "
+            r"SET utf8mb4) AS BINARY), '\\\\', '\\\\\\\\'), '\\n', '\\\\n'), '\\r', '\\\\r'), '\\t', '\\\\t') END") in sql
+    assert "AS BINARY)" in sql and "coalesce" not in sql
     with pytest.raises(NotImplementedError):
         _copy_query(sa.select(sa.column("x", sa.LargeBinary()).label("pdr_c0")))
+
+
+def test_string_keys_whose_collation_may_fold_spellings_keep_the_python_path():
+    from sqlalchemy.dialects import mysql as myt
+
+    # MySQL: any string key (collations compare 'bob' = 'Bob', 'a' = 'a ')
+    assert my().text_compatible(myt.VARCHAR(20), sa.Text(), pg())
+    assert not my().text_compatible(myt.VARCHAR(20), sa.Text(), pg(), is_key=True)
+    assert my().text_compatible(myt.INTEGER(), sa.Integer(), pg(), is_key=True)
+    # PostgreSQL: a key with its own collation (possibly nondeterministic)
+    assert pg().text_compatible(sa.Text(), sa.Text(), pg(), is_key=True)
+    assert not pg().text_compatible(sa.Text(collation="und-x-icu-ci"), sa.Text(collation="und-x-icu-ci"), pg(),
+                                    is_key=True)
+    assert not pg().text_compatible(sa.Text(collation="ci"), myt.VARCHAR(20), my(), is_key=True)
 
 
 def test_driver_statement_orders_positional_parameters_and_uses_engine_processors():

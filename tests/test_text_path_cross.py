@@ -50,13 +50,14 @@ class Spy:
         monkeypatch.setattr(reflect.ReflectionRunner, "python_batch", spy_python_batch)
 
 
-def replicate_both_ways(monkeypatch, text, python):
-    """One pass of the text reflection (which must take the text path for every load chunk
-    and batch), then one of the reference with the text path off."""
+def replicate_both_ways(monkeypatch, text, python, *, all_text=True):
+    """One pass of the text reflection (``all_text``: which must take the text path for
+    every load chunk and batch), then one of the reference with the text path off."""
     with monkeypatch.context() as patch:
         spy = Spy(patch)
         call_command("pdr-reflect", reflections=[text.pk], verbosity=0)
-    assert spy.text_commits > 1 and spy.refusals == [] and spy.python_batches == 0
+    if all_text:
+        assert spy.text_commits > 1 and spy.refusals == [] and spy.python_batches == 0
     with monkeypatch.context() as patch:
         patch.setattr(reflect.ReflectionRunner, "_text_path_possible", lambda self: False)
         call_command("pdr-reflect", reflections=[python.pk], verbosity=0)
@@ -84,7 +85,7 @@ def two_destinations(make_target, source_model, table, kind, **options):
 MARIADB_TABLE = (
     "CREATE TABLE items (k varchar(30), id int, ti tinyint, big bigint, b boolean, d double, f float, "
     "n decimal(24,6), dt datetime(6), dt0 datetime, da date, s varchar(100), t text, e enum('a','b'), "
-    "l varchar(20) CHARACTER SET latin1, PRIMARY KEY (k, id)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
+    "l varchar(20) CHARACTER SET latin1, PRIMARY KEY (id, ti)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4")
 
 
 def mariadb_rows():
@@ -95,7 +96,7 @@ def mariadb_rows():
                     ["-123456789012345678.123456", "0.000001", "0", "1.5"][i % 4],
                     ["9999-12-31 23:59:59.999999", "1000-01-01 00:00:00", "2024-02-29 12:00:00.5"][i % 3],
                     "2024-01-02 03:04:05", "2024-02-29", s, s * 3, "ab"[i % 2], "é\tà"))
-    out.append(("nulls", 0) + (None,) * 13)
+    out.append(("nulls", 0, 0) + (None,) * 12)
     return out
 
 
@@ -109,19 +110,19 @@ def test_mariadb_rows_as_copy_text_equal_the_python_path(make_target, settings, 
     (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
     replicate_both_ways(monkeypatch, text, python)
     assert runner_for(text).text_path
-    loaded = rows(dest_text.engine, "items", ["k", "id"])
+    loaded = rows(dest_text.engine, "items", ["id", "ti"])
     assert len(loaded) == len(TRICKY) + 1
-    assert differences(loaded, rows(dest_py.engine, "items", ["k", "id"])) == []
+    assert differences(loaded, rows(dest_py.engine, "items", ["id", "ti"])) == []
     assert {r["s"] for r in loaded} == set(TRICKY) | {None}
 
     with source.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE items SET s = CONCAT(s, '\\\\\\t'), d = d * 3, dt = NULL WHERE MOD(id, 2) = 0")
         conn.exec_driver_sql("DELETE FROM items WHERE id IN (3, 5)")
-        conn.exec_driver_sql("UPDATE items SET k = 'moved' WHERE id = 7")  # key change
-        conn.exec_driver_sql("INSERT INTO items (k, id, s) VALUES ('new', 100, 'x\\\\Ny')")
+        conn.exec_driver_sql("UPDATE items SET id = 70 WHERE id = 7")  # key change
+        conn.exec_driver_sql("INSERT INTO items (k, id, ti, s) VALUES ('new', 100, 1, 'x\\\\Ny')")
     replicate_both_ways(monkeypatch, text, python)
-    changed = rows(dest_text.engine, "items", ["k", "id"])
-    assert differences(changed, rows(dest_py.engine, "items", ["k", "id"])) == []
+    changed = rows(dest_text.engine, "items", ["id", "ti"])
+    assert differences(changed, rows(dest_py.engine, "items", ["id", "ti"])) == []
     assert len(changed) == len(TRICKY) + 1 - 2 + 1  # 2 deleted, 1 inserted
     assert [r["s"] for r in changed if r["k"] == "new"] == ["x\\Ny"]
 
@@ -184,3 +185,57 @@ def test_mysql_literals_are_refused_by_a_session_without_backslash_escapes(make_
     assert [str(e) for e in spy.refusals] == ["the session has sql_mode NO_BACKSLASH_ESCAPES"]
     assert spy.python_batches == 1
     assert rows(dest.engine, "items", ["id"]) == [{"id": 1, "s": "back\\slash 'quote"}, {"id": 2, "s": "two\\ '"}]
+
+
+def test_mariadb_string_keys_take_the_python_path(make_target, monkeypatch):
+    # the default collation compares 'bob' = 'Bob': a batch holding events of both keys
+    # would fold them in the text query's DISTINCT and join, and leave 'bob' behind
+    source = make_target("mysql")
+    source.execute("CREATE TABLE items (k varchar(20) PRIMARY KEY, v int) DEFAULT CHARSET=utf8mb4",
+                   "INSERT INTO items VALUES ('bob', 1), ('ann ', 2)")
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    assert not runner_for(text).text_path
+    replicate_both_ways(monkeypatch, text, python, all_text=False)
+    source.execute("UPDATE items SET k = 'Bob' WHERE k = 'bob'", "UPDATE items SET k = 'ann' WHERE k = 'ann '")
+    replicate_both_ways(monkeypatch, text, python, all_text=False)
+    assert rows(dest_text.engine, "items", ["v"]) == [{"k": "Bob", "v": 1}, {"k": "ann", "v": 2}]
+    assert rows(dest_py.engine, "items", ["v"]) == rows(dest_text.engine, "items", ["v"])
+
+
+def test_mariadb_line_longer_than_a_packet_takes_the_python_path(make_target, monkeypatch):
+    # REPLACE doubles 9 MB of backslashes past max_allowed_packet (16 MB here): MariaDB then
+    # returns NULL with a warning only; the batch must not write NULL, nor stall
+    source = make_target("mysql")
+    source.execute("CREATE TABLE items (id int PRIMARY KEY, s longtext)", "INSERT INTO items VALUES (1, 'a')")
+    with source.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar() < 18_000_000
+    (dest, reflection), _ = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    call_command("pdr-reflect", reflections=[reflection.pk], verbosity=0)
+    big = chr(92) * 9_000_000
+    source.execute("INSERT INTO items VALUES (2, REPEAT(CHAR(92), 9000000)), (3, 'b')")
+    spy = Spy(monkeypatch)
+    call_command("pdr-reflect", reflections=[reflection.pk], verbosity=0)
+    assert spy.python_batches == 1 and spy.text_commits == 0
+    got = rows(dest.engine, "items", ["id"])
+    assert [r["id"] for r in got] == [1, 2, 3] and got[1]["s"] == big
+
+
+def test_postgresql_values_without_a_mysql_literal_take_the_python_path(make_target, monkeypatch):
+    # psycopg2 reads infinity as datetime.max / date.min: the text path has no literal
+    # that agrees, so such a batch is read as Python rows; NaN likewise
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE items (id int PRIMARY KEY, ts timestamp, da date, d double precision)",
+                   "INSERT INTO items VALUES (1, '2024-01-01 10:00', '2024-01-01', 0.5)")
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "mysql")
+    replicate_both_ways(monkeypatch, text, python, all_text=False)
+    source.execute("INSERT INTO items VALUES (2, 'infinity', '-infinity', 1.5)")
+    spy = Spy(monkeypatch)
+    call_command("pdr-reflect", reflections=[text.pk], verbosity=0)
+    assert spy.python_batches == 1 and spy.text_commits == 0
+    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(reflect.ReflectionRunner, "_text_path_possible", lambda self: False)
+        call_command("pdr-reflect", reflections=[python.pk], verbosity=0)
+    got = rows(dest_text.engine, "items", ["id"])
+    assert got == rows(dest_py.engine, "items", ["id"])
+    assert str(got[1]["ts"]) == "9999-12-31 23:59:59.999999" and str(got[1]["da"]) == "0001-01-01"

@@ -271,10 +271,12 @@ class Dialect:
         engine spells its values in the form ``other`` reads."""
         return other.text_format is not None and other.text_format in self.renders_text
 
-    def text_compatible(self, source_type, dest_type, dest: "Dialect | None" = None) -> bool:
+    def text_compatible(self, source_type, dest_type, dest: "Dialect | None" = None, *,
+                        is_key: bool = False) -> bool:
         """True when a value of ``source_type`` spelled as text for ``dest`` (default: this
         engine) means exactly the value the Python path would write into ``dest_type``
-        (the text path is used only when every column passes)."""
+        (the text path is used only when every column passes); ``is_key``: the column is
+        part of the source key (joined and compared with the event table's keys)."""
         return False
 
     def copy_out(self, conn, queries: list, fmt: str = "copy") -> list["TextRows"]:
@@ -305,6 +307,8 @@ class Dialect:
         compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         params = compiled.construct_params()
         for name, value in params.items():
+            if name not in compiled.binds:  # an expanded IN list: not used on the text path
+                raise NotImplementedError(f"parameter {name!r} has no type")
             process = bind_processor(compiled.binds[name].type, conn.dialect)
             if process is not None:
                 params[name] = process(value)

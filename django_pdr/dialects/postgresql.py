@@ -293,7 +293,11 @@ END
         text = text.replace("TIMESTAMP(6)", "TIMESTAMP").replace("TIME(6)", "TIME")
         return text.replace("TIMESTAMP WITHOUT TIME ZONE", "TIMESTAMP").replace("TIME WITHOUT TIME ZONE", "TIME")
 
-    def text_compatible(self, source_type, dest_type, dest=None):
+    def text_compatible(self, source_type, dest_type, dest=None, *, is_key=False):
+        if is_key and getattr(source_type, "collation", None):
+            # a nondeterministic collation compares different spellings equal: the batch
+            # query's DISTINCT and join would fold keys the Python path keeps apart
+            return False
         if dest is not None and dest.text_format == "values":
             return _values_spelling(source_type, dest_type) is not None
         try:
@@ -333,6 +337,10 @@ END
                 if fmt == "values":
                     cursor.execute(sql)
                     rows = cursor.fetchall()
+                    if any(row[-1] is None for row in rows):
+                        # a value with no MySQL spelling the Python path would agree with
+                        # (infinity, BC dates, NaN): that path decides what happens to it
+                        raise NotImplementedError("a value with no MySQL literal")
                     out.append(TextRows(fmt, rows, len(rows)))
                 else:
                     buffer = io.StringIO()
@@ -428,11 +436,32 @@ def _as_text(expr):
     return sa.cast(expr, sa.Text)
 
 
+def _not_a_number(text):
+    return sa.or_(*[text == spelled for spelled in ("NaN", "Infinity", "-Infinity")])
+
+
+def _exact(expr):
+    """A numeric as an exact-value literal (NULL, i.e. no literal, for NaN and infinities)."""
+    text = sa.cast(expr, sa.Text)
+    return sa.case((_not_a_number(text), sa.null()), else_=text)
+
+
 def _approximate(expr):
     """A float as an approximate-value literal: "e0" appended when the text has no
-    exponent, as PyMySQL spells floats (MySQL reads it as a DOUBLE, not a DECIMAL)."""
+    exponent, as PyMySQL spells floats (MySQL reads it as a DOUBLE, not a DECIMAL);
+    NULL (no literal) for NaN and infinities, which PyMySQL refuses too."""
     text = sa.cast(expr, sa.Text)
-    return sa.case((sa.func.strpos(text, "e") > 0, text), else_=text.concat(sa.literal("e0", sa.Text)))
+    return sa.case((_not_a_number(text), sa.null()), (sa.func.strpos(text, "e") > 0, text),
+                   else_=text.concat(sa.literal("e0", sa.Text)))
+
+
+def _calendar(expr):
+    """A date or timestamp as a quoted literal, NULL (no literal) outside years 1-9999
+    and for infinity: the Python path's driver reads those otherwise (or not at all)."""
+    text = sa.cast(expr, sa.Text)
+    in_range = sa.and_(sa.func.isfinite(expr), sa.func.right(text, 3) != " BC",
+                       sa.func.length(sa.func.split_part(text, "-", 1)) == 4)
+    return sa.case((in_range, _quoted(expr)), else_=sa.null())
 
 
 def _flag(expr):
@@ -458,14 +487,14 @@ def _values_spelling(source_type, dest_type=None):
     if isinstance(source_type, sa.Float):
         return _approximate if dest_is(sa.Float) else None
     if isinstance(source_type, sa.Numeric):
-        return _as_text if dest_is(sa.Numeric, never=(sa.Float,)) else None
+        return _exact if dest_is(sa.Numeric, never=(sa.Float,)) else None
     if isinstance(source_type, sa.DateTime):
         # timestamps without a zone only: an aware value is converted on the Python path
         if source_type.timezone:
             return None
-        return _quoted if dest_is(sa.DateTime) else None
+        return _calendar if dest_is(sa.DateTime) else None
     if isinstance(source_type, sa.Date):
-        return _quoted if dest_is(sa.Date, never=(sa.DateTime,)) else None
+        return _calendar if dest_is(sa.Date, never=(sa.DateTime,)) else None
     if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.CHAR, sa.JSON)):
         # (character(n) reads back padded on the Python path, but casts to text unpadded)
         return _quoted if dest_is(sa.String, never=(sa.Enum, mysql.SET)) else None
@@ -484,7 +513,9 @@ def _values_query(query):
         spell = _values_spelling(column.type)
         if spell is None:
             raise NotImplementedError(f"no MySQL literal for PostgreSQL type {column.type!r}")
-        return sa.func.coalesce(spell(column), sa.literal("NULL", sa.Text))
+        # NULL only for a NULL value: a value without a literal leaves the whole row NULL
+        # ("||" propagates it), and copy_out refuses the batch
+        return sa.case((column.is_(None), sa.literal("NULL", sa.Text)), else_=spell(column))
 
     def row(columns):
         text = sa.literal("(", sa.Text)
