@@ -100,31 +100,42 @@ def mariadb_rows():
     return out
 
 
-def test_mariadb_rows_as_copy_text_equal_the_python_path(make_target, settings, monkeypatch):
-    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
-    source = make_target("mysql")
-    source.execute(MARIADB_TABLE)
+def check_both_paths(make_target, monkeypatch, source_kind, table, source_rows, dest_kind, key, changes):
+    """Load ``source_rows`` into ``table`` (on ``source_kind``), replicate it to two
+    ``dest_kind`` destinations (text path, Python path) in chunks and batches of a few
+    rows, apply ``changes`` (2 rows deleted, 1 inserted with s = 'x\\Ny' under k = 'new'),
+    replicate again: both destinations must hold exactly the same rows each time."""
+    source = make_target(source_kind)
+    source.execute(table)
+    marks = ", ".join(["%s"] * len(source_rows[0]))
     with source.engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO items VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                             mariadb_rows())
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
+        conn.exec_driver_sql(f"INSERT INTO items VALUES ({marks})", source_rows)
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", dest_kind)
     replicate_both_ways(monkeypatch, text, python)
     assert runner_for(text).text_path
-    loaded = rows(dest_text.engine, "items", ["id", "ti"])
+    loaded = rows(dest_text.engine, "items", key)
     assert len(loaded) == len(TRICKY) + 1
-    assert differences(loaded, rows(dest_py.engine, "items", ["id", "ti"])) == []
+    assert differences(loaded, rows(dest_py.engine, "items", key)) == []
     assert {r["s"] for r in loaded} == set(TRICKY) | {None}
 
     with source.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE items SET s = CONCAT(s, '\\\\\\t'), d = d * 3, dt = NULL WHERE MOD(id, 2) = 0")
-        conn.exec_driver_sql("DELETE FROM items WHERE id IN (3, 5)")
-        conn.exec_driver_sql("UPDATE items SET id = 70 WHERE id = 7")  # key change
-        conn.exec_driver_sql("INSERT INTO items (k, id, ti, s) VALUES ('new', 100, 1, 'x\\\\Ny')")
+        for statement in changes:
+            conn.exec_driver_sql(statement)
     replicate_both_ways(monkeypatch, text, python)
-    changed = rows(dest_text.engine, "items", ["id", "ti"])
-    assert differences(changed, rows(dest_py.engine, "items", ["id", "ti"])) == []
+    changed = rows(dest_text.engine, "items", key)
+    assert differences(changed, rows(dest_py.engine, "items", key)) == []
     assert len(changed) == len(TRICKY) + 1 - 2 + 1  # 2 deleted, 1 inserted
     assert [r["s"] for r in changed if r["k"] == "new"] == ["x\\Ny"]
+
+
+def test_mariadb_rows_as_copy_text_equal_the_python_path(make_target, settings, monkeypatch):
+    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
+    check_both_paths(make_target, monkeypatch, "mysql", MARIADB_TABLE, mariadb_rows(), "postgresql", ["id", "ti"], [
+        "UPDATE items SET s = CONCAT(s, '\\\\\\t'), d = d * 3, dt = NULL WHERE MOD(id, 2) = 0",
+        "DELETE FROM items WHERE id IN (3, 5)",
+        "UPDATE items SET id = 70 WHERE id = 7",  # key change
+        "INSERT INTO items (k, id, ti, s) VALUES ('new', 100, 1, 'x\\\\Ny')",
+    ])
 
 
 POSTGRES_TABLE = (
@@ -146,28 +157,12 @@ def postgres_rows():
 
 def test_postgresql_rows_as_mysql_literals_equal_the_python_path(make_target, settings, monkeypatch):
     settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
-    source = make_target("postgresql")
-    source.execute(POSTGRES_TABLE)
-    with source.engine.begin() as conn:
-        conn.exec_driver_sql("INSERT INTO items VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                             postgres_rows())
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "mysql")
-    replicate_both_ways(monkeypatch, text, python)
-    assert runner_for(text).text_path
-    loaded = rows(dest_text.engine, "items", ["k", "id"])
-    assert len(loaded) == len(TRICKY) + 1
-    assert differences(loaded, rows(dest_py.engine, "items", ["k", "id"])) == []
-    assert {r["s"] for r in loaded} == set(TRICKY) | {None}
-
-    source.execute("UPDATE items SET s = s || E'\\\\\\t', d = d * 3, ts = NULL WHERE MOD(id, 2) = 0",
-                   "DELETE FROM items WHERE id IN (3, 5)",
-                   "UPDATE items SET k = 'moved' WHERE id = 7",
-                   "INSERT INTO items (k, id, s) VALUES ('new', 100, E'x\\\\Ny')")
-    replicate_both_ways(monkeypatch, text, python)
-    changed = rows(dest_text.engine, "items", ["k", "id"])
-    assert differences(changed, rows(dest_py.engine, "items", ["k", "id"])) == []
-    assert len(changed) == len(TRICKY) + 1 - 2 + 1  # 2 deleted, 1 inserted
-    assert [r["s"] for r in changed if r["k"] == "new"] == ["x\\Ny"]
+    check_both_paths(make_target, monkeypatch, "postgresql", POSTGRES_TABLE, postgres_rows(), "mysql", ["k", "id"], [
+        "UPDATE items SET s = s || E'\\\\\\t', d = d * 3, ts = NULL WHERE MOD(id, 2) = 0",
+        "DELETE FROM items WHERE id IN (3, 5)",
+        "UPDATE items SET k = 'moved' WHERE id = 7",  # key change
+        "INSERT INTO items (k, id, s) VALUES ('new', 100, E'x\\\\Ny')",
+    ])
 
 
 def test_mysql_literals_are_refused_by_a_session_without_backslash_escapes(make_target, monkeypatch):

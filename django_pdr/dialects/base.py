@@ -407,5 +407,11 @@ def bind_processor(type_, sa_dialect):
     return type_.dialect_impl(sa_dialect).bind_processor(sa_dialect)
 
 
+def accepts(dest_type, *kinds, never=()) -> bool:
+    """For the text spellings: True when ``dest_type`` is one of ``kinds`` and none of
+    ``never``, or is None (the spelling is asked for the source type alone)."""
+    return dest_type is None or (isinstance(dest_type, kinds) and not isinstance(dest_type, never))
+
+
 def column_list(dialect: Dialect, names):
     return ", ".join(dialect.quote(n) for n in names)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRefused, TextRows, column_list, event_key_name
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRefused, TextRows, accepts, column_list,
+                   event_key_name)
 
 
 class MySQLDialect(Dialect):
@@ -413,28 +414,25 @@ def _copy_spelling(source_type, dest_type=None):
     Python path writes."""
     from sqlalchemy.dialects import mysql
 
-    def dest_is(*kinds, never=()):
-        return dest_type is None or (isinstance(dest_type, kinds) and not isinstance(dest_type, never))
-
     if isinstance(source_type, sa.Boolean):
-        return _copy_flag if dest_is(sa.Boolean) else None
+        return _copy_flag if accepts(dest_type, sa.Boolean) else None
     if isinstance(source_type, sa.Integer) and not isinstance(source_type, mysql.BIT):
-        return _copy_plain if dest_is(sa.Integer, never=(sa.Boolean,)) else None
+        return _copy_plain if accepts(dest_type, sa.Integer, never=(sa.Boolean,)) else None
     if isinstance(source_type, mysql.FLOAT):
         # at most 6-7 significant digits: the same decimal value read as a float either way
-        return _copy_plain if dest_is(sa.Float) else None
+        return _copy_plain if accepts(dest_type, sa.Float) else None
     if isinstance(source_type, sa.Float):
         # MySQL spells a DOUBLE exactly (tested); into a real it would round twice
-        return _copy_plain if dest_is(sa.Double) else None
+        return _copy_plain if accepts(dest_type, sa.Double) else None
     if isinstance(source_type, sa.Numeric):
-        return _copy_plain if dest_is(sa.Numeric, never=(sa.Float,)) else None
+        return _copy_plain if accepts(dest_type, sa.Numeric, never=(sa.Float,)) else None
     if isinstance(source_type, sa.DateTime):
         # read in the session's UTC; an aware destination converts on the Python path
-        return _copy_plain if dest_is(sa.DateTime) and not getattr(dest_type, "timezone", False) else None
+        return _copy_plain if accepts(dest_type, sa.DateTime) and not getattr(dest_type, "timezone", False) else None
     if isinstance(source_type, sa.Date):
-        return _copy_plain if dest_is(sa.Date, never=(sa.DateTime,)) else None
+        return _copy_plain if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
     if isinstance(source_type, sa.String) and not isinstance(source_type, mysql.SET):
-        return _copy_escaped if dest_is(sa.String, never=(sa.Enum,)) else None
+        return _copy_escaped if accepts(dest_type, sa.String, never=(sa.Enum,)) else None
     return None
 
 

@@ -11,7 +11,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRows, column_list, event_key_name
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRows, accepts, column_list, event_key_name
 
 
 class _NotCopyable(Exception):
@@ -475,29 +475,26 @@ def _values_spelling(source_type, dest_type=None):
     to what the Python path writes."""
     from sqlalchemy.dialects import mysql
 
-    def dest_is(*kinds, never=()):
-        return dest_type is None or (isinstance(dest_type, kinds) and not isinstance(dest_type, never))
-
     if isinstance(source_type, sa.ARRAY):
         return None
     if isinstance(source_type, sa.Boolean):
-        return _flag if dest_is(sa.Integer, sa.Boolean) else None
+        return _flag if accepts(dest_type, sa.Integer, sa.Boolean) else None
     if isinstance(source_type, sa.Integer):
-        return _as_text if dest_is(sa.Integer, never=(sa.Boolean,)) else None
+        return _as_text if accepts(dest_type, sa.Integer, never=(sa.Boolean,)) else None
     if isinstance(source_type, sa.Float):
-        return _approximate if dest_is(sa.Float) else None
+        return _approximate if accepts(dest_type, sa.Float) else None
     if isinstance(source_type, sa.Numeric):
-        return _exact if dest_is(sa.Numeric, never=(sa.Float,)) else None
+        return _exact if accepts(dest_type, sa.Numeric, never=(sa.Float,)) else None
     if isinstance(source_type, sa.DateTime):
         # timestamps without a zone only: an aware value is converted on the Python path
         if source_type.timezone:
             return None
-        return _calendar if dest_is(sa.DateTime) else None
+        return _calendar if accepts(dest_type, sa.DateTime) else None
     if isinstance(source_type, sa.Date):
-        return _calendar if dest_is(sa.Date, never=(sa.DateTime,)) else None
+        return _calendar if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
     if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.CHAR, sa.JSON)):
         # (character(n) reads back padded on the Python path, but casts to text unpadded)
-        return _quoted if dest_is(sa.String, never=(sa.Enum, mysql.SET)) else None
+        return _quoted if accepts(dest_type, sa.String, never=(sa.Enum, mysql.SET)) else None
     return None
 
 
