@@ -648,16 +648,22 @@ class Bench:
             path = os.path.join(self.workdir, f"{name}.sql")
             with open(path, "w") as f:
                 f.write(text)
-            tps = {"off": [], "on": [], "quiet": []}
+            tps = {"off": [], "on": [], "asleep": [], "quiet": []}
             for _ in range(runs):
-                for mode in ("off", "on", "quiet"):  # quiet: triggers without NOTIFY
-                    if mode != "off":
+                # on: the default capture, no worker asleep (none, or a busy one): no NOTIFY;
+                # asleep: a worker sleeps through the whole run, so every transaction
+                # notifies (a real worker wakes at the first and disarms); quiet: NOTIFY off
+                for mode in ("off", "on", "asleep", "quiet"):
+                    if mode in ("on", "quiet"):
                         notify(mode == "on")
                     pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER",
                              db="cap")
+                    sleeper = self.sleeping_worker() if mode == "asleep" else None
                     proc = subprocess.run([os.path.join(PGBIN, "pgbench"), "-n", "-c", "2", "-j", "2", "-T",
                                            str(seconds), "-f", path, "-h", HOST, "-p", str(self.pga.port),
                                            "-U", USER, "cap"], env=env, capture_output=True, text=True)
+                    if sleeper is not None:
+                        sleeper.close()
                     m = re.search(r"tps = ([\d.]+) \(without initial", proc.stdout)
                     if not m:
                         raise SystemExit(f"pgbench failed: {proc.stdout}\n{proc.stderr}")
@@ -665,7 +671,7 @@ class Bench:
             pg_admin(self.pga, "ALTER TABLE t ENABLE TRIGGER USER", db="cap")
             out[name] = tps
             log(f"capture {name}: TPS without triggers {tps['off']}, with {tps['on']}, "
-                f"with triggers without NOTIFY {tps['quiet']}")
+                f"with a worker asleep {tps['asleep']}, with triggers without NOTIFY {tps['quiet']}")
         # bulk INSERT ... SELECT (durable commit)
         bulk = {"off": [], "on": []}
         conn = pg_connect(self.pga, "cap", autocommit=True)
@@ -687,6 +693,16 @@ class Bench:
         out["bulk"] = bulk
         log(f"capture bulk {bulk_rows:,} rows: seconds without {bulk['off']}, with {bulk['on']}")
         return out
+
+    def sleeping_worker(self):
+        """A connection that listens and holds a sleep slot, as an idle worker's does."""
+        from django_pdr.dialects.postgresql import NOTIFY_CHANNEL, SLEEP_LOCK_CLASS
+
+        conn = pg_connect(self.pga, "cap", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            cur.execute("SELECT pg_advisory_lock(%s, 0)", (SLEEP_LOCK_CLASS,))
+        return conn
 
     # -- (e) initial load ------------------------------------------------------------------
     def initial_load(self, rows, runs):
@@ -854,15 +870,18 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
             off, on = med(cap[name]["off"]), med(cap[name]["on"])
             paired = med([b / a for a, b in zip(cap[name]["off"], cap[name]["on"])])
             print(f"| (c) pgbench one-row {name.upper()} tx, 2 clients, durable, {cap_seconds} s runs | "
-                  f"{off:,.0f} TPS without → {on:,.0f} with triggers (NOTIFY on, the default) | "
+                  f"{off:,.0f} TPS without → {on:,.0f} with triggers (default capture, no worker asleep) | "
                   f"off {fmt_runs(cap[name]['off'])}; "
                   f"on {fmt_runs(cap[name]['on'])} | ≤ 10% TPS loss | {(1 - paired) * 100:+.1f}% loss "
                   f"(median of paired runs) |")
-            if cap[name].get("quiet"):
-                quiet = med(cap[name]["quiet"])
-                paired = med([b / a for a, b in zip(cap[name]["off"], cap[name]["quiet"])])
-                print(f"| (c) same, triggers with PDR[\"NOTIFY\"] = False | {off:,.0f} TPS without → "
-                      f"{quiet:,.0f} with triggers | quiet {fmt_runs(cap[name]['quiet'])} | ≤ 10% TPS loss | "
+            for mode, label in (("asleep", "a worker asleep throughout (every transaction notifies)"),
+                                ("quiet", "triggers with PDR[\"NOTIFY\"] = False")):
+                if not cap[name].get(mode):
+                    continue
+                value = med(cap[name][mode])
+                paired = med([b / a for a, b in zip(cap[name]["off"], cap[name][mode])])
+                print(f"| (c) same, {label} | {off:,.0f} TPS without → "
+                      f"{value:,.0f} with triggers | {mode} {fmt_runs(cap[name][mode])} | ≤ 10% TPS loss | "
                       f"{(1 - paired) * 100:+.1f}% loss (median of paired runs) |")
         off, on = med(cap["bulk"]["off"]), med(cap["bulk"]["on"])
         paired = med([b / a for a, b in zip(cap["bulk"]["off"], cap["bulk"]["on"])])

@@ -5,6 +5,15 @@ runs ``pg_notify``) get a listening connection; the worker sleeps in
 ``select()`` on those connections for at most the polling interval.  Other
 engines are polled every interval.  A broken listener is dropped and rebuilt
 at the next wait; correctness never depends on a notification, only latency.
+
+Writers notify only while a worker sleeps, so that a busy worker does not cost
+them the commit serialisation of ``NOTIFY``.  Before sleeping, the worker *arms*
+each listener (tells the source it sleeps); arming succeeds only when no
+capturing transaction is in flight, so after a successful arm the worker looks
+once more (``wait`` returns at once) and every commit it could have missed is
+visible to that look; later writers notify.  While writes are in flight arming
+fails and the worker looks again after a short, growing pause.  A wake-up
+disarms its listener.
 """
 from __future__ import annotations
 
@@ -19,9 +28,15 @@ from .dialects import get_dialect
 logger = logging.getLogger("django_pdr.wakeup")
 
 
+#: First and longest pause between failed arming attempts (seconds; capped by the interval).
+ARM_RETRY_FIRST, ARM_RETRY_MAX = 0.005, 0.1
+
+
 class Waker:
     def __init__(self):
         self._listeners: dict = {}  # database pk -> (modified_at, dialect, raw connection)
+        self._armed: dict = {}  # database pk -> token of an armed listener
+        self._retry = ARM_RETRY_FIRST
 
     def _refresh(self, databases):
         wanted = {}
@@ -41,7 +56,11 @@ class Waker:
             try:
                 engine = get_engine(database)
                 dialect = get_dialect(engine)
-                raw = engine.raw_connection().dbapi_connection
+                # a connection of its own, out of the pool: it listens in autocommit mode
+                # and holds the arm's session lock, neither of which a pooled user expects
+                pooled = engine.raw_connection()
+                pooled.detach()
+                raw = pooled.dbapi_connection
                 dialect.start_listening(raw)
                 self._listeners[pk] = (database.modified_at, dialect, raw)
             except Exception as exc:  # polling still works
@@ -49,18 +68,56 @@ class Waker:
 
     def _drop(self, pk):
         _, _, raw = self._listeners.pop(pk)
+        self._armed.pop(pk, None)  # closing the connection releases the arm
         try:
             raw.close()
         except Exception:
             pass
 
+    def _arm(self) -> tuple[bool, bool]:
+        """Arm every listener not armed yet; return (any armed just now, any left unarmed)."""
+        newly = unarmed = False
+        for pk, (_, dialect, raw) in list(self._listeners.items()):
+            if pk in self._armed:
+                continue
+            try:
+                token = dialect.arm_wakeups(raw)
+            except Exception as exc:
+                logger.debug("cannot arm the listener of database %s: %s", pk, exc)
+                self._drop(pk)
+                continue
+            if token is None:
+                unarmed = True
+            else:
+                self._armed[pk] = token
+                newly = True
+        return newly, unarmed
+
+    def _disarm(self, pk):
+        token = self._armed.pop(pk, None)
+        if token is None:
+            return
+        _, dialect, raw = self._listeners[pk]
+        try:
+            dialect.disarm_wakeups(raw, token)
+        except Exception:
+            self._drop(pk)
+
     def wait(self, databases, timeout: float, stop_event: threading.Event | None = None) -> bool:
-        """Sleep up to ``timeout`` s; return True when woken by a notification."""
+        """Sleep up to ``timeout`` s; return True when woken by a notification, or at once
+        (also True) after arming a listener: the caller must look for work again first."""
         self._refresh(databases)
         if not self._listeners:
             if stop_event is not None:
                 stop_event.wait(timeout)
             return False
+        newly, unarmed = self._arm()
+        if newly:
+            self._retry = ARM_RETRY_FIRST
+            return True
+        if unarmed:  # writers in flight do not notify: look again soon
+            timeout = min(timeout, self._retry)
+            self._retry = min(self._retry * 2, ARM_RETRY_MAX)
         by_fd = {raw.fileno(): (pk, dialect, raw) for pk, (_, dialect, raw) in self._listeners.items()}
         try:
             ready, _, _ = select.select(list(by_fd), [], [], timeout)
@@ -75,6 +132,8 @@ class Waker:
                 woken |= dialect.drain_notifications(raw) > 0
             except Exception:
                 self._drop(pk)
+                continue
+            self._disarm(pk)  # awake: writers may stop notifying
         return woken
 
     def close(self):

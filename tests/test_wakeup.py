@@ -68,3 +68,102 @@ def test_without_notify_capture_sends_nothing_and_the_worker_polls(make_target, 
     source.execute("INSERT INTO t VALUES (1, 'x')")
     worker.run_round()
     assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1]
+
+
+def _listener(source):
+    """A connection that LISTENs on the capture channel, as a bystander would."""
+    raw = source.engine.raw_connection().dbapi_connection
+    raw.autocommit = True
+    raw.cursor().execute("LISTEN pdr_events")
+    return raw
+
+
+def _notified(raw, wait=0.5):
+    import select
+
+    select.select([raw], [], [], wait)
+    raw.poll()
+    count = len(raw.notifies)
+    raw.notifies.clear()
+    return count
+
+
+def test_writers_notify_only_while_a_worker_sleeps(make_target):
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    bystander = _listener(source)
+    source.execute("INSERT INTO t VALUES (1, 'x')")
+    assert _notified(bystander) == 0  # no worker sleeps: no NOTIFY, no commit serialisation
+    databases = [Database.objects.get(name="src")]
+    waker = wakeup.Waker()
+    try:
+        assert waker.wait(databases, timeout=5) is True  # armed just now: returns at once to look again
+        assert len(waker._armed) == 1
+        from django_pdr.connections import get_engine
+
+        with get_engine(databases[0]).connect() as conn:  # the listener is not in the pool
+            assert conn.connection.dbapi_connection.autocommit is False
+        source.execute("UPDATE t SET v = 'y'")
+        assert _notified(bystander) == 1  # a worker sleeps: the writer notifies
+        started = time.monotonic()
+        assert waker.wait(databases, timeout=5) is True
+        assert time.monotonic() - started < 2
+        assert waker._armed == {}  # woken: disarmed, writers stop notifying
+        source.execute("DELETE FROM t")
+        assert _notified(bystander) == 0
+    finally:
+        waker.close()
+        bystander.close()
+
+
+def test_arming_waits_for_capturing_transactions_in_flight(make_target):
+    """A commit the worker's last look missed must either notify or come before the arm."""
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    databases = [Database.objects.get(name="src")]
+    writer = source.engine.raw_connection().dbapi_connection
+    waker = wakeup.Waker()
+    try:
+        cursor = writer.cursor()
+        cursor.execute("INSERT INTO t VALUES (1, 'x')")  # captured, not committed: it will not notify
+        started = time.monotonic()
+        assert waker.wait(databases, timeout=5) is False  # cannot arm: a short pause, not the interval
+        assert time.monotonic() - started < 1
+        assert waker._armed == {}
+        writer.commit()
+        assert waker.wait(databases, timeout=5) is True  # armed after the commit: look again
+        assert len(waker._armed) == 1
+    finally:
+        waker.close()
+        writer.close()
+
+
+def test_two_sleeping_workers_are_both_woken(make_target):
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    databases = [Database.objects.get(name="src")]
+    wakers = [wakeup.Waker(), wakeup.Waker()]
+    try:
+        for waker in wakers:
+            assert waker.wait(databases, timeout=5) is True
+        assert sorted(t for w in wakers for t in w._armed.values()) == [0, 1]  # one slot each
+        source.execute("INSERT INTO t VALUES (1, 'x')")
+        for waker in wakers:
+            started = time.monotonic()
+            assert waker.wait(databases, timeout=5) is True
+            assert time.monotonic() - started < 2
+    finally:
+        for waker in wakers:
+            waker.close()

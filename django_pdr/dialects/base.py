@@ -218,6 +218,16 @@ class Dialect:
     def drain_notifications(self, dbapi_connection) -> int:
         raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
 
+    def arm_wakeups(self, dbapi_connection):
+        """Tell writers a worker is about to sleep on this listening connection, so that
+        they notify; return a token for ``disarm_wakeups``, or None when writes are in
+        flight (they would not notify: look again soon instead of sleeping)."""
+        raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
+
+    def disarm_wakeups(self, dbapi_connection, token):
+        """The worker is awake: writers may stop notifying."""
+        raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
+
     # -- visibility --------------------------------------------------------
     def open_transactions_query(self):
         """A query returning one row per write transaction open now, or None

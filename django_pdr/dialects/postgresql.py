@@ -80,6 +80,16 @@ _NESTED_LOOP = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = of
 #: transaction: PostgreSQL folds identical notifications of a transaction into one).
 NOTIFY_CHANNEL = "pdr_events"
 
+#: Advisory-lock keys ``(SLEEP_LOCK_CLASS, slot)`` of sleeping workers.  A worker about
+#: to sleep holds one slot exclusively (session lock on its listening connection); the
+#: capture trigger takes every slot in share mode without waiting (transaction locks),
+#: and notifies only when one is held by a sleeper.  A busy worker holds none, so its
+#: writers skip ``pg_notify`` and the commit serialisation that comes with it.  A slot
+#: is free only while no capturing transaction is in flight, so every commit before
+#: a worker arms is visible to the look it takes right after arming.
+SLEEP_LOCK_CLASS = 1346654753  # "PDR!" as an int4
+SLEEP_SLOTS = 4
+
 
 class PostgreSQLDialect(Dialect):
     names = ("postgresql",)
@@ -104,34 +114,41 @@ class PostgreSQLDialect(Dialect):
     def event_time_default(self):
         return sa.text("(now() AT TIME ZONE 'utc')")
 
-    def _insert_events(self, event, op, alias, source_names, from_clause):
-        keys = [event_key_name(i) for i in range(len(source_names))]
+    def _insert_events(self, event, key_count, *selects):
+        keys = [event_key_name(i) for i in range(key_count)]
+        return (f"INSERT INTO {self.qualified(event.schema, event.name)} "
+                f"({column_list(self, ['pdr_op', 'pdr_txid', *keys])}) " + " UNION ALL ".join(selects))
+
+    def _events_of(self, op, alias, source_names, from_clause):
         values = ", ".join(f"{alias}.{self.quote(n)}" for n in source_names)
-        return (
-            f"INSERT INTO {self.qualified(event.schema, event.name)} "
-            f"({column_list(self, ['pdr_op', 'pdr_txid', *keys])}) "
-            f"SELECT '{op}', pdr_txid, {values} FROM {from_clause}"
-        )
+        return f"SELECT '{op}', pdr_txid, {values} FROM {from_clause}"
 
     def create_trigger_statements(self, source, event, names, key_names, notify=True):
         fn = self.qualified(source.schema, names.function)
         table = self.qualified(source.schema, source.name)
         cols = column_list(self, key_names)
         key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
+        n = len(key_names)
+        # an UPDATE writes its events in one statement (one executor start per call): the
+        # keys it moved away from, then the new ones
         # NOTIFY wakes idle workers at once, but serialises the commits of notifying
-        # transactions (a cluster-wide lock held through the commit's WAL flush).
-        notify_line = f"  PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n" if notify else ""
+        # transactions (a cluster-wide lock held through the commit's WAL flush): only
+        # when a worker sleeps (see SLEEP_LOCK_CLASS).
+        slots = " AND ".join(f"pg_try_advisory_xact_lock_shared({SLEEP_LOCK_CLASS}, {slot})"
+                             for slot in range(SLEEP_SLOTS))
+        notify_line = (f"  IF NOT ({slots}) THEN\n    PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n  END IF;\n"
+                       if notify else "")
         body = f"""
 DECLARE
   pdr_txid bigint := pg_current_xact_id()::text::bigint;
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    {self._insert_events(event, OP_INSERT, 'n', key_names, 'pdr_new AS n')};
+    {self._insert_events(event, n, self._events_of(OP_INSERT, 'n', key_names, 'pdr_new AS n'))};
   ELSIF TG_OP = 'UPDATE' THEN
-    {self._insert_events(event, OP_DELETE, 'o', key_names, key_changed)};
-    {self._insert_events(event, OP_UPDATE, 'n', key_names, 'pdr_new AS n')};
+    {self._insert_events(event, n, self._events_of(OP_DELETE, 'o', key_names, key_changed),
+                         self._events_of(OP_UPDATE, 'n', key_names, 'pdr_new AS n'))};
   ELSIF TG_OP = 'DELETE' THEN
-    {self._insert_events(event, OP_DELETE, 'o', key_names, 'pdr_old AS o')};
+    {self._insert_events(event, n, self._events_of(OP_DELETE, 'o', key_names, 'pdr_old AS o'))};
   END IF;
 {notify_line}  RETURN NULL;
 END
@@ -186,6 +203,24 @@ END
         count = len(dbapi_connection.notifies)
         dbapi_connection.notifies.clear()
         return count
+
+    def arm_wakeups(self, dbapi_connection):
+        cursor = dbapi_connection.cursor()
+        try:
+            for slot in range(SLEEP_SLOTS):
+                cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (SLEEP_LOCK_CLASS, slot))
+                if cursor.fetchone()[0]:
+                    return slot
+            return None
+        finally:
+            cursor.close()
+
+    def disarm_wakeups(self, dbapi_connection, slot):
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)", (SLEEP_LOCK_CLASS, slot))
+        finally:
+            cursor.close()
 
     # -- visibility ----------------------------------------------------------
     def open_transactions_query(self):
