@@ -37,8 +37,19 @@ SCALAR_EVENTS = ("CREATE TABLE ev (pdr_id bigserial PRIMARY KEY, pdr_op varchar(
 ARRAY_EVENTS = SCALAR_EVENTS.replace("pdr_k0 bigint)", "pdr_k0 bigint[])")
 
 
+SLOTS = " AND ".join(f"pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, {i})" for i in range(4))
+WAKE = "CREATE TABLE IF NOT EXISTS public.wake (worker text PRIMARY KEY, asleep boolean NOT NULL)"
+CHECKS = {
+    True: NOTIFY,
+    False: "",
+    "lock1": f"IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, 0) THEN {NOTIFY} END IF;",
+    "lock4": f"IF NOT ({SLOTS}) THEN {NOTIFY} END IF;",
+    "flag": f"IF EXISTS (SELECT FROM public.wake WHERE asleep) THEN {NOTIFY} END IF;",
+}
+
+
 def statement_body(insert, notify=True):
-    return f"DECLARE x bigint := {TXID}; BEGIN {insert}; {NOTIFY if notify else ''} RETURN NULL; END"
+    return f"DECLARE x bigint := {TXID}; BEGIN {insert}; {CHECKS[notify]} RETURN NULL; END"
 
 
 ROWS = "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) SELECT 'I', x, n.id FROM pdr_new n"
@@ -47,6 +58,9 @@ VARIANTS = {
     "rows": (SCALAR_EVENTS, SECURE, statement_body(ROWS), STATEMENT),
     "rows_quiet": (SCALAR_EVENTS, SECURE, statement_body(ROWS, notify=False), STATEMENT),
     "no_definer": (SCALAR_EVENTS, "", statement_body(ROWS), STATEMENT),
+    "lock1": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock1"), STATEMENT),
+    "lock4": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock4"), STATEMENT),
+    "flag": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "flag"), STATEMENT),
     "row_level": (SCALAR_EVENTS, SECURE, "BEGIN INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) "
                   f"VALUES ('I', {TXID}, NEW.id); {NOTIFY} RETURN NULL; END", ROW),
     "array": (ARRAY_EVENTS, SECURE, statement_body(
@@ -69,6 +83,7 @@ def setup(cur, variant):
         return
     events, security, body, trigger = spec
     cur.execute(events)
+    cur.execute(WAKE)
     cur.execute(FUNCTION.format(security=security, body=body))
     cur.execute(trigger)
 

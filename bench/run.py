@@ -695,7 +695,7 @@ class Bench:
         return out
 
     def sleeping_worker(self):
-        """A connection that listens and holds a sleep slot, as an idle worker's does."""
+        """A connection that listens and holds the sleep lock, as an idle worker's does."""
         from django_pdr.dialects.postgresql import NOTIFY_CHANNEL, SLEEP_LOCK_CLASS
 
         conn = pg_connect(self.pga, "cap", autocommit=True)
@@ -758,6 +758,7 @@ def main():
     parser.add_argument("--mem5m", action="store_true", help="also measure worker RSS on a 5M-event backlog")
     parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
     parser.add_argument("--pairs", default="pg-pg,pg-mariadb,mariadb-pg,sqlite-pg")
+    parser.add_argument("--capture-runs", type=int, default=7, help="(c): rounds of off/on/asleep/quiet runs")
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--latency-rate", type=float, default=1000)
     parser.add_argument("--interval", type=float, default=0.01, help="pdr-reflect -i for the latency test")
@@ -774,7 +775,7 @@ def main():
     repeat = args.repeat or (3 if events <= 200_000 else 1)
     lat_seconds = args.latency_seconds or (8 if args.quick else 20)
     load_rows = args.load_rows or (50_000 if args.quick else 200_000)
-    cap_seconds, cap_runs = (3, 3) if args.quick else (5, 5)
+    cap_seconds, cap_runs = (3, 3) if args.quick else (5, args.capture_runs)
     only = set(args.only.split(","))
 
     bench = Bench(args)

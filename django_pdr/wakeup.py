@@ -13,7 +13,9 @@ capturing transaction is in flight, so after a successful arm the worker looks
 once more (``wait`` returns at once) and every commit it could have missed is
 visible to that look; later writers notify.  While writes are in flight arming
 fails and the worker looks again after a short, growing pause.  A wake-up
-disarms its listener.
+disarms its listener.  A second worker on the same source database finds the
+arm taken and sleeps on it ("shared"): every notification reaches every
+listener; it re-arms after each wake-up or timeout.
 """
 from __future__ import annotations
 
@@ -134,6 +136,9 @@ class Waker:
                 self._drop(pk)
                 continue
             self._disarm(pk)  # awake: writers may stop notifying
+        for pk, token in list(self._armed.items()):
+            if token == "shared":  # the other worker may have stopped: look at the arm again
+                self._armed.pop(pk)
         return woken
 
     def close(self):

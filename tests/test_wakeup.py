@@ -158,12 +158,14 @@ def test_two_sleeping_workers_are_both_woken(make_target):
     try:
         for waker in wakers:
             assert waker.wait(databases, timeout=5) is True
-        assert sorted(t for w in wakers for t in w._armed.values()) == [0, 1]  # one slot each
+        # the first holds the arm, the second sleeps on it
+        assert [t for w in wakers for t in w._armed.values()] == ["held", "shared"]
         source.execute("INSERT INTO t VALUES (1, 'x')")
         for waker in wakers:
             started = time.monotonic()
             assert waker.wait(databases, timeout=5) is True
             assert time.monotonic() - started < 2
+        assert [w._armed for w in wakers] == [{}, {}]  # both awake: writers stop notifying
     finally:
         for waker in wakers:
             waker.close()

@@ -220,8 +220,10 @@ class Dialect:
 
     def arm_wakeups(self, dbapi_connection):
         """Tell writers a worker is about to sleep on this listening connection, so that
-        they notify; return a token for ``disarm_wakeups``, or None when writes are in
-        flight (they would not notify: look again soon instead of sleeping)."""
+        they notify; return a token for ``disarm_wakeups``: "held" (this connection
+        armed), "shared" (another worker's arm already makes writers notify, and its
+        wake-ups reach this listener too: good until the next wake-up or timeout), or
+        None when writes are in flight (they would not notify: look again soon)."""
         raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
 
     def disarm_wakeups(self, dbapi_connection, token):

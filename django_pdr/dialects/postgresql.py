@@ -80,15 +80,15 @@ _NESTED_LOOP = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = of
 #: transaction: PostgreSQL folds identical notifications of a transaction into one).
 NOTIFY_CHANNEL = "pdr_events"
 
-#: Advisory-lock keys ``(SLEEP_LOCK_CLASS, slot)`` of sleeping workers.  A worker about
-#: to sleep holds one slot exclusively (session lock on its listening connection); the
-#: capture trigger takes every slot in share mode without waiting (transaction locks),
-#: and notifies only when one is held by a sleeper.  A busy worker holds none, so its
-#: writers skip ``pg_notify`` and the commit serialisation that comes with it.  A slot
-#: is free only while no capturing transaction is in flight, so every commit before
-#: a worker arms is visible to the look it takes right after arming.
+#: Advisory lock ``(SLEEP_LOCK_CLASS, 0)`` of sleeping workers.  A worker about to sleep
+#: holds it exclusively (a session lock on its listening connection); the capture
+#: trigger tries it in share mode without waiting (a transaction lock) and notifies
+#: only when that fails.  A busy worker does not hold it, so its writers skip
+#: ``pg_notify`` and the commit serialisation that comes with it.  The lock is free
+#: only while no capturing transaction is in flight, so every commit before a worker
+#: arms is visible to the look it takes right after arming; later writers notify.
 SLEEP_LOCK_CLASS = 1346654753  # "PDR!" as an int4
-SLEEP_SLOTS = 4
+SLEEP_LOCK = f"{SLEEP_LOCK_CLASS}, 0"
 
 
 class PostgreSQLDialect(Dialect):
@@ -134,10 +134,8 @@ class PostgreSQLDialect(Dialect):
         # NOTIFY wakes idle workers at once, but serialises the commits of notifying
         # transactions (a cluster-wide lock held through the commit's WAL flush): only
         # when a worker sleeps (see SLEEP_LOCK_CLASS).
-        slots = " AND ".join(f"pg_try_advisory_xact_lock_shared({SLEEP_LOCK_CLASS}, {slot})"
-                             for slot in range(SLEEP_SLOTS))
-        notify_line = (f"  IF NOT ({slots}) THEN\n    PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n  END IF;\n"
-                       if notify else "")
+        notify_line = (f"  IF NOT pg_try_advisory_xact_lock_shared({SLEEP_LOCK}) THEN\n"
+                       f"    PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n  END IF;\n" if notify else "")
         body = f"""
 DECLARE
   pdr_txid bigint := pg_current_xact_id()::text::bigint;
@@ -207,18 +205,25 @@ END
     def arm_wakeups(self, dbapi_connection):
         cursor = dbapi_connection.cursor()
         try:
-            for slot in range(SLEEP_SLOTS):
-                cursor.execute("SELECT pg_catalog.pg_try_advisory_lock(%s, %s)", (SLEEP_LOCK_CLASS, slot))
-                if cursor.fetchone()[0]:
-                    return slot
-            return None
+            cursor.execute(f"SELECT pg_catalog.pg_try_advisory_lock({SLEEP_LOCK})")
+            if cursor.fetchone()[0]:
+                return "held"
+            # taken: in share mode by writers in flight, or exclusively by another worker
+            # asleep, whose wake-ups reach every listener
+            cursor.execute(f"SELECT pg_catalog.pg_try_advisory_lock_shared({SLEEP_LOCK})")
+            if cursor.fetchone()[0]:
+                cursor.execute(f"SELECT pg_catalog.pg_advisory_unlock_shared({SLEEP_LOCK})")
+                return None
+            return "shared"
         finally:
             cursor.close()
 
-    def disarm_wakeups(self, dbapi_connection, slot):
+    def disarm_wakeups(self, dbapi_connection, token):
+        if token != "held":
+            return
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("SELECT pg_catalog.pg_advisory_unlock(%s, %s)", (SLEEP_LOCK_CLASS, slot))
+            cursor.execute(f"SELECT pg_catalog.pg_advisory_unlock({SLEEP_LOCK})")
         finally:
             cursor.close()
 
