@@ -9,11 +9,15 @@ of one-row INSERT transactions, interleaving the variants in every repetition; p
 medians and the ratio to no trigger.  An exploration tool (docs/performance.md quotes
 it): the installed capture is rendered by django_pdr/dialects/postgresql.py.
 
-Variants: "rows" is the installed design (statement-level trigger with a transition
-table, one event row per key, pg_notify, SECURITY DEFINER with a fixed search_path);
-"rows_quiet" without pg_notify; "no_definer" without SECURITY DEFINER and its SET;
-"row_level" a FOR EACH ROW trigger; "array" one event row per statement holding an
-array of the keys; "array_1000" arrays of at most 1,000 keys.
+Variants: "installed" is the installed design (statement-level trigger with a
+transition table, one event row per key, SECURITY DEFINER with a fixed search_path,
+pg_notify only while a worker holds the sleep lock; none does here); "notify_always"
+the design before (pg_notify in every statement); "asleep" the installed design with a
+worker asleep throughout (every statement notifies); "quiet" without pg_notify
+(PDR["NOTIFY"] = False); "flag" notifies when a one-row table says a worker sleeps;
+"no_definer" notify_always without SECURITY DEFINER and its SET; "row_level" a FOR
+EACH ROW trigger; "array" one event row per statement holding an array of the keys;
+"array_1000" arrays of at most 1,000 keys.
 """
 import argparse
 import os
@@ -37,13 +41,11 @@ SCALAR_EVENTS = ("CREATE TABLE ev (pdr_id bigserial PRIMARY KEY, pdr_op varchar(
 ARRAY_EVENTS = SCALAR_EVENTS.replace("pdr_k0 bigint)", "pdr_k0 bigint[])")
 
 
-SLOTS = " AND ".join(f"pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, {i})" for i in range(4))
 WAKE = "CREATE TABLE IF NOT EXISTS public.wake (worker text PRIMARY KEY, asleep boolean NOT NULL)"
 CHECKS = {
     True: NOTIFY,
     False: "",
-    "lock1": f"IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, 0) THEN {NOTIFY} END IF;",
-    "lock4": f"IF NOT ({SLOTS}) THEN {NOTIFY} END IF;",
+    "lock": f"IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, 0) THEN {NOTIFY} END IF;",
     "flag": f"IF EXISTS (SELECT FROM public.wake WHERE asleep) THEN {NOTIFY} END IF;",
 }
 
@@ -55,12 +57,12 @@ def statement_body(insert, notify=True):
 ROWS = "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) SELECT 'I', x, n.id FROM pdr_new n"
 VARIANTS = {
     "none": None,
-    "rows": (SCALAR_EVENTS, SECURE, statement_body(ROWS), STATEMENT),
-    "rows_quiet": (SCALAR_EVENTS, SECURE, statement_body(ROWS, notify=False), STATEMENT),
-    "no_definer": (SCALAR_EVENTS, "", statement_body(ROWS), STATEMENT),
-    "lock1": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock1"), STATEMENT),
-    "lock4": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock4"), STATEMENT),
+    "installed": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock"), STATEMENT),
+    "asleep": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "lock"), STATEMENT),
+    "notify_always": (SCALAR_EVENTS, SECURE, statement_body(ROWS), STATEMENT),
+    "quiet": (SCALAR_EVENTS, SECURE, statement_body(ROWS, notify=False), STATEMENT),
     "flag": (SCALAR_EVENTS, SECURE, statement_body(ROWS, "flag"), STATEMENT),
+    "no_definer": (SCALAR_EVENTS, "", statement_body(ROWS), STATEMENT),
     "row_level": (SCALAR_EVENTS, SECURE, "BEGIN INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) "
                   f"VALUES ('I', {TXID}, NEW.id); {NOTIFY} RETURN NULL; END", ROW),
     "array": (ARRAY_EVENTS, SECURE, statement_body(
@@ -103,8 +105,16 @@ def main():
         f.write(ONE_ROW)
     variants = args.variants.split(",")
     bulk, tps = {}, {}
+    sleeper = psycopg2.connect(host=env["PDR_TEST_PG_HOST"], port=env["PDR_TEST_PG_PORT"],
+                               user=env["PDR_TEST_PG_USER"], password=env["PDR_TEST_PG_PASSWORD"],
+                               dbname=env["PDR_TEST_PG_DB"])
+    sleeper.autocommit = True
+    sleeper.cursor().execute("LISTEN pdr")
     for _ in range(args.reps):
         for variant in variants:
+            # a worker asleep holds the sleep lock (and drains nothing: a worst case)
+            sleeper.cursor().execute(f"SELECT pg_advisory_{'' if variant == 'asleep' else 'un'}lock(1346654753, 0)")
+            sleeper.notifies.clear()
             setup(cur, variant)
             cur.execute("CHECKPOINT")
             started = time.perf_counter()
@@ -115,6 +125,7 @@ def main():
                                   "-p", env["PDR_TEST_PG_PORT"], "-U", env["PDR_TEST_PG_USER"], env["PDR_TEST_PG_DB"]],
                                  capture_output=True, text=True, env=dict(env, PGPASSWORD=env["PDR_TEST_PG_PASSWORD"]))
             tps.setdefault(variant, []).append(float(re.search(r"tps = ([\d.]+)", out.stdout).group(1)))
+    sleeper.close()
     setup(cur, "none")
     base_bulk, base_tps = statistics.median(bulk["none"]), statistics.median(tps["none"])
     print(f"{'variant':12} {'200k INSERT…SELECT':>20} {'ratio':>6} {'one-row TPS':>12} {'µs/tx added':>12}")

@@ -141,6 +141,12 @@ class Waker:
                 self._armed.pop(pk)
         return woken
 
+    def busy(self):
+        """The worker found work: disarm, so that writers stop notifying while it works
+        (it looks again before it sleeps)."""
+        for pk in list(self._armed):
+            self._disarm(pk)
+
     def close(self):
         for pk in list(self._listeners):
             self._drop(pk)

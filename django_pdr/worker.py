@@ -179,6 +179,8 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
             if result.events == 0:
                 # idle: sleep until a source notifies a commit, or the interval ends
                 waker.wait(source_databases(ids), interval, stop_event)
+            else:
+                waker.busy()
             if stop_event.is_set():
                 return result
     finally:

@@ -115,6 +115,10 @@ def test_writers_notify_only_while_a_worker_sleeps(make_target):
         assert waker._armed == {}  # woken: disarmed, writers stop notifying
         source.execute("DELETE FROM t")
         assert _notified(bystander) == 0
+        assert waker.wait(databases, timeout=5) is True  # armed again; the look finds work:
+        waker.busy()  # disarmed while the worker works
+        source.execute("INSERT INTO t VALUES (2, 'z')")
+        assert _notified(bystander) == 0
     finally:
         waker.close()
         bystander.close()
