@@ -72,7 +72,9 @@ def test_without_notify_capture_sends_nothing_and_the_worker_polls(make_target, 
 
 def _listener(source):
     """A connection that LISTENs on the capture channel, as a bystander would."""
-    raw = source.engine.raw_connection().dbapi_connection
+    pooled = source.engine.raw_connection()
+    pooled.detach()  # autocommit and LISTEN: not for the pool
+    raw = pooled.dbapi_connection
     raw.autocommit = True
     raw.cursor().execute("LISTEN pdr_events")
     return raw
@@ -133,7 +135,7 @@ def test_arming_waits_for_capturing_transactions_in_flight(make_target):
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     watch(source.model("src"), "t")
     databases = [Database.objects.get(name="src")]
-    writer = source.engine.raw_connection().dbapi_connection
+    writer = source.engine.raw_connection()
     waker = wakeup.Waker()
     try:
         cursor = writer.cursor()
@@ -173,3 +175,56 @@ def test_two_sleeping_workers_are_both_woken(make_target):
     finally:
         for waker in wakers:
             waker.close()
+
+
+def test_no_wake_up_is_lost_whatever_the_worker_is_doing(make_target):
+    """Commits at random moments, against a worker that would otherwise sleep a minute:
+    each one must arrive in seconds, whether the worker was asleep, busy, looking again
+    after arming, or could not arm because a write was in flight."""
+    import random
+
+    source, dest = make_target("postgresql"), make_target("sqlite")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    st = watch(source.model("src"), "t")
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    worker.run_round()
+    stop = threading.Event()
+
+    def target():
+        try:
+            worker.run(interval=60, stop_event=stop)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    rng = random.Random(7)
+    slow = []
+
+    def arrived(i):
+        with dest.engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT 1 FROM t WHERE id = ?", (i,)).first() is not None
+
+    writer = source.engine.raw_connection()
+    try:
+        time.sleep(1)
+        cursor = writer.cursor()
+        for i in range(120):
+            started = time.time()
+            cursor.execute("INSERT INTO t VALUES (%s, 'x')", (i,))
+            if rng.random() < 0.3:  # a transaction held open a moment, or of two statements
+                time.sleep(rng.random() * 0.02)
+                cursor.execute("UPDATE t SET v = 'y' WHERE id = %s", (i,))
+            writer.commit()
+            while not arrived(i) and time.time() - started < 15:
+                time.sleep(0.002)
+            if time.time() - started > 5:
+                slow.append((i, round(time.time() - started, 1)))
+            time.sleep(rng.choice([0, 0, 0.001, 0.005, 0.02, 0.1]))
+    finally:
+        writer.close()
+        stop.set()
+        source.execute("INSERT INTO t VALUES (1000, 'wake up to see the stop')")
+        thread.join(timeout=90)
+    assert slow == []
+    assert len(rows(dest.engine, "t", ["id"])) >= 120
