@@ -12,10 +12,13 @@ each listener (tells the source it sleeps); arming succeeds only when no
 capturing transaction is in flight, so after a successful arm the worker looks
 once more (``wait`` returns at once) and every commit it could have missed is
 visible to that look; later writers notify.  While writes are in flight arming
-fails and the worker looks again after a short, growing pause.  A wake-up
-disarms its listener.  A second worker on the same source database finds the
-arm taken and sleeps on it ("shared"): every notification reaches every
-listener; it re-arms after each wake-up or timeout.
+fails and the worker looks again after a short pause that doubles up to the
+interval (a long capturing transaction makes it a poller meanwhile).  A wake-up
+disarms its listener, and so does finding work.  A second worker on the same
+source database finds the arm taken and sleeps on it ("shared"): every
+notification reaches every listener, and a worker that disarms without having
+been notified (it found work) notifies the others itself; a sharer re-arms after
+each wake-up or timeout.
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ from .dialects import get_dialect
 logger = logging.getLogger("django_pdr.wakeup")
 
 
-#: First and longest pause between failed arming attempts (seconds; capped by the interval).
-ARM_RETRY_FIRST, ARM_RETRY_MAX = 0.005, 0.1
+#: First pause after a failed arming attempt (seconds); it doubles up to the interval.
+ARM_RETRY_FIRST = 0.005
 
 
 class Waker:
@@ -63,14 +66,23 @@ class Waker:
                 pooled = engine.raw_connection()
                 pooled.detach()
                 raw = pooled.dbapi_connection
-                dialect.start_listening(raw)
+                try:
+                    dialect.start_listening(raw)
+                except Exception:
+                    raw.close()
+                    raise
                 self._listeners[pk] = (database.modified_at, dialect, raw)
             except Exception as exc:  # polling still works
                 logger.debug("cannot listen for changes on %s: %s", database, exc)
 
     def _drop(self, pk):
-        _, _, raw = self._listeners.pop(pk)
-        self._armed.pop(pk, None)  # closing the connection releases the arm
+        if self._armed.get(pk) == "held":
+            self._disarm(pk, wake_others=True)  # closing would release it, silently
+        self._armed.pop(pk, None)
+        listener = self._listeners.pop(pk, None)
+        if listener is None:  # the failed disarm dropped it already
+            return
+        raw = listener[2]
         try:
             raw.close()
         except Exception:
@@ -95,14 +107,15 @@ class Waker:
                 newly = True
         return newly, unarmed
 
-    def _disarm(self, pk):
+    def _disarm(self, pk, wake_others=False):
         token = self._armed.pop(pk, None)
         if token is None:
             return
         _, dialect, raw = self._listeners[pk]
         try:
-            dialect.disarm_wakeups(raw, token)
-        except Exception:
+            dialect.disarm_wakeups(raw, token, wake_others)
+        except Exception as exc:
+            logger.debug("cannot disarm the listener of database %s: %s", pk, exc)
             self._drop(pk)
 
     def wait(self, databases, timeout: float, stop_event: threading.Event | None = None) -> bool:
@@ -119,7 +132,7 @@ class Waker:
             return True
         if unarmed:  # writers in flight do not notify: look again soon
             timeout = min(timeout, self._retry)
-            self._retry = min(self._retry * 2, ARM_RETRY_MAX)
+            self._retry *= 2
         by_fd = {raw.fileno(): (pk, dialect, raw) for pk, (_, dialect, raw) in self._listeners.items()}
         try:
             ready, _, _ = select.select(list(by_fd), [], [], timeout)
@@ -144,8 +157,9 @@ class Waker:
     def busy(self):
         """The worker found work: disarm, so that writers stop notifying while it works
         (it looks again before it sleeps)."""
+        self._retry = ARM_RETRY_FIRST
         for pk in list(self._armed):
-            self._disarm(pk)
+            self._disarm(pk, wake_others=True)
 
     def close(self):
         for pk in list(self._listeners):

@@ -117,7 +117,7 @@ SQL_WORDS = {
     "IF", "THEN", "ELSIF", "AND", "CAST", "AS", "BINARY", "REFERENCING", "NEW", "OLD", "TABLE", "EXECUTE",
     "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
     "pg_current_xact_id", "DECLARE", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
-    "UNION", "ALL", "pg_try_advisory_xact_lock_shared",
+    "UNION", "ALL", "pg_try_advisory_xact_lock_shared", "GET", "DIAGNOSTICS", "ROW_COUNT", "pdr_rows",
 }
 
 
@@ -1059,9 +1059,11 @@ def test_postgresql_notify_is_rendered_only_when_asked():
     event = dialect.event_table(sa.MetaData(), "public", names, [source.c.id])
     loud = dialect.create_trigger_statements(source, event, names, ["id"], notify=True)[0]
     quiet = dialect.create_trigger_statements(source, event, names, ["id"], notify=False)[0]
-    # only while a worker sleeps: it holds the sleep lock (not free to share)
-    notify = ("  IF NOT pg_try_advisory_xact_lock_shared(1346654753, 0) THEN\n"
-              "    PERFORM pg_notify('pdr_events', '');\n  END IF;\n")
+    # only when the statement wrote events, and only while a worker sleeps: it holds
+    # the sleep lock (not free to share)
+    notify = ("  GET DIAGNOSTICS pdr_rows = ROW_COUNT;\n  IF pdr_rows > 0 THEN\n"
+              "    IF NOT pg_try_advisory_xact_lock_shared(1346654753, 0) THEN\n"
+              "      PERFORM pg_notify('pdr_events', '');\n    END IF;\n  END IF;\n")
     assert notify in loud
     assert "pg_notify" not in quiet and "advisory" not in quiet
     assert quiet == loud.replace(notify, "")

@@ -119,6 +119,7 @@ def test_writers_notify_only_while_a_worker_sleeps(make_target):
         assert _notified(bystander) == 0
         assert waker.wait(databases, timeout=5) is True  # armed again; the look finds work:
         waker.busy()  # disarmed while the worker works
+        assert _notified(bystander) == 1  # (it tells workers that slept on its arm)
         source.execute("INSERT INTO t VALUES (2, 'z')")
         assert _notified(bystander) == 0
     finally:
@@ -228,3 +229,60 @@ def test_no_wake_up_is_lost_whatever_the_worker_is_doing(make_target):
         thread.join(timeout=90)
     assert slow == []
     assert len(rows(dest.engine, "t", ["id"])) >= 120
+
+
+def test_a_worker_that_finds_work_wakes_the_workers_sleeping_on_its_arm(make_target):
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    databases = [Database.objects.get(name="src")]
+    holder, sharer = wakeup.Waker(), wakeup.Waker()
+    try:
+        assert holder.wait(databases, timeout=5) is True
+        assert sharer.wait(databases, timeout=5) is True
+        assert [holder._armed, sharer._armed] == [{databases[0].pk: "held"}, {databases[0].pk: "shared"}]
+        holder.busy()  # its look found work: writers stop notifying, so the sharer must hear it now
+        started = time.monotonic()
+        assert sharer.wait(databases, timeout=5) is True
+        assert time.monotonic() - started < 2
+        assert sharer.wait(databases, timeout=5) is True and sharer._armed == {databases[0].pk: "held"}
+        assert holder.wait(databases, timeout=5) is True and holder._armed == {databases[0].pk: "shared"}
+    finally:
+        holder.close()
+        sharer.close()
+
+
+def test_rolled_back_and_empty_statements_do_not_hold_off_a_sleeping_worker(make_target):
+    from django_pdr import wakeup
+    from django_pdr.models import Database
+
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    databases = [Database.objects.get(name="src")]
+    writer = source.engine.raw_connection()
+    bystander = _listener(source)
+    waker = wakeup.Waker()
+    try:
+        cursor = writer.cursor()
+        cursor.execute("SAVEPOINT s")
+        cursor.execute("INSERT INTO t VALUES (1, 'x')")
+        cursor.execute("ROLLBACK TO SAVEPOINT s")  # its events and its share of the lock go together
+        cursor.execute("UPDATE t SET v = 'y' WHERE id = 2")  # no row: no event, no lock
+        assert waker.wait(databases, timeout=5) is True  # armed, though the transaction is open
+        cursor.execute("DELETE FROM t WHERE id = 3")  # still nothing written: no notification
+        writer.commit()
+        assert _notified(bystander) == 0
+        cursor.execute("INSERT INTO t VALUES (4, 'x')")
+        cursor.execute("SAVEPOINT s")
+        cursor.execute("INSERT INTO t VALUES (5, 'x')")
+        cursor.execute("ROLLBACK TO SAVEPOINT s")
+        writer.commit()  # the event of row 4 survived the rollback: it notified
+        assert _notified(bystander) == 1
+    finally:
+        waker.close()
+        writer.close()
+        bystander.close()

@@ -226,8 +226,10 @@ class Dialect:
         None when writes are in flight (they would not notify: look again soon)."""
         raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
 
-    def disarm_wakeups(self, dbapi_connection, token):
-        """The worker is awake: writers may stop notifying."""
+    def disarm_wakeups(self, dbapi_connection, token, wake_others=False):
+        """The worker is awake: writers may stop notifying.  ``wake_others``: workers
+        sleeping on this arm ("shared") got no notification: wake them so that one of
+        them arms."""
         raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
 
     # -- visibility --------------------------------------------------------

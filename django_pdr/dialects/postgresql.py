@@ -134,11 +134,15 @@ class PostgreSQLDialect(Dialect):
         # NOTIFY wakes idle workers at once, but serialises the commits of notifying
         # transactions (a cluster-wide lock held through the commit's WAL flush): only
         # when a worker sleeps (see SLEEP_LOCK_CLASS).
-        notify_line = (f"  IF NOT pg_try_advisory_xact_lock_shared({SLEEP_LOCK}) THEN\n"
-                       f"    PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n  END IF;\n" if notify else "")
+        # (a statement that changed no row wrote no event: nothing to wake anyone for)
+        notify_line = ("  GET DIAGNOSTICS pdr_rows = ROW_COUNT;\n  IF pdr_rows > 0 THEN\n"
+                       f"    IF NOT pg_try_advisory_xact_lock_shared({SLEEP_LOCK}) THEN\n"
+                       f"      PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n    END IF;\n  END IF;\n"
+                       if notify else "")
         body = f"""
 DECLARE
   pdr_txid bigint := pg_current_xact_id()::text::bigint;
+  pdr_rows bigint;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     {self._insert_events(event, n, self._events_of(OP_INSERT, 'n', key_names, 'pdr_new AS n'))};
@@ -193,6 +197,10 @@ END
     def start_listening(self, dbapi_connection):
         dbapi_connection.autocommit = True
         cursor = dbapi_connection.cursor()
+        # the server notices a vanished worker within about a minute and drops its arm
+        # (the default is the system's TCP keepalive, often two hours)
+        cursor.execute("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
+                       "SET tcp_keepalives_count = 3")
         cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
         cursor.close()
 
@@ -218,12 +226,14 @@ END
         finally:
             cursor.close()
 
-    def disarm_wakeups(self, dbapi_connection, token):
+    def disarm_wakeups(self, dbapi_connection, token, wake_others=False):
         if token != "held":
             return
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"SELECT pg_catalog.pg_advisory_unlock({SLEEP_LOCK})")
+            if wake_others:  # workers sleeping on our arm: look, and arm for yourselves
+                cursor.execute(f"SELECT pg_catalog.pg_notify('{NOTIFY_CHANNEL}', '')")
         finally:
             cursor.close()
 
