@@ -129,12 +129,12 @@ class PostgreSQLDialect(Dialect):
         cols = column_list(self, key_names)
         key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
         n = len(key_names)
-        # an UPDATE writes its events in one statement (one executor start per call): the
-        # keys it moved away from, then the new ones
+        # An UPDATE writes its events in one statement (one executor start per call): the
+        # keys it moved away from, then the new ones.
         # NOTIFY wakes idle workers at once, but serialises the commits of notifying
         # transactions (a cluster-wide lock held through the commit's WAL flush): only
-        # when a worker sleeps (see SLEEP_LOCK_CLASS).
-        # (a statement that changed no row wrote no event: nothing to wake anyone for)
+        # while a worker sleeps (see SLEEP_LOCK_CLASS), and only when the statement wrote
+        # events (a statement that changed no row takes no lock either).
         notify_line = ("  GET DIAGNOSTICS pdr_rows = ROW_COUNT;\n  IF pdr_rows > 0 THEN\n"
                        f"    IF NOT pg_try_advisory_xact_lock_shared({SLEEP_LOCK}) THEN\n"
                        f"      PERFORM pg_notify('{NOTIFY_CHANNEL}', '');\n    END IF;\n  END IF;\n"
