@@ -558,7 +558,35 @@ class Bench:
             return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
 
         return {"rate": i / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else 0,
-                "samples": len(lat), "missing": missing}
+                "samples": len(lat), "missing": missing, "commits": i}
+
+    def _notification_counter(self, writer_pid):
+        """Count the capture notifications on lat_src (the writer's, the worker's own) until called."""
+        from django_pdr.dialects.postgresql import NOTIFY_CHANNEL
+
+        conn = pg_connect(self.pga, "lat_src", autocommit=True)
+        conn.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
+        counts, stop = [0, 0], threading.Event()
+
+        def listen():
+            import select as select_module
+
+            while not stop.is_set():
+                select_module.select([conn], [], [], 0.05)
+                conn.poll()
+                for n in conn.notifies:
+                    counts[0 if n.pid == writer_pid else 1] += 1
+                conn.notifies.clear()
+
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+
+        def finish():
+            stop.set()
+            thread.join()
+            conn.close()
+            return tuple(counts)
+        return finish
 
     def latency(self, seconds, rate, interval):
         out = {}
@@ -578,9 +606,11 @@ class Bench:
             time.sleep(3)
             w, r = src.connect(), dst.connect()
             r.autocommit = True
+            heard = self._notification_counter(w.get_backend_pid())
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
             out["pdr"] = self._latency_run(w, r, seconds, rate)
             out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+            out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = heard()
             w.close(), r.close()
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -857,10 +887,14 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
     lat = res.get("latency")
     if lat:
         p, l = lat["pdr"], lat["lr"]
-        print(f"| (b) latency commit→visible PG→PG, django-pdr (`pdr-reflect -i {args.interval}`, polling; "
+        notified = ""
+        if "notified" in p:
+            notified = (f"; {p['notified']:,} commits notified ({p['notified'] / max(1, p['commits']):.1%}), "
+                        f"the worker {p['notified_by_worker']:,} times")
+        print(f"| (b) latency commit→visible PG→PG, django-pdr (`pdr-reflect -i {args.interval}`; "
               f"{p['rate']:,.0f} tx/s for {lat_seconds:.0f} s) | p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
               f"p99 {p['p99']:.1f} ms | {p['samples']:,} commits, {p['missing']} unseen; worker CPU "
-              f"{p.get('worker_cpu', float('nan')) * 100:.0f}% of a core | p50 ≤ 100 ms, p99 ≤ 500 ms | "
+              f"{p.get('worker_cpu', float('nan')) * 100:.0f}% of a core{notified} | p50 ≤ 100 ms, p99 ≤ 500 ms | "
               f"p50 {p['p50'] / max(l['p50'], 1e-9):.1f}× native, p99 {p['p99'] / max(l['p99'], 1e-9):.1f}× native |")
         print(f"| (b) latency commit→visible, native logical replication ({l['rate']:,.0f} tx/s) | "
               f"p50 {l['p50']:.1f} ms, p95 {l['p95']:.1f} ms, p99 {l['p99']:.1f} ms | {l['samples']:,} commits | "
