@@ -560,11 +560,31 @@ class Bench:
         return {"rate": i / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else 0,
                 "samples": len(lat), "missing": missing, "commits": i}
 
-    def _notification_counter(self, writer_pid):
-        """Count the capture notifications on lat_src (the writer's, the worker's own) until called."""
+    def start_worker(self, refl, interval, label):
+        """``pdr-reflect -i interval -r refl`` as a real process (stop it with stop_worker)."""
+        logf = open(os.path.join(self.workdir, f"{label}-worker.log"), "w")
+        proc = subprocess.Popen([PY, "-m", "django", "pdr-reflect", "-i", str(interval), "-v", "0",
+                                 "-r", str(refl.pk)], cwd=self.snap, env=dict(os.environ), stdout=logf,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc.logf = logf
+        return proc
+
+    @staticmethod
+    def stop_worker(proc):
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.logf.close()
+
+    def _notification_counter(self, db, is_writer):
+        """Count the capture notifications on ``db`` until called: (from backends for which
+        ``is_writer(pid)``, from others — the worker telling workers asleep on its arm)."""
         from django_pdr.dialects.postgresql import NOTIFY_CHANNEL
 
-        conn = pg_connect(self.pga, "lat_src", autocommit=True)
+        conn = pg_connect(self.pga, db, autocommit=True)
         conn.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
         counts, stop = [0, 0], threading.Event()
 
@@ -575,7 +595,7 @@ class Bench:
                 select_module.select([conn], [], [], 0.05)
                 conn.poll()
                 for n in conn.notifies:
-                    counts[0 if n.pid == writer_pid else 1] += 1
+                    counts[0 if is_writer(n.pid) else 1] += 1
                 conn.notifies.clear()
 
         thread = threading.Thread(target=listen, daemon=True)
@@ -598,28 +618,20 @@ class Bench:
         from django_pdr.connections import dispose_all
 
         dispose_all()
-        logf = open(os.path.join(self.workdir, "latency-worker.log"), "w")
-        proc = subprocess.Popen([PY, "-m", "django", "pdr-reflect", "-i", str(interval), "-v", "0",
-                                 "-r", str(refl.pk)], cwd=self.snap, env=dict(os.environ), stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.start_worker(refl, interval, "latency")
         try:
             time.sleep(3)
             w, r = src.connect(), dst.connect()
             r.autocommit = True
-            heard = self._notification_counter(w.get_backend_pid())
+            pid = w.get_backend_pid()
+            heard = self._notification_counter("lat_src", lambda p: p == pid)
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
             out["pdr"] = self._latency_run(w, r, seconds, rate)
             out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
             out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = heard()
             w.close(), r.close()
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            logf.close()
+            self.stop_worker(proc)
         log(f"latency PDR: {out['pdr']}")
         # native logical replication
         pg_admin(self.pga, 'CREATE DATABASE "latlr_src"')
@@ -672,36 +684,57 @@ class Bench:
                       "(nextval('cap_seq'), :r, 'pgbench-row-name', 1.5, 12.34, now(), true);\n",
             "update": "\\set id random(1, 100000)\nUPDATE t SET n = n + 1 WHERE id = :id;\n",
         }
-        env = dict(os.environ, PGPASSWORD=PASSWORD)
+        env = dict(os.environ, PGPASSWORD=PASSWORD, PGAPPNAME="pdr-bench-writer")
+        live = self.reflection(db, "t", dest_pg(self.pgb, "cap_dst").model("cap-dst"), "cap-live")
+        self.worker_pass(live)
         out = {}
         for name, text in scripts.items():
             path = os.path.join(self.workdir, f"{name}.sql")
             with open(path, "w") as f:
                 f.write(text)
-            tps = {"off": [], "on": [], "asleep": [], "quiet": []}
+            tps = {"off": [], "on": [], "asleep": [], "quiet": [], "worker": []}
+            notified = []
             for _ in range(runs):
                 # on: the default capture, no worker asleep (none, or a busy one): no NOTIFY;
                 # asleep: a worker sleeps through the whole run, so every transaction
-                # notifies (a real worker wakes at the first and disarms); quiet: NOTIFY off
-                for mode in ("off", "on", "asleep", "quiet"):
-                    if mode in ("on", "quiet"):
-                        notify(mode == "on")
+                # notifies (a real worker wakes at the first and disarms); quiet: NOTIFY off;
+                # worker: the default capture while `pdr-reflect -i 1` replicates the table
+                # live (its CPU competes with the writers': read its notification count)
+                for mode in ("off", "on", "asleep", "quiet", "worker"):
+                    if mode in ("on", "quiet", "worker"):
+                        notify(mode != "quiet")
                     pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER",
                              db="cap")
                     sleeper = self.sleeping_worker() if mode == "asleep" else None
-                    proc = subprocess.run([os.path.join(PGBIN, "pgbench"), "-n", "-c", "2", "-j", "2", "-T",
-                                           str(seconds), "-f", path, "-h", HOST, "-p", str(self.pga.port),
-                                           "-U", USER, "cap"], env=env, capture_output=True, text=True)
+                    if mode == "worker":
+                        from django_pdr.connections import dispose_all
+
+                        self.worker_pass(live)  # what the other modes wrote
+                        dispose_all()
+                        proc = self.start_worker(live, 1, "capture")
+                        time.sleep(3)
+                        heard = self._notification_counter("cap", self._is_pgbench())
+                    bench = subprocess.run([os.path.join(PGBIN, "pgbench"), "-n", "-c", "2", "-j", "2", "-T",
+                                            str(seconds), "-f", path, "-h", HOST, "-p", str(self.pga.port),
+                                            "-U", USER, "cap"], env=env, capture_output=True, text=True)
                     if sleeper is not None:
                         sleeper.close()
-                    m = re.search(r"tps = ([\d.]+) \(without initial", proc.stdout)
+                    m = re.search(r"tps = ([\d.]+) \(without initial", bench.stdout)
                     if not m:
-                        raise SystemExit(f"pgbench failed: {proc.stdout}\n{proc.stderr}")
+                        raise SystemExit(f"pgbench failed: {bench.stdout}\n{bench.stderr}")
                     tps[mode].append(float(m.group(1)))
+                    if mode == "worker":
+                        writers, others = heard()
+                        self.stop_worker(proc)
+                        done = int(re.search(r"number of transactions actually processed: (\d+)",
+                                             bench.stdout).group(1))
+                        notified.append((writers, done, others))
             pg_admin(self.pga, "ALTER TABLE t ENABLE TRIGGER USER", db="cap")
             out[name] = tps
+            out[f"{name}_notified"] = notified
             log(f"capture {name}: TPS without triggers {tps['off']}, with {tps['on']}, "
-                f"with a worker asleep {tps['asleep']}, with triggers without NOTIFY {tps['quiet']}")
+                f"with a worker asleep {tps['asleep']}, with triggers without NOTIFY {tps['quiet']}, "
+                f"with a worker replicating {tps['worker']} (notified/transactions/by the worker {notified})")
         # bulk INSERT ... SELECT (durable commit)
         bulk = {"off": [], "on": []}
         conn = pg_connect(self.pga, "cap", autocommit=True)
@@ -723,6 +756,20 @@ class Bench:
         out["bulk"] = bulk
         log(f"capture bulk {bulk_rows:,} rows: seconds without {bulk['off']}, with {bulk['on']}")
         return out
+
+    def _is_pgbench(self):
+        """is_writer for _notification_counter: the backend is one of pgbench's clients."""
+        conn = pg_connect(self.pga, "cap", autocommit=True)
+        known = {}
+
+        def is_writer(pid):
+            if pid not in known:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", (pid,))
+                    row = cur.fetchone()
+                known[pid] = row is not None and row[0] == "pdr-bench-writer"
+            return known[pid]
+        return is_writer
 
     def sleeping_worker(self):
         """A connection that listens and holds the sleep lock, as an idle worker's does."""
@@ -910,13 +957,20 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
                   f"on {fmt_runs(cap[name]['on'])} | ≤ 10% TPS loss | {(1 - paired) * 100:+.1f}% loss "
                   f"(median of paired runs) |")
             for mode, label in (("asleep", "a worker asleep throughout (every transaction notifies)"),
-                                ("quiet", "triggers with PDR[\"NOTIFY\"] = False")):
+                                ("quiet", "triggers with PDR[\"NOTIFY\"] = False"),
+                                ("worker", "a worker (`pdr-reflect -i 1`) replicating live, its CPU competing")):
                 if not cap[name].get(mode):
                     continue
                 value = med(cap[name][mode])
                 paired = med([b / a for a, b in zip(cap[name]["off"], cap[name][mode])])
+                extra = ""
+                if mode == "worker" and cap.get(f"{name}_notified"):
+                    counts = cap[f"{name}_notified"]
+                    extra = (f"; transactions that notified: "
+                             f"{' / '.join(f'{w / max(1, d):.1%}' for w, d, _ in counts)}, "
+                             f"worker's own notices {' / '.join(str(o) for _, _, o in counts)}")
                 print(f"| (c) same, {label} | {off:,.0f} TPS without → "
-                      f"{value:,.0f} with triggers | {mode} {fmt_runs(cap[name][mode])} | ≤ 10% TPS loss | "
+                      f"{value:,.0f} with triggers | {mode} {fmt_runs(cap[name][mode])}{extra} | ≤ 10% TPS loss | "
                       f"{(1 - paired) * 100:+.1f}% loss (median of paired runs) |")
         off, on = med(cap["bulk"]["off"]), med(cap["bulk"]["on"])
         paired = med([b / a for a, b in zip(cap["bulk"]["off"], cap["bulk"]["on"])])
