@@ -692,20 +692,23 @@ class Bench:
             path = os.path.join(self.workdir, f"{name}.sql")
             with open(path, "w") as f:
                 f.write(text)
-            tps = {"off": [], "on": [], "asleep": [], "quiet": [], "worker": []}
+            tps = {"off": [], "on": [], "asleep": [], "quiet": [], "worker": [], "lr": []}
             notified = []
             for _ in range(runs):
                 # on: the default capture, no worker asleep (none, or a busy one): no NOTIFY;
                 # asleep: a worker sleeps through the whole run, so every transaction
                 # notifies (a real worker wakes at the first and disarms); quiet: NOTIFY off;
                 # worker: the default capture while `pdr-reflect -i 1` replicates the table
-                # live (its CPU competes with the writers': read its notification count)
-                for mode in ("off", "on", "asleep", "quiet", "worker"):
+                # live (its CPU competes with the writers': read its notification count);
+                # lr: no triggers, a native logical replication subscription live instead
+                for mode in ("off", "on", "asleep", "quiet", "worker", "lr"):
                     if mode in ("on", "quiet", "worker"):
                         notify(mode != "quiet")
-                    pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode == 'off' else 'ENABLE'} TRIGGER USER",
-                             db="cap")
+                    pg_admin(self.pga, f"ALTER TABLE t {'DISABLE' if mode in ('off', 'lr') else 'ENABLE'} "
+                                       f"TRIGGER USER", db="cap")
                     sleeper = self.sleeping_worker() if mode == "asleep" else None
+                    if mode == "lr":
+                        self.subscribe_capture_table()
                     if mode == "worker":
                         from django_pdr.connections import dispose_all
 
@@ -723,6 +726,8 @@ class Bench:
                     if not m:
                         raise SystemExit(f"pgbench failed: {bench.stdout}\n{bench.stderr}")
                     tps[mode].append(float(m.group(1)))
+                    if mode == "lr":
+                        pg_admin(self.pgb, "DROP SUBSCRIPTION cap_sub", db="cap_lr")
                     if mode == "worker":
                         writers, others = heard()
                         self.stop_worker(proc)
@@ -756,6 +761,25 @@ class Bench:
         out["bulk"] = bulk
         log(f"capture bulk {bulk_rows:,} rows: seconds without {bulk['off']}, with {bulk['on']}")
         return out
+
+    def subscribe_capture_table(self):
+        """A logical replication subscription of cap's table t on server B, streaming (the
+        first one copies the table; later ones start from now: the rows the UPDATE
+        script touches are there)."""
+        first = not getattr(self, "_cap_lr_ready", False)
+        if first:
+            pg_admin(self.pgb, 'CREATE DATABASE "cap_lr"')
+            Source("postgresql", self.pgb, "cap_lr").execute(DDL["postgresql"])
+            pg_admin(self.pga, "CREATE PUBLICATION cap_pub FOR TABLE t", db="cap")
+            self._cap_lr_ready = True
+        pg_admin(self.pgb, f"CREATE SUBSCRIPTION cap_sub CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
+                           f"password={PASSWORD} dbname=cap' PUBLICATION cap_pub "
+                           f"WITH (copy_data = {'true' if first else 'false'})", db="cap_lr")
+        deadline = time.time() + 120
+        while pg_scalar(self.pgb, "cap_lr", "SELECT count(*) FROM pg_subscription_rel WHERE srsubstate <> 'r'") \
+                and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # the apply worker streams
 
     def _is_pgbench(self):
         """is_writer for _notification_counter: the backend is one of pgbench's clients."""
@@ -958,7 +982,8 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
                   f"(median of paired runs) |")
             for mode, label in (("asleep", "a worker asleep throughout (every transaction notifies)"),
                                 ("quiet", "triggers with PDR[\"NOTIFY\"] = False"),
-                                ("worker", "a worker (`pdr-reflect -i 1`) replicating live, its CPU competing")):
+                                ("worker", "a worker (`pdr-reflect -i 1`) replicating live, its CPU competing"),
+                                ("lr", "no triggers, native logical replication to server B live (for comparison)")):
                 if not cap[name].get(mode):
                     continue
                 value = med(cap[name][mode])

@@ -26,6 +26,10 @@ DEFAULTS = {
     "LEASE_SECONDS": 30,
     # Events deleted per statement when purging applied events from an event table.
     "PURGE_CHUNK": 10000,
+    # Seconds between two purges of a source's applied events by a running worker (-i):
+    # each purge is a write transaction on the source, which live replication would
+    # otherwise make after every pass.  A one-shot run purges after every pass.
+    "PURGE_INTERVAL": 1.0,
     # Seconds between two lag/throughput samples of a reflection (dashboard history).
     "SAMPLE_INTERVAL": 10,
     # PostgreSQL sources: the capture trigger NOTIFYs idle workers, which then wake at once

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -105,9 +106,29 @@ def release(owner: str, ids=None):
     query.update(lease_owner="", lease_expires_at=None)
 
 
+#: Source tables with applied events not purged yet -> when they were last purged (monotonic).
+_purge_due: dict = {}
+_last_purge: dict = {}
+
+
+def _purge_if_due(source_table, interval: float):
+    if source_table.pk not in _purge_due:
+        return
+    now = time.monotonic()
+    if now - _last_purge.get(source_table.pk, float("-inf")) < interval:
+        return
+    _purge_due.pop(source_table.pk, None)
+    _last_purge[source_table.pk] = now
+    try:
+        purge(source_table)
+    except Exception as exc:  # purging is housekeeping: never fail the pass for it
+        logger.warning("purging events of %s failed: %s", source_table, describe_error(exc))
+
+
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.0,
-              owner: str | None = None) -> RoundResult:
-    """One pass over every due reflection this worker can claim."""
+              owner: str | None = None, purge_interval: float = 0.0) -> RoundResult:
+    """One pass over every due reflection this worker can claim.  Applied events are
+    purged after the pass, or at most every ``purge_interval`` seconds per source."""
     result = RoundResult()
     single = owner is None
     if single:
@@ -145,10 +166,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
                             outcome.rows, "" if outcome.caught_up else " (more pending)")
             if outcome.events or outcome.position_changed:
-                try:
-                    purge(reflection.source)
-                except Exception as exc:  # purging is housekeeping: never fail the pass for it
-                    logger.warning("purging events of %s failed: %s", reflection.source, describe_error(exc))
+                _purge_due[reflection.source.pk] = True
+            _purge_if_due(reflection.source, purge_interval)
     finally:
         if single:
             release(owner)
@@ -163,7 +182,9 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     waker = Waker()
     try:
         while True:
-            result = run_round(ids, stop=stop_event.is_set, owner=owner)
+            # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each pass
+            result = run_round(ids, stop=stop_event.is_set, owner=owner,
+                               purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")))
             if interval is None:
                 # one-shot: keep going until every reflection has caught up (a pass
                 # yields after a while so that reflections take turns)
