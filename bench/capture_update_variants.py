@@ -10,20 +10,12 @@ trigger on the new table only plus a row-level trigger WHEN the key changed (the
 key as 'D'); "new_only" the new keys alone (not a correct design: the floor);
 "row_level" one FOR EACH ROW trigger.
 """
-import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 
-import psycopg2
+from capture_variants import connect, pgbench_tps  # bench/ is on sys.path when run as a script
 
-env = os.environ
-conn = psycopg2.connect(host=env["PDR_TEST_PG_HOST"], port=env["PDR_TEST_PG_PORT"], user=env["PDR_TEST_PG_USER"],
-                        password=env["PDR_TEST_PG_PASSWORD"], dbname=env["PDR_TEST_PG_DB"])
-conn.autocommit = True
-cur = conn.cursor()
 SECURE = "SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
 EV = "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) "
 LOCK = "IF NOT pg_try_advisory_xact_lock_shared(1346654753, 0) THEN PERFORM pg_notify('pdr', ''); END IF;"
@@ -61,7 +53,7 @@ def variant_sql(v):
                 "CREATE TRIGGER tu AFTER UPDATE ON t FOR EACH ROW EXECUTE FUNCTION fu()"]
 
 
-def setup(v):
+def setup(cur, v):
     cur.execute("DROP TABLE IF EXISTS t CASCADE; DROP TABLE IF EXISTS ev; DROP FUNCTION IF EXISTS fu() CASCADE; "
                 "DROP FUNCTION IF EXISTS fk() CASCADE")
     cur.execute("CREATE TABLE t (id bigint PRIMARY KEY, n integer NOT NULL, name varchar(40), score double precision, "
@@ -75,23 +67,26 @@ def setup(v):
     cur.execute("VACUUM ANALYZE t")
 
 
-with open("/tmp/cvu.sql", "w") as f:
-    f.write("\\set id random(1, 200000)\nUPDATE t SET n = n + 1 WHERE id = :id;\n")
-variants = sys.argv[2].split(",") if len(sys.argv) > 2 else ["none", "except", "split", "new_only", "row_level"]
-tps, bulk = {}, {}
-for rep in range(int(sys.argv[1]) if len(sys.argv) > 1 else 5):
+def main():
+    cur = connect().cursor()
+    with open("/tmp/cvu.sql", "w") as f:
+        f.write("\\set id random(1, 200000)\nUPDATE t SET n = n + 1 WHERE id = :id;\n")
+    variants = sys.argv[2].split(",") if len(sys.argv) > 2 else ["none", "except", "split", "new_only", "row_level"]
+    tps, bulk = {}, {}
+    for rep in range(int(sys.argv[1]) if len(sys.argv) > 1 else 5):
+        for v in variants:
+            setup(cur, v)
+            cur.execute("CHECKPOINT")
+            t0 = time.perf_counter()
+            cur.execute("UPDATE t SET n = n + 1")
+            bulk.setdefault(v, []).append(time.perf_counter() - t0)
+            setup(cur, v)
+            tps.setdefault(v, []).append(pgbench_tps("/tmp/cvu.sql"))
+    bb, bt = statistics.median(bulk["none"]), statistics.median(tps["none"])
     for v in variants:
-        setup(v)
-        cur.execute("CHECKPOINT")
-        t0 = time.perf_counter()
-        cur.execute("UPDATE t SET n = n + 1")
-        bulk.setdefault(v, []).append(time.perf_counter() - t0)
-        setup(v)
-        out = subprocess.run(["pgbench", "-n", "-c", "2", "-T", "4", "-f", "/tmp/cvu.sql", "-h", env["PDR_TEST_PG_HOST"],
-                              "-p", env["PDR_TEST_PG_PORT"], "-U", env["PDR_TEST_PG_USER"], env["PDR_TEST_PG_DB"]],
-                             capture_output=True, text=True, env=dict(env, PGPASSWORD=env["PDR_TEST_PG_PASSWORD"]))
-        tps.setdefault(v, []).append(float(re.search(r"tps = ([\d.]+)", out.stdout).group(1)))
-bb, bt = statistics.median(bulk["none"]), statistics.median(tps["none"])
-for v in variants:
-    b, t = statistics.median(bulk[v]), statistics.median(tps[v])
-    print(f"{v:10} bulk {b:.3f}s {b / bb:.2f}x  one-row {t:,.0f} TPS  +{(2 / t - 2 / bt) * 1e6:.1f} us/tx")
+        b, t = statistics.median(bulk[v]), statistics.median(tps[v])
+        print(f"{v:10} bulk {b:.3f}s {b / bb:.2f}x  one-row {t:,.0f} TPS  +{(2 / t - 2 / bt) * 1e6:.1f} us/tx")
+
+
+if __name__ == "__main__":
+    main()

@@ -90,25 +90,36 @@ def setup(cur, variant):
     cur.execute(trigger)
 
 
+def connect():
+    """An autocommit connection to the throwaway test server (tests/live_servers.py)."""
+    env = os.environ
+    conn = psycopg2.connect(host=env["PDR_TEST_PG_HOST"], port=env["PDR_TEST_PG_PORT"], user=env["PDR_TEST_PG_USER"],
+                            password=env["PDR_TEST_PG_PASSWORD"], dbname=env["PDR_TEST_PG_DB"])
+    conn.autocommit = True
+    return conn
+
+
+def pgbench_tps(script):
+    """TPS of 2 pgbench clients running ``script`` (a file) for 4 s on the test server."""
+    env = os.environ
+    out = subprocess.run(["pgbench", "-n", "-c", "2", "-T", "4", "-f", script, "-h", env["PDR_TEST_PG_HOST"],
+                          "-p", env["PDR_TEST_PG_PORT"], "-U", env["PDR_TEST_PG_USER"], env["PDR_TEST_PG_DB"]],
+                         capture_output=True, text=True, env=dict(env, PGPASSWORD=env["PDR_TEST_PG_PASSWORD"]))
+    return float(re.search(r"tps = ([\d.]+)", out.stdout).group(1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
-    env = os.environ
-    conn = psycopg2.connect(host=env["PDR_TEST_PG_HOST"], port=env["PDR_TEST_PG_PORT"], user=env["PDR_TEST_PG_USER"],
-                            password=env["PDR_TEST_PG_PASSWORD"], dbname=env["PDR_TEST_PG_DB"])
-    conn.autocommit = True
-    cur = conn.cursor()
+    cur = connect().cursor()
     script = "/tmp/pdr-capture-variants.sql"
     with open(script, "w") as f:
         f.write(ONE_ROW)
     variants = args.variants.split(",")
     bulk, tps = {}, {}
-    sleeper = psycopg2.connect(host=env["PDR_TEST_PG_HOST"], port=env["PDR_TEST_PG_PORT"],
-                               user=env["PDR_TEST_PG_USER"], password=env["PDR_TEST_PG_PASSWORD"],
-                               dbname=env["PDR_TEST_PG_DB"])
-    sleeper.autocommit = True
+    sleeper = connect()
     sleeper.cursor().execute("LISTEN pdr")
     for _ in range(args.reps):
         for variant in variants:
@@ -121,10 +132,7 @@ def main():
             cur.execute(BULK)
             bulk.setdefault(variant, []).append(time.perf_counter() - started)
             setup(cur, variant)
-            out = subprocess.run(["pgbench", "-n", "-c", "2", "-T", "4", "-f", script, "-h", env["PDR_TEST_PG_HOST"],
-                                  "-p", env["PDR_TEST_PG_PORT"], "-U", env["PDR_TEST_PG_USER"], env["PDR_TEST_PG_DB"]],
-                                 capture_output=True, text=True, env=dict(env, PGPASSWORD=env["PDR_TEST_PG_PASSWORD"]))
-            tps.setdefault(variant, []).append(float(re.search(r"tps = ([\d.]+)", out.stdout).group(1)))
+            tps.setdefault(variant, []).append(pgbench_tps(script))
     sleeper.close()
     setup(cur, "none")
     base_bulk, base_tps = statistics.median(bulk["none"]), statistics.median(tps["none"])

@@ -106,8 +106,8 @@ def release(owner: str, ids=None):
     query.update(lease_owner="", lease_expires_at=None)
 
 
-#: Source tables with applied events not purged yet -> when they were last purged (monotonic).
-_purge_due: dict = {}
+#: Source tables (pk) with applied events not purged yet; when each was last purged (monotonic).
+_purge_due: set = set()
 _last_purge: dict = {}
 
 
@@ -117,7 +117,7 @@ def _purge_if_due(source_table, interval: float):
     now = time.monotonic()
     if now - _last_purge.get(source_table.pk, float("-inf")) < interval:
         return
-    _purge_due.pop(source_table.pk, None)
+    _purge_due.discard(source_table.pk)
     _last_purge[source_table.pk] = now
     try:
         purge(source_table)
@@ -166,7 +166,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
                             outcome.rows, "" if outcome.caught_up else " (more pending)")
             if outcome.events or outcome.position_changed:
-                _purge_due[reflection.source.pk] = True
+                _purge_due.add(reflection.source.pk)
             _purge_if_due(reflection.source, purge_interval)
     finally:
         if single:

@@ -133,3 +133,24 @@ def watch(database, table, schema=""):
     source_table.save()
     source_table.install()
     return source_table
+
+
+def run_worker_thread(interval):
+    """``worker.run(interval=...)`` in a daemon thread: (stop event, thread)."""
+    import threading
+
+    from django.db import connection
+
+    from django_pdr import worker
+
+    stop = threading.Event()
+
+    def target():
+        try:
+            worker.run(interval=interval, stop_event=stop)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return stop, thread

@@ -1,14 +1,11 @@
 """A destination or source server stopped for 30 s mid-run: reported, backed off,
 other reflections keep flowing, nothing lost after the restart."""
-import threading
 import time
 
 import pytest
 import sqlalchemy as sa
-from django.db import connection
 
-from django_pdr import worker
-from tests.targets import watch
+from tests.targets import run_worker_thread, watch
 from django_pdr.models import Database, Reflection
 from tests import live_servers
 from tests.processes import Writer, table_rows
@@ -48,20 +45,6 @@ def server_engine(server):
                             pool_pre_ping=True)
 
 
-def run_worker_thread():
-    stop = threading.Event()
-
-    def target():
-        try:
-            worker.run(interval=0.2, stop_event=stop)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return stop, thread
-
-
 def wait_until(condition, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -85,7 +68,7 @@ def test_destination_outage(own_server, make_target, settings):
     Reflection.objects.create(source=st, destination=other.model("steady"), destination_table="t")
     dest_engine = server_engine(own_server)
     writer = Writer(source.engine, seed=5, batch=10, pause=0.05)
-    stop, thread = run_worker_thread()
+    stop, thread = run_worker_thread(0.2)
     try:
         writer.start()
         assert wait_until(lambda: len(table_rows(dest_engine)) > 50, 30)
@@ -130,7 +113,7 @@ def test_source_outage(own_server, make_target, settings):
     Reflection.objects.create(source=steady, destination=steady_dest.model("steady-dst"), destination_table="t")
     writer = Writer(source_engine, seed=9, batch=10, pause=0.05, max_ops=400)
     steady_writer = Writer(steady_source.engine, seed=10, batch=10, pause=0.1)
-    stop, thread = run_worker_thread()
+    stop, thread = run_worker_thread(0.2)
     try:
         writer.start()
         writer.join(timeout=60)

@@ -1,33 +1,28 @@
 """An idle worker wakes on a PostgreSQL source's notification, not at the end of its interval."""
-import threading
 import time
 
 import pytest
-from django.db import connection
 
-from django_pdr import worker
-from django_pdr.models import Reflection
-from tests.targets import rows, watch
+from django_pdr import wakeup, worker
+from django_pdr.models import Database, Reflection
+from tests.targets import rows, run_worker_thread, watch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]
 
 
-def test_notification_wakes_an_idle_worker(make_target):
+def _mirrored(make_target):
+    """PostgreSQL table t replicated to SQLite, loaded: (source, destination) targets."""
     source, dest = make_target("postgresql"), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     st = watch(source.model("src"), "t")
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     worker.run_round()
-    stop = threading.Event()
+    return source, dest
 
-    def target():
-        try:
-            worker.run(interval=60, stop_event=stop)  # a poll would come only after a minute
-        finally:
-            connection.close()
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+def test_notification_wakes_an_idle_worker(make_target):
+    source, dest = _mirrored(make_target)
+    stop, thread = run_worker_thread(60)  # a poll would come only after a minute
     try:
         time.sleep(1.5)  # the worker is now asleep
         latencies = []
@@ -47,9 +42,6 @@ def test_notification_wakes_an_idle_worker(make_target):
 
 
 def test_without_notify_capture_sends_nothing_and_the_worker_polls(make_target, settings):
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
     settings.PDR = {"NOTIFY": False}
     source, dest = make_target("postgresql"), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
@@ -68,6 +60,14 @@ def test_without_notify_capture_sends_nothing_and_the_worker_polls(make_target, 
     source.execute("INSERT INTO t VALUES (1, 'x')")
     worker.run_round()
     assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1]
+
+
+def _captured_source(make_target):
+    """A PostgreSQL source with table t captured: (target, [its Database])."""
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    watch(source.model("src"), "t")
+    return source, [Database.objects.get(name="src")]
 
 
 def _listener(source):
@@ -91,16 +91,10 @@ def _notified(raw, wait=0.5):
 
 
 def test_writers_notify_only_while_a_worker_sleeps(make_target):
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
-    source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    watch(source.model("src"), "t")
+    source, databases = _captured_source(make_target)
     bystander = _listener(source)
     source.execute("INSERT INTO t VALUES (1, 'x')")
     assert _notified(bystander) == 0  # no worker sleeps: no NOTIFY, no commit serialisation
-    databases = [Database.objects.get(name="src")]
     waker = wakeup.Waker()
     try:
         assert waker.wait(databases, timeout=5) is True  # armed just now: returns at once to look again
@@ -129,13 +123,7 @@ def test_writers_notify_only_while_a_worker_sleeps(make_target):
 
 def test_arming_waits_for_capturing_transactions_in_flight(make_target):
     """A commit the worker's last look missed must either notify or come before the arm."""
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
-    source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    watch(source.model("src"), "t")
-    databases = [Database.objects.get(name="src")]
+    source, databases = _captured_source(make_target)
     writer = source.engine.raw_connection()
     waker = wakeup.Waker()
     try:
@@ -154,13 +142,7 @@ def test_arming_waits_for_capturing_transactions_in_flight(make_target):
 
 
 def test_two_sleeping_workers_are_both_woken(make_target):
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
-    source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    watch(source.model("src"), "t")
-    databases = [Database.objects.get(name="src")]
+    source, databases = _captured_source(make_target)
     wakers = [wakeup.Waker(), wakeup.Waker()]
     try:
         for waker in wakers:
@@ -184,21 +166,8 @@ def test_no_wake_up_is_lost_whatever_the_worker_is_doing(make_target):
     after arming, or could not arm because a write was in flight."""
     import random
 
-    source, dest = make_target("postgresql"), make_target("sqlite")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    st = watch(source.model("src"), "t")
-    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
-    worker.run_round()
-    stop = threading.Event()
-
-    def target():
-        try:
-            worker.run(interval=60, stop_event=stop)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    source, dest = _mirrored(make_target)
+    stop, thread = run_worker_thread(60)
     rng = random.Random(7)
     slow = []
 
@@ -232,13 +201,7 @@ def test_no_wake_up_is_lost_whatever_the_worker_is_doing(make_target):
 
 
 def test_a_worker_that_finds_work_wakes_the_workers_sleeping_on_its_arm(make_target):
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
-    source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    watch(source.model("src"), "t")
-    databases = [Database.objects.get(name="src")]
+    source, databases = _captured_source(make_target)
     holder, sharer = wakeup.Waker(), wakeup.Waker()
     try:
         assert holder.wait(databases, timeout=5) is True
@@ -256,13 +219,7 @@ def test_a_worker_that_finds_work_wakes_the_workers_sleeping_on_its_arm(make_tar
 
 
 def test_rolled_back_and_empty_statements_do_not_hold_off_a_sleeping_worker(make_target):
-    from django_pdr import wakeup
-    from django_pdr.models import Database
-
-    source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
-    watch(source.model("src"), "t")
-    databases = [Database.objects.get(name="src")]
+    source, databases = _captured_source(make_target)
     writer = source.engine.raw_connection()
     bystander = _listener(source)
     waker = wakeup.Waker()

@@ -15,7 +15,7 @@ def _events(source, st):
 
 def test_purges_are_spaced_by_the_interval(make_target, monkeypatch):
     monkeypatch.setattr(worker, "_last_purge", {})
-    monkeypatch.setattr(worker, "_purge_due", {})
+    monkeypatch.setattr(worker, "_purge_due", set())
     source, dest = make_target("sqlite"), make_target("sqlite")
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     st = watch(source.model("src"), "t")
