@@ -39,6 +39,8 @@ ROW = "CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION fn()"
 SCALAR_EVENTS = ("CREATE TABLE ev (pdr_id bigserial PRIMARY KEY, pdr_op varchar(1) NOT NULL, pdr_txid bigint, "
                  "pdr_at timestamp NOT NULL DEFAULT (now() AT TIME ZONE 'utc'), pdr_k0 bigint)")
 ARRAY_EVENTS = SCALAR_EVENTS.replace("pdr_k0 bigint)", "pdr_k0 bigint[])")
+HYBRID_EVENTS = (SCALAR_EVENTS.replace("pdr_k0 bigint)", "pdr_k0 bigint, pdr_a0 bigint[]); ")
+                 + "CREATE INDEX ev_bulk ON ev (pdr_id) WHERE pdr_a0 IS NOT NULL")
 
 
 WAKE = "CREATE TABLE IF NOT EXISTS public.wake (worker text PRIMARY KEY, asleep boolean NOT NULL)"
@@ -48,6 +50,29 @@ CHECKS = {
     "lock": f"IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(1346654753, 0) THEN {NOTIFY} END IF;",
     "flag": f"IF EXISTS (SELECT FROM public.wake WHERE asleep) THEN {NOTIFY} END IF;",
 }
+
+
+def hybrid_body(chunk):
+    """Row events below ``chunk`` rows; arrays of at most ``chunk`` keys from there."""
+    return (f"DECLARE x bigint := {TXID}; pdr_rows bigint; BEGIN "
+            f"SELECT count(*) INTO pdr_rows FROM (SELECT FROM pdr_new LIMIT {chunk}) s; "
+            f"IF pdr_rows < {chunk} THEN {ROWS}; ELSE "
+            "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_a0) SELECT 'I', x, array_agg(id) "
+            f"FROM (SELECT id, (row_number() OVER ()) / {chunk} AS g FROM pdr_new) s GROUP BY g; END IF; "
+            f"{CHECKS['lock']} RETURN NULL; END")
+
+
+def hybrid_limit_body(chunk):
+    """Row events for the first ``chunk`` rows (one statement for small changes), arrays of
+    at most ``chunk`` keys for the rest."""
+    return (f"DECLARE x bigint := {TXID}; pdr_rows bigint; BEGIN "
+            f"{ROWS} LIMIT {chunk}; GET DIAGNOSTICS pdr_rows = ROW_COUNT; "
+            f"IF pdr_rows OPERATOR(pg_catalog.>=) {chunk} THEN "
+            "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_a0) "
+            f"SELECT 'I', x, a[i:i OPERATOR(pg_catalog.+) {chunk - 1}] FROM (SELECT pg_catalog.array_agg(id) a "
+            f"FROM (SELECT id FROM pdr_new OFFSET {chunk}) o) s, "
+            f"pg_catalog.generate_series(1, pg_catalog.cardinality(a), {chunk}) i; END IF; "
+            f"{CHECKS['lock']} RETURN NULL; END")
 
 
 def statement_body(insert, notify=True):
@@ -70,6 +95,14 @@ VARIANTS = {
     "array_1000": (ARRAY_EVENTS, SECURE, statement_body(
         "INSERT INTO public.ev (pdr_op, pdr_txid, pdr_k0) SELECT 'I', x, array_agg(id) "
         "FROM (SELECT id, (row_number() OVER ()) / 1000 AS g FROM pdr_new) s GROUP BY g"), STATEMENT),
+    "transition_only": (SCALAR_EVENTS, SECURE, "BEGIN RETURN NULL; END", STATEMENT),
+    "no_event_pk": (SCALAR_EVENTS.replace("bigserial PRIMARY KEY", "bigserial"), SECURE,
+                    statement_body(ROWS, "lock"), STATEMENT),
+    "no_set": (SCALAR_EVENTS, "SECURITY DEFINER", statement_body(ROWS, "lock"), STATEMENT),
+    "hybrid_limit": (HYBRID_EVENTS, SECURE, hybrid_limit_body(1000), STATEMENT),
+    "hybrid_limit_noset": (HYBRID_EVENTS, "SECURITY DEFINER", hybrid_limit_body(1000), STATEMENT),
+    "hybrid_1000": (HYBRID_EVENTS, SECURE, hybrid_body(1000), STATEMENT),
+    "hybrid_10000": (HYBRID_EVENTS, SECURE, hybrid_body(10000), STATEMENT),
 }
 BULK = ("INSERT INTO t SELECT g, g % 1000, 'name ' || g, g * 0.5, g % 10000 / 100.0, now(), g % 2 = 0 "
         "FROM generate_series(1, 200000) g")

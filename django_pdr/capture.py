@@ -34,17 +34,18 @@ class CapturePlan:
     names: object
     key_names: list[str]
     create_event_table: str
+    upgrade_event_table: list[str]
     create_triggers: list[str]
     drop_triggers: list[str]
 
     @property
     def fingerprint(self) -> str:
-        text = "\n".join([f"v{CAPTURE_VERSION}", self.create_event_table, *self.create_triggers])
+        text = "\n".join([f"v{CAPTURE_VERSION}", *self.statements()])
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def statements(self):
         """Every install statement, in order (for display and offline mode)."""
-        return [self.create_event_table, *self.create_triggers]
+        return [self.create_event_table, *self.upgrade_event_table, *self.create_triggers]
 
 
 
@@ -69,6 +70,7 @@ def plan(conn, source_table) -> CapturePlan:
     return CapturePlan(
         dialect=dialect, schema=schema, source=source, event=event, names=names, key_names=key_names,
         create_event_table=create_event,
+        upgrade_event_table=dialect.event_table_upgrades(event),
         create_triggers=dialect.create_trigger_statements(source, event, names, key_names,
                                                           notify=bool(conf.get("NOTIFY"))),
         drop_triggers=dialect.drop_trigger_statements(source, names),
@@ -82,6 +84,15 @@ def _existing_triggers(conn, capture: CapturePlan) -> set[str]:
 
 def _event_table_exists(conn, capture: CapturePlan) -> bool:
     return sa.inspect(conn).has_table(capture.event.name, schema=capture.schema)
+
+
+def has_key_arrays(conn, capture: CapturePlan) -> bool:
+    """Whether the installed event table has the key-array columns of ``capture.event``
+    (False before the first install of a version that writes them)."""
+    if not capture.dialect.has_bulk_events(capture.event):
+        return False
+    columns = sa.inspect(conn).get_columns(capture.event.name, schema=capture.schema)
+    return {c["name"] for c in columns} >= {c.name for c in capture.event.columns}
 
 
 def status(source_table) -> str:
@@ -120,6 +131,8 @@ def install(source_table, *, force: bool = False) -> str:
                 with begin(conn):
                     if not had_events:
                         conn.exec_driver_sql(capture.create_event_table)
+                    for statement in capture.upgrade_event_table:
+                        conn.exec_driver_sql(statement)
                     if triggers and capture.dialect.replace_needs_drop():
                         for statement in capture.drop_triggers:
                             conn.exec_driver_sql(statement)

@@ -19,6 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import conf, keycodec
+from .capture import has_key_arrays
 from .capture import plan as capture_plan
 from .coerce import row_converter
 from .connections import begin, connect
@@ -832,7 +833,8 @@ def pending_events(reflection) -> int | None:
     try:
         with connect(reflection.source.database) as src:
             capture = capture_plan(src, reflection.source)
-            reader = EventReader(capture.dialect, capture.event, len(capture.key_names))
+            reader = EventReader(capture.dialect, capture.event, len(capture.key_names),
+                                 arrays=has_key_arrays(src, capture))
             return reader.count_pending(src, Position.from_json(reflection.position or {}))
     except (ConnectionFailed, TableNotFound, ConfigurationError):
         return None

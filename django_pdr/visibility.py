@@ -88,11 +88,15 @@ class EventReader:
     ``read`` never changes state outside the returned Position: the caller
     stores it (in the destination, with the rows it covers) or discards it."""
 
-    def __init__(self, dialect, event_table: sa.Table, key_count: int):
+    def __init__(self, dialect, event_table: sa.Table, key_count: int, *, arrays: bool = True):
+        """``arrays``: read the key arrays of ``event_table`` (False for an event table not
+        yet upgraded to have them: its triggers never wrote any)."""
         self.dialect = dialect
-        self.table = event_table
-        self.key_columns = [event_table.c[f"pdr_k{i}"] for i in range(key_count)]
-        self.columns = [event_table.c.pdr_id, *self.key_columns]
+        self.table = dialect.event_relation(event_table, key_count) if arrays else event_table
+        self.key_columns = [self.table.c[f"pdr_k{i}"] for i in range(key_count)]
+        self.columns = [self.table.c.pdr_id, *self.key_columns]
+        # several keys may share an event id: a read never splits one event row's keys
+        self.arrays = self.table is not event_table
 
     def _open_transactions(self, conn) -> set | None:
         query = self.dialect.open_transactions_query()
@@ -101,11 +105,23 @@ class EventReader:
         return {str(row[0]) for row in conn.execute(query)}
 
     def _rows(self, conn, where, limit):
+        """(events, full): ``limit`` events in id order, ``full`` when there may be more.
+        Only whole event rows: when a full read ends inside the keys of an event row,
+        that row's keys are left for the next read; an event row with more keys than
+        ``limit`` is read whole, alone."""
         query = sa.select(*self.columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
         rows = conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+        full = len(rows) >= limit
+        if full and self.arrays:
+            last = rows[-1][0]
+            if rows[0][0] != last:
+                while rows[-1][0] == last:
+                    rows.pop()
+            else:
+                rows = conn.execute(sa.select(*self.columns).where(self.table.c.pdr_id == last)).fetchall()
         if len(self.key_columns) == 1:
-            return [Event(row[0], (row[1],)) for row in rows]
-        return [Event(row[0], tuple(row[1:])) for row in rows]
+            return [Event(row[0], (row[1],)) for row in rows], full
+        return [Event(row[0], tuple(row[1:])) for row in rows], full
 
     def read(self, conn, position: Position, limit: int, now: float | None = None):
         """Return (events, new_position); at most ``limit`` events."""
@@ -128,9 +144,9 @@ class EventReader:
         examined = gaps[:MAX_GAP_RANGES_PER_READ]
         if examined:
             where = sa.or_(*[self.table.c.pdr_id.between(g.lo, g.hi) for g in examined])
-            found = self._rows(conn, where, limit)
+            found, full = self._rows(conn, where, limit)
             events.extend(found)
-            complete = len(found) < limit
+            complete = not full
             by_gap: dict[int, list[int]] = {}
             ids = sorted(e.id for e in found)
             for index, gap in enumerate(examined):
@@ -145,8 +161,8 @@ class EventReader:
         # 3. Read new events after the cursor.
         cursor = position.cursor
         room = limit - len(events)
-        if room > 0:
-            new = self._rows(conn, self.table.c.pdr_id > cursor, room)
+        if room > 0 and not (examined and not complete):
+            new, _ = self._rows(conn, self.table.c.pdr_id > cursor, room)
             expected = cursor + 1
             for event in new:
                 if event.id > expected:

@@ -118,6 +118,7 @@ SQL_WORDS = {
     "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
     "pg_current_xact_id", "DECLARE", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
     "UNION", "ALL", "pg_try_advisory_xact_lock_shared", "GET", "DIAGNOSTICS", "ROW_COUNT", "pdr_rows",
+    "LIMIT", "OFFSET", "pg_catalog", "array_agg", "cardinality", "generate_series", "s", "t",
 }
 
 
@@ -341,12 +342,27 @@ def test_postgresql_update_records_old_key_as_delete_only_when_the_key_changed()
     insert_branch = body.split("IF TG_OP = 'INSERT' THEN", 1)[1].split("ELSIF", 1)[0]
     update_branch = body.split("ELSIF TG_OP = 'UPDATE' THEN", 1)[1].split("ELSIF", 1)[0]
     delete_branch = body.split("ELSIF TG_OP = 'DELETE' THEN", 1)[1].split("END IF", 1)[0]
-    assert insert_branch.strip() == f"{target}SELECT 'I', {txid}, {values('n')} FROM pdr_new AS n;"
-    assert delete_branch.strip() == f"{target}SELECT 'D', {txid}, {values('o')} FROM pdr_old AS o;"
+    def first(branch):  # the statement writing one event row per key
+        return branch.strip().splitlines()[0]
+
+    limit = " LIMIT 1000"  # the first 1,000 keys; the rest go into key arrays
+    assert first(insert_branch) == f"{target}SELECT 'I', {txid}, {values('n')} FROM pdr_new AS n{limit};"
+    assert first(delete_branch) == f"{target}SELECT 'D', {txid}, {values('o')} FROM pdr_old AS o{limit};"
     # one statement: old keys absent from the new rows (the key changed): 'D'; every new row: 'U'
-    assert update_branch.strip() == (f"{target}SELECT 'D', {txid}, {values('o')} FROM "
-                                     f"(SELECT {keys} FROM pdr_old EXCEPT SELECT {keys} FROM pdr_new) AS o "
-                                     f"UNION ALL SELECT 'U', {txid}, {values('n')} FROM pdr_new AS n;")
+    assert first(update_branch) == (f"{target}SELECT 'D', {txid}, {values('o')} FROM "
+                                    f"(SELECT {keys} FROM pdr_old EXCEPT SELECT {keys} FROM pdr_new) AS o "
+                                    f"UNION ALL (SELECT 'U', {txid}, {values('n')} FROM pdr_new AS n{limit});")
+    for branch, op, transition in ((insert_branch, "I", "pdr_new"), (update_branch, "U", "pdr_new"),
+                                   (delete_branch, "D", "pdr_old")):
+        lines = [line.strip() for line in branch.strip().splitlines()]
+        assert lines[1:3] == ["GET DIAGNOSTICS pdr_rows = ROW_COUNT;", "IF pdr_rows >= 1000 THEN"]
+        arrays = ", ".join(f"s.pdr_a{i}[pdr_i : pdr_i + 999]" for i in range(3))
+        aggregates = ", ".join(f"pg_catalog.array_agg(o.{hand_quoted(dialect, k)}) AS pdr_a{i}"
+                               for i, k in enumerate(HOSTILE_KEYS))
+        assert lines[3] == (
+            f"{target.replace('pdr_k', 'pdr_a')}SELECT '{op}', {txid}, {arrays} FROM (SELECT {aggregates} "
+            f"FROM (SELECT {values('t')} FROM {transition} AS t OFFSET 1000) AS o) AS s, "
+            "pg_catalog.generate_series(1, pg_catalog.cardinality(s.pdr_a0), 1000) AS pdr_i;")
     assert "RETURN NULL;" in body
 
 
@@ -1025,6 +1041,57 @@ def test_event_reader_keeps_settled_gap_when_the_batch_is_full():
     assert ids == [4] and position == Position(5, [])
 
 
+class KeyArrays(SQLiteDialect):
+    """Event rows carrying up to 3 keys, presented as one row per key (as PostgreSQL's
+    ``event_relation`` unnests its key arrays): several rows share an id."""
+
+    bulk_event_keys = 3
+
+    def __init__(self, keys_table):
+        super().__init__(sqlite.dialect())
+        self.keys_table = keys_table
+
+    def event_relation(self, event, key_count):
+        return self.keys_table
+
+
+def test_event_reader_never_splits_an_event_row_between_reads():
+    engine = sqlite_engine()
+    conn = engine.connect()
+    unnested = sa.Table("keys", sa.MetaData(), sa.Column("pdr_id", sa.Integer), sa.Column("pdr_at", sa.Text),
+                        sa.Column("pdr_k0", sa.Text))
+    unnested.create(conn)
+    conn.execute(unnested.insert(), [{"pdr_id": i, "pdr_k0": k} for i, k in (
+        (1, "a"), (1, "b"), (1, "c"), (2, "d"), (3, "e"), (3, "f"), (5, "g"))])
+    conn.commit()
+    event = lite().event_table(sa.MetaData(), None, lite().capture_names(None, "t"),
+                               [sa.Column("id", sa.Text, primary_key=True)])
+    reader = EventReader(KeyArrays(unnested), event, key_count=1)
+    assert reader.arrays
+
+    def read(position, limit):
+        events, new = reader.read(conn, position, limit, now=1000.0)
+        return "".join(e.key[0] for e in events), new
+
+    # id 2 ends a full read: its keys may go on past the limit, so it waits for the next read
+    keys, position = read(Position(), 4)
+    assert keys == "abc" and position == Position(1, [])
+    keys, position = read(position, 4)
+    assert keys == "def" and position == Position(3, [])
+    keys, position = read(position, 4)
+    assert keys == "g" and gap_ranges(position) == [(4, 4)] and position.cursor == 5
+    # fewer than an event row's keys asked: a whole event row is read all the same
+    keys, position = read(Position(), 2)
+    assert keys == "abc" and position == Position(1, [])
+    keys, position = read(position, 1)
+    assert keys == "d" and position == Position(2, [])
+    # gaps too: a full read of gap 1..3 keeps id 3 in the gap
+    keys, position = read(Position(5, [Gap(1, 3, [], 999.0)]), 5)
+    assert keys == "abcd" and position.cursor == 5 and gap_ranges(position) == [(3, 3)]
+    # a reader of an event table without key arrays reads one key per row
+    assert not EventReader(KeyArrays(unnested), event, key_count=1, arrays=False).arrays
+
+
 def test_event_reader_start_position_and_pending_count():
     source = EventSource(lite())
     source.add(1, 2, 3, 7)
@@ -1061,12 +1128,18 @@ def test_postgresql_notify_is_rendered_only_when_asked():
     quiet = dialect.create_trigger_statements(source, event, names, ["id"], notify=False)[0]
     # only when the statement wrote events, and only while a worker sleeps: it holds
     # the sleep lock (not free to share)
-    notify = ("  GET DIAGNOSTICS pdr_rows = ROW_COUNT;\n  IF pdr_rows > 0 THEN\n"
+    # (pdr_rows: the events the statement's first INSERT wrote, counted in every branch)
+    assert body_lines(loud).count("GET DIAGNOSTICS pdr_rows = ROW_COUNT;") == 3
+    notify = ("  END IF;\n  IF pdr_rows > 0 THEN\n"
               "    IF NOT pg_try_advisory_xact_lock_shared(1346654753, 0) THEN\n"
               "      PERFORM pg_notify('pdr_events', '');\n    END IF;\n  END IF;\n")
     assert notify in loud
     assert "pg_notify" not in quiet and "advisory" not in quiet
-    assert quiet == loud.replace(notify, "")
+    assert quiet == loud.replace(notify, "  END IF;\n")
+
+
+def body_lines(statement):
+    return [line.strip() for line in statement.splitlines()]
 
 
 def test_text_path_pairs():

@@ -47,6 +47,7 @@ class CaptureNames:
     update_trigger: str
     delete_trigger: str
     function: str  # trigger function (PostgreSQL); '' where the engine has none
+    bulk_index: str = ""  # index of the event rows carrying key arrays (PostgreSQL)
 
     @property
     def triggers(self):
@@ -61,6 +62,12 @@ def _slug(text: str, size: int) -> str:
 def event_key_name(position: int) -> str:
     """Name of the event-table column that holds primary-key column ``position``."""
     return f"pdr_k{position}"
+
+
+def bulk_key_name(position: int) -> str:
+    """Name of the event-table column that holds an array of values of primary-key
+    column ``position`` (engines whose triggers write one event row per many keys)."""
+    return f"pdr_a{position}"
 
 
 class Dialect:
@@ -104,6 +111,7 @@ class Dialect:
             update_trigger=f"{base}_upd",
             delete_trigger=f"{base}_del",
             function=f"{base}_fn",
+            bulk_index=f"{base}_evb",
         )
 
     def raw_name(self, name: str) -> str:
@@ -171,10 +179,45 @@ class Dialect:
             sa.Column("pdr_txid", sa.BigInteger(), nullable=True),
             sa.Column("pdr_at", self.event_time_type(), nullable=False, server_default=self.event_time_default()),
         ]
-        for position, column in enumerate(key_columns):
-            columns.append(sa.Column(event_key_name(position), self.event_key_type(column.type),
-                                     nullable=True))
-        return sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
+        key_types = [self.event_key_type(column.type) for column in key_columns]
+        for position, type_ in enumerate(key_types):
+            columns.append(sa.Column(event_key_name(position), type_, nullable=True))
+        array_types = [self.bulk_key_type(type_) for type_ in key_types]
+        bulk = self.bulk_event_keys > 1 and all(t is not None for t in array_types)
+        if bulk:
+            for position, type_ in enumerate(array_types):
+                columns.append(sa.Column(bulk_key_name(position), type_, nullable=True))
+        table = sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
+        if bulk:
+            self.bulk_event_index(table, names)
+        return table
+
+    #: Most keys one event row carries.  Above 1, a statement that changes many rows
+    #: writes arrays of keys (``bulk_key_name`` columns); readers read through
+    #: ``event_relation`` and ask for at least this many keys per read.
+    bulk_event_keys = 1
+
+    def bulk_key_type(self, key_type):
+        """The type of an array of ``key_type`` values, or None (one key per event row)."""
+        return None
+
+    def bulk_event_index(self, event: sa.Table, names: CaptureNames):
+        """Add to ``event`` the index its readers find key-array rows by."""
+        raise NotImplementedError(f"{self.label}: key arrays in event rows are not implemented")
+
+    @staticmethod
+    def has_bulk_events(event: sa.Table) -> bool:
+        return bulk_key_name(0) in event.c
+
+    def event_relation(self, event: sa.Table, key_count: int):
+        """What readers select events from: one row (pdr_id, pdr_at, pdr_k0, ...) per key.
+        Several rows share a pdr_id where an event row carries an array of keys."""
+        return event
+
+    def event_table_upgrades(self, event: sa.Table) -> list[str]:
+        """Idempotent statements bringing an event table created by an older version up
+        to ``event``'s definition (run on every install, after CREATE TABLE IF NOT EXISTS)."""
+        return []
 
     def event_time_type(self):
         return sa.DateTime()
