@@ -35,12 +35,13 @@ def mirrored(make_target):
     """Table t (two-column key) of a PostgreSQL source, mirrored to PostgreSQL (text rows)
     and SQLite (Python rows: deletes come from the keys read) with batches of 1,500 events
     (reads end inside key arrays), to SQLite with batches of 10 (fewer than the 1,000 keys
-    an event row may carry), and to PostgreSQL with the default."""
+    an event row may carry), and to PostgreSQL and MariaDB (row literals) with the default."""
     source = make_target("postgresql")
-    source.execute("CREATE TABLE t (id int, code text, v text, PRIMARY KEY (id, code))")
+    source.execute("CREATE TABLE t (id int, code varchar(20), v text, PRIMARY KEY (id, code))")
     st = watch(source.model("src"), "t")
     dests = []
-    for kind, batch in (("postgresql", 1500), ("sqlite", 1500), ("sqlite", 10), ("postgresql", None)):
+    for kind, batch in (("postgresql", 1500), ("sqlite", 1500), ("sqlite", 10), ("postgresql", None),
+                        ("mysql", None)):
         dest = make_target(kind)
         Reflection.objects.create(source=st, destination=dest.model(), destination_table="t", batch_size=batch)
         dests.append(dest)

@@ -506,7 +506,8 @@ def test_event_table_ddl_per_engine():
                    sa.Column("code", sa.String(12), primary_key=True))
     for dialect, expected in (
         (pg(), ["pdr_id BIGSERIAL NOT NULL", "pdr_op VARCHAR(1) NOT NULL", "pdr_txid BIGINT",
-                "pdr_k0 BIGINT", "pdr_k1 VARCHAR(12)", "PRIMARY KEY (pdr_id)"]),
+                "pdr_k0 BIGINT", "pdr_k1 VARCHAR(12)", "pdr_a0 BIGINT[]", "pdr_a1 VARCHAR(12)[]",
+                "PRIMARY KEY (pdr_id)"]),
         (my(), ["pdr_id BIGINT NOT NULL AUTO_INCREMENT", "pdr_k0 BIGINT", "pdr_k1 VARCHAR(12)",
                 "ENGINE=InnoDB", "CHARSET=utf8mb4"]),
         (lite(), ["pdr_id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT", "pdr_k0 BIGINT",
@@ -518,7 +519,32 @@ def test_event_table_ddl_per_engine():
         assert event.name == names.event_table
         for fragment in expected:
             assert fragment in ddl, (fragment, ddl)
+        assert ("pdr_a0" in ddl) == (dialect.bulk_event_keys > 1) == isinstance(dialect, PostgreSQLDialect)
     assert [event_key_name(i) for i in range(3)] == ["pdr_k0", "pdr_k1", "pdr_k2"]
+
+
+def test_postgresql_event_table_upgrade_adds_the_key_arrays_and_their_index():
+    dialect = pg()
+    key = sa.Table("src", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                   sa.Column("Code %", sa.String(12), primary_key=True))
+    names = dialect.capture_names("s", "src")
+    event = dialect.event_table(sa.MetaData(), "s", names, [key.c.id, key.c["Code %"]])
+    table = f"s.{names.event_table}"
+    assert dialect.event_table_upgrades(event) == [
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS pdr_a0 BIGINT[]",
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS pdr_a1 VARCHAR(12)[]",
+        f"CREATE INDEX IF NOT EXISTS {names.bulk_index} ON {table} (pdr_id) WHERE pdr_a0 IS NOT NULL",
+    ]
+    assert dialect.identifier_fits(dialect.capture_names("s", "x" * 200).bulk_index)
+    for other in (my(), lite()):
+        assert other.event_table_upgrades(other.event_table(sa.MetaData(), None, names, [key.c.id])) == []
+    # a key that is itself an array: PostgreSQL arrays of arrays are flat, so one key per row
+    flat = sa.Table("f", sa.MetaData(), sa.Column("tags", postgresql.ARRAY(sa.Integer), primary_key=True))
+    plain = dialect.event_table(sa.MetaData(), "s", names, [flat.c.tags])
+    assert not dialect.has_bulk_events(plain) and dialect.event_table_upgrades(plain) == []
+    assert dialect.event_relation(plain, 1) is plain
+    function = dialect.create_trigger_statements(flat, plain, names, ["tags"])[0]
+    assert "LIMIT" not in function and "array_agg" not in function
 
 
 # -- upsert ---------------------------------------------------------------------------

@@ -194,7 +194,7 @@ class Dialect:
 
     #: Most keys one event row carries.  Above 1, a statement that changes many rows
     #: writes arrays of keys (``bulk_key_name`` columns); readers read through
-    #: ``event_relation`` and ask for at least this many keys per read.
+    #: ``event_relation``, one row per key.
     bulk_event_keys = 1
 
     def bulk_key_type(self, key_type):
@@ -208,6 +208,11 @@ class Dialect:
     @staticmethod
     def has_bulk_events(event: sa.Table) -> bool:
         return bulk_key_name(0) in event.c
+
+    @staticmethod
+    def bulk_key_columns(event: sa.Table) -> list:
+        """The key-array columns of ``event`` (none where event rows carry one key)."""
+        return [event.c[bulk_key_name(i)] for i in range(len(event.c)) if bulk_key_name(i) in event.c]
 
     def event_relation(self, event: sa.Table, key_count: int):
         """What readers select events from: one row (pdr_id, pdr_at, pdr_k0, ...) per key.

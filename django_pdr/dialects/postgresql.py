@@ -149,9 +149,8 @@ class PostgreSQLDialect(Dialect):
         if not self.has_bulk_events(event):
             return []
         table = self.qualified(event.schema, event.name)
-        arrays = [c for c in event.columns if c.name in {bulk_key_name(i) for i in range(len(event.c))}]
         statements = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {self.quote(c.name)} "
-                      f"{c.type.compile(dialect=self.sa)}" for c in arrays]
+                      f"{c.type.compile(dialect=self.sa)}" for c in self.bulk_key_columns(event)]
         statements += [str(sa.schema.CreateIndex(index, if_not_exists=True).compile(dialect=self.sa))
                        for index in sorted(event.indexes, key=lambda i: i.name)]
         return statements
