@@ -17,7 +17,12 @@ worker asleep throughout (every statement notifies); "quiet" without pg_notify
 (PDR["NOTIFY"] = False); "flag" notifies when a one-row table says a worker sleeps;
 "no_definer" notify_always without SECURITY DEFINER and its SET; "row_level" a FOR
 EACH ROW trigger; "array" one event row per statement holding an array of the keys;
-"array_1000" arrays of at most 1,000 keys.
+"array_1000" arrays of at most 1,000 keys; "hybrid_1000"/"hybrid_10000" row events below
+that many rows (a count query decides), arrays from there; "hybrid_limit" row events for
+the first 1,000 keys (LIMIT), arrays for the rest (OFFSET): the design installed since
+46f42cd; "_noset" without the function's SET search_path; "transition_only" a trigger
+that only has the transition table; "no_event_pk" the installed design on an event table
+without its primary key (to see the index's share).
 """
 import argparse
 import os
