@@ -1,0 +1,133 @@
+"""The running worker's loop without servers: what it tells the Waker after each pass,
+the purge interval it passes, and how the Waker paces its arming attempts."""
+import socket
+import threading
+
+import pytest
+
+from django_pdr import wakeup, worker
+from django_pdr.worker import RoundResult
+
+
+class FakeWaker:
+    def __init__(self, log):
+        self.log = log
+
+    def wait(self, databases, timeout, stop_event=None):
+        self.log.append(("wait", timeout))
+        return False
+
+    def busy(self):
+        self.log.append(("busy",))
+
+    def close(self):
+        self.log.append(("close",))
+
+
+def _run_loop(monkeypatch, events_per_round, interval):
+    """worker.run with run_round faked to report ``events_per_round`` in turn (then stop)."""
+    log, stop_event = [], threading.Event()
+    rounds = list(events_per_round)
+
+    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0):
+        log.append(("round", purge_interval))
+        result = RoundResult()
+        result.events = rounds.pop(0)
+        if not rounds:
+            stop_event.set()  # as a signal during the last pass would
+        return result
+
+    monkeypatch.setattr(worker, "run_round", fake_round)
+    monkeypatch.setattr(worker, "Waker", lambda: FakeWaker(log))
+    monkeypatch.setattr(worker, "source_databases", lambda ids: [])
+    monkeypatch.setattr(worker, "release", lambda owner: None)
+    monkeypatch.setattr(worker, "forget_descriptions", lambda: None)
+    worker.run(interval=interval, stop_event=stop_event)
+    return log
+
+
+def test_a_pass_that_found_work_disarms_and_an_idle_pass_sleeps(monkeypatch, settings):
+    settings.PDR = {"PURGE_INTERVAL": 7.5}
+    log = _run_loop(monkeypatch, [5, 0, 3, 0, 0, 1], interval=2.0)
+    assert log == [
+        ("round", 7.5), ("busy",),  # work: writers may stop notifying while it works
+        ("round", 7.5), ("wait", 2.0),  # idle: sleep (armed) up to the interval
+        ("round", 7.5), ("busy",),
+        ("round", 7.5), ("wait", 2.0),
+        ("round", 7.5), ("wait", 2.0),
+        ("round", 7.5),  # stopped during the pass: no sleep, no disarm
+        ("close",),
+    ]
+
+
+def test_a_one_shot_run_purges_after_each_pass_and_never_sleeps(monkeypatch):
+    log = _run_loop(monkeypatch, [4], interval=None)
+    assert log == [("round", 0.0), ("close",)]
+
+
+class SlowWriters:
+    """A notifying engine whose writers are always in flight until ``free`` is set."""
+
+    supports_notify = True
+
+    def __init__(self):
+        self.free = False
+        self.attempts = 0
+
+    def arm_wakeups(self, raw):
+        self.attempts += 1
+        return "held" if self.free else None
+
+    def disarm_wakeups(self, raw, token, wake_others=False):
+        pass
+
+    def drain_notifications(self, raw):
+        return 0
+
+
+@pytest.fixture
+def listening_waker(monkeypatch):
+    """A Waker with one fake listener (a socket nobody writes to) and select() recorded."""
+    a, b = socket.socketpair()
+    dialect = SlowWriters()
+    waker = wakeup.Waker()
+    monkeypatch.setattr(waker, "_refresh", lambda databases: None)
+    waker._listeners[1] = (None, dialect, a)
+    timeouts = []
+
+    def fake_select(readable, writable, errors, timeout):
+        timeouts.append(timeout)
+        return [], [], []
+
+    monkeypatch.setattr(wakeup.select, "select", fake_select)
+    yield waker, dialect, timeouts
+    a.close()
+    b.close()
+
+
+def test_failed_arming_backs_off_doubling_up_to_the_interval(listening_waker):
+    waker, dialect, timeouts = listening_waker
+    for _ in range(10):
+        assert waker.wait([], 1.0) is False
+    assert timeouts == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0]
+    assert dialect.attempts == 10
+
+    dialect.free = True  # the writers committed: armed, and the caller must look again
+    assert waker.wait([], 1.0) is True and waker._armed == {1: "held"}
+    assert waker.wait([], 1.0) is False  # armed: sleeps the whole interval
+    assert timeouts[-1] == 1.0 and dialect.attempts == 11
+
+    waker.busy()  # work found: disarmed, and the pause starts small again
+    dialect.free = False
+    waker.wait([], 1.0)
+    assert waker._armed == {} and timeouts[-1] == 0.005
+
+
+def test_busy_resets_the_backoff(listening_waker):
+    waker, dialect, timeouts = listening_waker
+    for _ in range(4):
+        waker.wait([], 1.0)
+    assert timeouts[-1] == 0.04
+    waker.busy()
+    waker.wait([], 1.0)
+    assert timeouts[-1] == 0.005
