@@ -70,7 +70,7 @@ def plan(conn, source_table) -> CapturePlan:
     return CapturePlan(
         dialect=dialect, schema=schema, source=source, event=event, names=names, key_names=key_names,
         create_event_table=create_event,
-        upgrade_event_table=dialect.event_table_upgrades(event),
+        upgrade_event_table=dialect.event_table_upgrades(source, event),
         create_triggers=dialect.create_trigger_statements(source, event, names, key_names,
                                                           notify=bool(conf.get("NOTIFY"))),
         drop_triggers=dialect.drop_trigger_statements(source, names),
@@ -86,13 +86,15 @@ def _event_table_exists(conn, capture: CapturePlan) -> bool:
     return sa.inspect(conn).has_table(capture.event.name, schema=capture.schema)
 
 
+def _event_columns_missing(conn, capture: CapturePlan) -> bool:
+    columns = sa.inspect(conn).get_columns(capture.event.name, schema=capture.schema)
+    return not {c["name"] for c in columns} >= {c.name for c in capture.event.columns}
+
+
 def has_key_arrays(conn, capture: CapturePlan) -> bool:
     """Whether the installed event table has the key-array columns of ``capture.event``
     (False before the first install of a version that writes them)."""
-    if not capture.dialect.has_bulk_events(capture.event):
-        return False
-    columns = sa.inspect(conn).get_columns(capture.event.name, schema=capture.schema)
-    return {c["name"] for c in columns} >= {c.name for c in capture.event.columns}
+    return capture.dialect.has_bulk_events(capture.event) and not _event_columns_missing(conn, capture)
 
 
 def status(source_table) -> str:
@@ -123,6 +125,8 @@ def install(source_table, *, force: bool = False) -> str:
         capture = plan(conn, source_table)
         triggers = _existing_triggers(conn, capture)
         had_events = _event_table_exists(conn, capture)
+        # an upgrade locks the event table: only when a column is missing
+        upgrade = had_events and bool(capture.upgrade_event_table) and _event_columns_missing(conn, capture)
         conn.rollback()
         up_to_date = (source_table.installed_fingerprint == capture.fingerprint and had_events
                       and len(triggers) == 3)
@@ -131,7 +135,7 @@ def install(source_table, *, force: bool = False) -> str:
                 with begin(conn):
                     if not had_events:
                         conn.exec_driver_sql(capture.create_event_table)
-                    for statement in capture.upgrade_event_table:
+                    for statement in capture.upgrade_event_table if upgrade else ():
                         conn.exec_driver_sql(statement)
                     if triggers and capture.dialect.replace_needs_drop():
                         for statement in capture.drop_triggers:

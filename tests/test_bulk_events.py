@@ -24,10 +24,10 @@ def _event_rows(source, st):
     return single, arrays
 
 
-def _same(source, *dests):
-    expected = rows(source.engine, "t", KEY)
+def _same(source, *dests, key=KEY):
+    expected = rows(source.engine, "t", key)
     for dest in dests:
-        assert rows(dest.engine, "t", KEY) == expected
+        assert rows(dest.engine, "t", key) == expected
 
 
 @pytest.fixture
@@ -94,8 +94,7 @@ def test_an_event_table_without_arrays_is_upgraded_and_read_meanwhile(make_targe
     reflection = Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
     worker.run_round()
     # as an earlier version installed it: no array columns, triggers that write none
-    source.execute(f'DROP INDEX "{st.event_table}b"',
-                   f'ALTER TABLE "{st.event_table}" DROP COLUMN pdr_a0, DROP COLUMN pdr_a1',
+    source.execute(f'ALTER TABLE "{st.event_table}" DROP COLUMN pdr_a0, DROP COLUMN pdr_a1',
                    f"""CREATE OR REPLACE FUNCTION "{st.event_table[:-3]}_fn"() RETURNS trigger LANGUAGE plpgsql AS $$
                    BEGIN
                      IF TG_OP = 'DELETE' THEN
@@ -122,18 +121,49 @@ def test_an_event_table_without_arrays_is_upgraded_and_read_meanwhile(make_targe
 def test_keys_of_every_kind_survive_the_arrays(make_target):
     source, dest = make_target("postgresql"), make_target("sqlite")
     source.execute("CREATE TYPE mood AS ENUM ('low', 'high')",
-                   "CREATE DOMAIN short_text AS varchar(8) CHECK (VALUE <> '')",
-                   "CREATE TABLE t (u uuid, ts timestamptz, n numeric(10, 3), m mood, s short_text, v int, "
+                   "CREATE TABLE t (u uuid, ts timestamptz, n numeric(10, 3), m mood, s varchar(8), v int, "
                    "PRIMARY KEY (u, ts, n, m, s))")
     st = watch(source.model("src"), "t")
     Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
     worker.run_round()
     source.execute("INSERT INTO t SELECT md5(g::text)::uuid, timestamptz '2026-01-01 00:00:00.123456+00' "
                    "+ g * interval '1 second', g / 1000.0, CASE WHEN mod(g, 2) = 0 THEN 'low' ELSE 'high' END::mood, "
-                   "'s' || mod(g, 5), g FROM generate_series(1, 1300) g")
-    assert _event_rows(source, st) == (1000, [300])
+                   "'s' || mod(g, 5), g FROM generate_series(1, 2300) g")
+    assert _event_rows(source, st) == (1000, [1000, 300])
     worker.run_round()
-    key = ["u", "ts", "n", "m", "s"]
     with dest.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*), sum(v) FROM t")).one() == (1300, 1300 * 1301 // 2)
-    assert len(rows(dest.engine, "t", key)) == 1300
+        assert conn.execute(sa.text("SELECT count(*), sum(v) FROM t")).one() == (2300, 2300 * 2301 // 2)
+    assert len(rows(dest.engine, "t", ["u", "ts", "n", "m", "s"])) == 2300
+
+
+def test_a_not_null_domain_key_keeps_one_key_per_event_row(make_target):
+    # an array row leaves the key column empty, which a NOT NULL domain refuses: the
+    # writer's statement would fail
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    for target in (source, dest):  # a destination table of the same types needs the domain
+        target.execute("CREATE DOMAIN ident AS bigint NOT NULL CHECK (VALUE > 0)")
+    source.execute("CREATE TABLE t (id ident PRIMARY KEY, v text)")
+    st = watch(source.model("src"), "t")
+    Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
+    worker.run_round()
+    source.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 2500) g")
+    with source.engine.connect() as conn:
+        assert conn.exec_driver_sql(f'SELECT count(*) FROM "{st.event_table}"').scalar() == 2500
+    worker.run_round()
+    _same(source, dest, key=["id"])
+
+
+def test_source_columns_named_like_the_trigger_variables(make_target):
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute('CREATE TABLE t (pdr_txid int, pdr_g text, pdr_rows text, "pdr_k0" int, '
+                   "PRIMARY KEY (pdr_txid, pdr_g))")
+    st = watch(source.model("src"), "t")
+    Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
+    worker.run_round()
+    source.execute("INSERT INTO t SELECT g, 'g' || mod(g, 3), 'r', g FROM generate_series(1, 1500) g",
+                   "INSERT INTO t VALUES (-1, 'one', 'row', 0)")
+    assert _event_rows(source, st) == (1001, [500])
+    source.execute("UPDATE t SET pdr_txid = pdr_txid + 5000 WHERE pdr_txid > 1400",  # keys move
+                   "DELETE FROM t WHERE pdr_txid < 100")
+    worker.run_round()
+    _same(source, dest, key=["pdr_txid", "pdr_g"])

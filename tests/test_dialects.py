@@ -118,7 +118,8 @@ SQL_WORDS = {
     "EXCEPT", "RETURNS", "RETURN", "NULL", "LANGUAGE", "plpgsql", "trigger", "TG_OP", "DROP", "EXISTS",
     "pg_current_xact_id", "DECLARE", "PERFORM", "pg_notify", "text", "bigint", "n", "o", "Q", "db",
     "UNION", "ALL", "pg_try_advisory_xact_lock_shared", "GET", "DIAGNOSTICS", "ROW_COUNT", "pdr_rows",
-    "LIMIT", "OFFSET", "pg_catalog", "array_agg", "cardinality", "generate_series", "s", "t",
+    "LIMIT", "OFFSET", "pg_catalog", "array_agg", "row_number", "OVER", "GROUP", "BY", "p", "r", "t",
+    "variable_conflict", "use_variable",
 }
 
 
@@ -330,7 +331,7 @@ def test_postgresql_capture_is_statement_level_with_transition_tables():
 def test_postgresql_update_records_old_key_as_delete_only_when_the_key_changed():
     dialect, source, names, event, create, drop = rendered("postgresql")
     body = create[0]
-    keys = ", ".join(hand_quoted(dialect, k) for k in HOSTILE_KEYS)
+    keys = ", ".join(f"p.{hand_quoted(dialect, k)}" for k in HOSTILE_KEYS)
     target = (f"INSERT INTO {hand_quoted(dialect, SCHEMA['postgresql'])}.{names.event_table} "
               f"(pdr_op, pdr_txid, pdr_k0, pdr_k1, pdr_k2) ")
     txid = "pdr_txid"  # pg_current_xact_id(), read once per statement into a variable
@@ -350,19 +351,23 @@ def test_postgresql_update_records_old_key_as_delete_only_when_the_key_changed()
     assert first(delete_branch) == f"{target}SELECT 'D', {txid}, {values('o')} FROM pdr_old AS o{limit};"
     # one statement: old keys absent from the new rows (the key changed): 'D'; every new row: 'U'
     assert first(update_branch) == (f"{target}SELECT 'D', {txid}, {values('o')} FROM "
-                                    f"(SELECT {keys} FROM pdr_old EXCEPT SELECT {keys} FROM pdr_new) AS o "
+                                    f"(SELECT {keys} FROM pdr_old AS p EXCEPT SELECT {keys} FROM pdr_new AS p) AS o "
                                     f"UNION ALL (SELECT 'U', {txid}, {values('n')} FROM pdr_new AS n{limit});")
     for branch, op, transition in ((insert_branch, "I", "pdr_new"), (update_branch, "U", "pdr_new"),
                                    (delete_branch, "D", "pdr_old")):
         lines = [line.strip() for line in branch.strip().splitlines()]
         assert lines[1:3] == ["GET DIAGNOSTICS pdr_rows = ROW_COUNT;", "IF pdr_rows >= 1000 THEN"]
-        arrays = ", ".join(f"s.pdr_a{i}[pdr_i : pdr_i + 999]" for i in range(3))
-        aggregates = ", ".join(f"pg_catalog.array_agg(o.{hand_quoted(dialect, k)}) AS pdr_a{i}"
-                               for i, k in enumerate(HOSTILE_KEYS))
+        renamed = ", ".join(f"t.{hand_quoted(dialect, k)} AS pdr_k{i}" for i, k in enumerate(HOSTILE_KEYS))
+        # the rest in arrays of 1,000 keys, grouped by row number; only our own names
+        # outside the innermost select
         assert lines[3] == (
-            f"{target.replace('pdr_k', 'pdr_a')}SELECT '{op}', {txid}, {arrays} FROM (SELECT {aggregates} "
-            f"FROM (SELECT {values('t')} FROM {transition} AS t OFFSET 1000) AS o) AS s, "
-            "pg_catalog.generate_series(1, pg_catalog.cardinality(s.pdr_a0), 1000) AS pdr_i;")
+            f"{target.replace('pdr_k', 'pdr_a')}SELECT '{op}', {txid}, pg_catalog.array_agg(o.pdr_k0), "
+            "pg_catalog.array_agg(o.pdr_k1), pg_catalog.array_agg(o.pdr_k2) FROM (SELECT r.pdr_k0, r.pdr_k1, "
+            "r.pdr_k2, (pg_catalog.row_number() OVER () - 1) / 1000 AS pdr_g FROM "
+            f"(SELECT {renamed} FROM {transition} AS t OFFSET 1000) AS r) AS o GROUP BY o.pdr_g;")
+    # a source column named like a variable (pdr_txid, pdr_rows) reads as the variable:
+    # every column reference is qualified
+    assert body.split("DECLARE", 1)[0].strip().endswith("#variable_conflict use_variable")
     assert "RETURN NULL;" in body
 
 
@@ -523,28 +528,30 @@ def test_event_table_ddl_per_engine():
     assert [event_key_name(i) for i in range(3)] == ["pdr_k0", "pdr_k1", "pdr_k2"]
 
 
-def test_postgresql_event_table_upgrade_adds_the_key_arrays_and_their_index():
+def test_postgresql_event_table_upgrade_adds_the_key_arrays_after_locking_the_source():
     dialect = pg()
     key = sa.Table("src", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
-                   sa.Column("Code %", sa.String(12), primary_key=True))
+                   sa.Column("Code %", sa.String(12), primary_key=True), schema="s")
     names = dialect.capture_names("s", "src")
     event = dialect.event_table(sa.MetaData(), "s", names, [key.c.id, key.c["Code %"]])
     table = f"s.{names.event_table}"
-    assert dialect.event_table_upgrades(event) == [
+    # writers lock the source table, then the event table: the upgrade too (no deadlock)
+    assert dialect.event_table_upgrades(key, event) == [
+        "LOCK TABLE s.src IN SHARE ROW EXCLUSIVE MODE",
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS pdr_a0 BIGINT[]",
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS pdr_a1 VARCHAR(12)[]",
-        f"CREATE INDEX IF NOT EXISTS {names.bulk_index} ON {table} (pdr_id) WHERE pdr_a0 IS NOT NULL",
     ]
-    assert dialect.identifier_fits(dialect.capture_names("s", "x" * 200).bulk_index)
     for other in (my(), lite()):
-        assert other.event_table_upgrades(other.event_table(sa.MetaData(), None, names, [key.c.id])) == []
-    # a key that is itself an array: PostgreSQL arrays of arrays are flat, so one key per row
-    flat = sa.Table("f", sa.MetaData(), sa.Column("tags", postgresql.ARRAY(sa.Integer), primary_key=True))
-    plain = dialect.event_table(sa.MetaData(), "s", names, [flat.c.tags])
-    assert not dialect.has_bulk_events(plain) and dialect.event_table_upgrades(plain) == []
-    assert dialect.event_relation(plain, 1) is plain
-    function = dialect.create_trigger_statements(flat, plain, names, ["tags"])[0]
-    assert "LIMIT" not in function and "array_agg" not in function
+        assert other.event_table_upgrades(key, other.event_table(sa.MetaData(), None, names, [key.c.id])) == []
+    # keys that are arrays (PostgreSQL arrays of arrays are flat) or domains (a NOT NULL
+    # domain would refuse the empty key column of an array row): one key per row
+    for type_ in (postgresql.ARRAY(sa.Integer), postgresql.DOMAIN("d", sa.Integer, not_null=True)):
+        flat = sa.Table("f", sa.MetaData(), sa.Column("k", type_, primary_key=True))
+        plain = dialect.event_table(sa.MetaData(), "s", names, [flat.c.k])
+        assert not dialect.has_bulk_events(plain) and dialect.event_table_upgrades(flat, plain) == []
+        assert dialect.event_relation(plain, 1) is plain
+        function = dialect.create_trigger_statements(flat, plain, names, ["k"])[0]
+        assert "LIMIT" not in function and "array_agg" not in function
 
 
 # -- upsert ---------------------------------------------------------------------------

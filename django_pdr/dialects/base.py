@@ -47,7 +47,6 @@ class CaptureNames:
     update_trigger: str
     delete_trigger: str
     function: str  # trigger function (PostgreSQL); '' where the engine has none
-    bulk_index: str = ""  # index of the event rows carrying key arrays (PostgreSQL)
 
     @property
     def triggers(self):
@@ -111,7 +110,6 @@ class Dialect:
             update_trigger=f"{base}_upd",
             delete_trigger=f"{base}_del",
             function=f"{base}_fn",
-            bulk_index=f"{base}_evb",
         )
 
     def raw_name(self, name: str) -> str:
@@ -187,10 +185,7 @@ class Dialect:
         if bulk:
             for position, type_ in enumerate(array_types):
                 columns.append(sa.Column(bulk_key_name(position), type_, nullable=True))
-        table = sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
-        if bulk:
-            self.bulk_event_index(table, names)
-        return table
+        return sa.Table(names.event_table, metadata, *columns, schema=schema, **self.event_table_kwargs())
 
     #: Most keys one event row carries.  Above 1, a statement that changes many rows
     #: writes arrays of keys (``bulk_key_name`` columns); readers read through
@@ -200,10 +195,6 @@ class Dialect:
     def bulk_key_type(self, key_type):
         """The type of an array of ``key_type`` values, or None (one key per event row)."""
         return None
-
-    def bulk_event_index(self, event: sa.Table, names: CaptureNames):
-        """Add to ``event`` the index its readers find key-array rows by."""
-        raise NotImplementedError(f"{self.label}: key arrays in event rows are not implemented")
 
     @staticmethod
     def has_bulk_events(event: sa.Table) -> bool:
@@ -219,9 +210,9 @@ class Dialect:
         Several rows share a pdr_id where an event row carries an array of keys."""
         return event
 
-    def event_table_upgrades(self, event: sa.Table) -> list[str]:
-        """Idempotent statements bringing an event table created by an older version up
-        to ``event``'s definition (run on every install, after CREATE TABLE IF NOT EXISTS)."""
+    def event_table_upgrades(self, source: sa.Table, event: sa.Table) -> list[str]:
+        """Statements bringing an event table of an earlier version up to ``event``'s
+        definition (install runs them when a column of ``event`` is missing)."""
         return []
 
     def event_time_type(self):

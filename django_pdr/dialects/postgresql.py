@@ -122,13 +122,11 @@ class PostgreSQLDialect(Dialect):
     bulk_event_keys = 1000
 
     def bulk_key_type(self, key_type):
-        if isinstance(key_type, (sa.ARRAY, sa.types.NullType)):
-            return None  # an array of arrays is one flat array in PostgreSQL: one key per row
+        if isinstance(key_type, (sa.ARRAY, sa.types.NullType, pg.DOMAIN)):
+            # arrays of arrays are flat in PostgreSQL; a domain may be NOT NULL, which
+            # the key column left empty in an array row would violate: one key per row
+            return None
         return pg.ARRAY(key_type)
-
-    def bulk_event_index(self, event, names):
-        # only key-array rows are in it: readers find them without scanning row events
-        sa.Index(names.bulk_index, event.c.pdr_id, postgresql_where=event.c[bulk_key_name(0)].is_not(None))
 
     def event_relation(self, event, key_count):
         if not self.has_bulk_events(event):
@@ -145,15 +143,14 @@ class PostgreSQLDialect(Dialect):
         return (sa.select(event.c.pdr_id, event.c.pdr_at, *values)
                 .select_from(event.outerjoin(unnested, sa.true())).subquery("pdr_events"))
 
-    def event_table_upgrades(self, event):
-        if not self.has_bulk_events(event):
+    def event_table_upgrades(self, source, event):
+        columns = self.bulk_key_columns(event)
+        if not columns:
             return []
-        table = self.qualified(event.schema, event.name)
-        statements = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {self.quote(c.name)} "
-                      f"{c.type.compile(dialect=self.sa)}" for c in self.bulk_key_columns(event)]
-        statements += [str(sa.schema.CreateIndex(index, if_not_exists=True).compile(dialect=self.sa))
-                       for index in sorted(event.indexes, key=lambda i: i.name)]
-        return statements
+        # writers lock the source table, then the event table: so does the upgrade
+        return [f"LOCK TABLE {self.qualified(source.schema, source.name)} IN SHARE ROW EXCLUSIVE MODE",
+                *[f"ALTER TABLE {self.qualified(event.schema, event.name)} ADD COLUMN IF NOT EXISTS "
+                  f"{self.quote(c.name)} {c.type.compile(dialect=self.sa)}" for c in columns]]
 
     def _insert_events(self, event, key_count, *selects):
         keys = [event_key_name(i) for i in range(key_count)]
@@ -165,25 +162,27 @@ class PostgreSQLDialect(Dialect):
         return f"SELECT '{op}', pdr_txid, {values} FROM {from_clause}{limit}"
 
     def _bulk_events(self, event, op, transition, source_names):
-        """The keys of ``transition`` after its first BULK rows, as arrays of BULK keys.
+        """The keys of ``transition`` after its first BULK rows, in arrays of BULK keys
+        (grouped by row number: memory and time linear in the keys, whatever their type).
         A transition table is read in the same order every time: LIMIT and OFFSET split it."""
         size = self.bulk_event_keys
-        arrays = [bulk_key_name(i) for i in range(len(source_names))]
-        keys = ", ".join(f"t.{self.quote(n)}" for n in source_names)
-        aggregates = ", ".join(f"pg_catalog.array_agg(o.{self.quote(n)}) AS {a}"
-                               for n, a in zip(source_names, arrays))
-        slices = ", ".join(f"s.{a}[pdr_i : pdr_i + {size - 1}]" for a in arrays)
+        n = len(source_names)
+        keys = [event_key_name(i) for i in range(n)]  # our own names: no source column can clash
+        renamed = ", ".join(f"t.{self.quote(name)} AS {k}" for name, k in zip(source_names, keys))
+        numbered = ", ".join(f"r.{k}" for k in keys)
+        aggregates = ", ".join(f"pg_catalog.array_agg(o.{k})" for k in keys)
         return (f"INSERT INTO {self.qualified(event.schema, event.name)} "
-                f"({column_list(self, ['pdr_op', 'pdr_txid', *arrays])}) "
-                f"SELECT '{op}', pdr_txid, {slices} FROM (SELECT {aggregates} FROM "
-                f"(SELECT {keys} FROM {transition} AS t OFFSET {size}) AS o) AS s, "
-                f"pg_catalog.generate_series(1, pg_catalog.cardinality(s.{arrays[0]}), {size}) AS pdr_i")
+                f"({column_list(self, ['pdr_op', 'pdr_txid', *[bulk_key_name(i) for i in range(n)]])}) "
+                f"SELECT '{op}', pdr_txid, {aggregates} FROM "
+                f"(SELECT {numbered}, (pg_catalog.row_number() OVER () - 1) / {size} AS pdr_g FROM "
+                f"(SELECT {renamed} FROM {transition} AS t OFFSET {size}) AS r) AS o GROUP BY o.pdr_g")
 
     def create_trigger_statements(self, source, event, names, key_names, notify=True):
         fn = self.qualified(source.schema, names.function)
         table = self.qualified(source.schema, source.name)
-        cols = column_list(self, key_names)
-        key_changed = f"(SELECT {cols} FROM pdr_old EXCEPT SELECT {cols} FROM pdr_new) AS o"
+        # every column qualified: the variables win any clash (#variable_conflict below)
+        key_changed = (f"(SELECT {', '.join(f'p.{self.quote(k)}' for k in key_names)} FROM pdr_old AS p EXCEPT "
+                       f"SELECT {', '.join(f'p.{self.quote(k)}' for k in key_names)} FROM pdr_new AS p) AS o")
         n = len(key_names)
         bulk = self.has_bulk_events(event)
         limit = f" LIMIT {self.bulk_event_keys}" if bulk else ""
@@ -207,6 +206,7 @@ class PostgreSQLDialect(Dialect):
                        if notify else "")
         new_keys = self._events_of(OP_UPDATE, 'n', key_names, 'pdr_new AS n', limit)
         body = f"""
+#variable_conflict use_variable
 DECLARE
   pdr_txid bigint := pg_current_xact_id()::text::bigint;
   pdr_rows bigint;
