@@ -27,6 +27,8 @@ def main():
     parser.add_argument("--max-run", type=float, default=2.5)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--writer-batch", type=int, default=50, help="row changes per source transaction")
+    parser.add_argument("--bulk", type=float, default=0.0,
+                        help="share of source transactions that also change over 1,000 rows in one statement")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="pdr-crash-")
@@ -57,7 +59,8 @@ def main():
             Reflection.objects.create(source=st, destination=dest.model(f"dst-{pair}"), destination_table="t",
                                       batch_size=2000)
             env = django_env(django_db)
-            writer = Writer(source.engine, seed=rng.randrange(10 ** 6), batch=args.writer_batch, pause=0.0)
+            writer = Writer(source.engine, seed=rng.randrange(10 ** 6), batch=args.writer_batch, pause=0.0,
+                            bulk=args.bulk)
             started = time.time()
             writer.start()
             kills = kill_cycle(env, args.kills, rng, args.min_run, args.max_run)
@@ -69,8 +72,9 @@ def main():
                 raise SystemExit(final.stderr)
             src_rows, dst_rows = table_rows(source.engine), table_rows(dest.engine)
             diffs = len(set(src_rows) ^ set(dst_rows))
-            results.append((pair, kills, writer.ops, len(src_rows), diffs, time.time() - started))
-            print(f"{pair}: {kills} kills, {writer.ops} row changes (events), {len(src_rows)} rows compared, "
+            results.append((pair, kills, writer.changes, len(src_rows), diffs, time.time() - started))
+            bulk = f" ({writer.bulk_statements} statements of over 1,000 rows)" if args.bulk else ""
+            print(f"{pair}: {kills} kills, {writer.changes} row changes (events){bulk}, {len(src_rows)} rows compared, "
                   f"{diffs} differences, {time.time() - started:.0f} s", flush=True)
         finally:
             source.drop()

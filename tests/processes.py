@@ -34,12 +34,18 @@ def run_worker_once(env, timeout=300) -> subprocess.CompletedProcess:
 
 
 class Writer(threading.Thread):
-    """Random inserts, updates, deletes and key changes on table ``t`` (id int key, v text, n int)."""
+    """Random inserts, updates, deletes and key changes on table ``t`` (id int key, v text, n int).
 
-    def __init__(self, engine, seed=1, first_id=1, batch=20, pause=0.0, max_ops=None):
+    ``bulk``: the share of transactions that also run one statement changing over a
+    thousand rows (PostgreSQL capture writes key arrays for those)."""
+
+    def __init__(self, engine, seed=1, first_id=1, batch=20, pause=0.0, max_ops=None, bulk=0.0):
         super().__init__(daemon=True)
         self.engine, self.random = engine, random.Random(seed)
         self.next_id, self.batch, self.pause, self.max_ops = first_id, batch, pause, max_ops
+        self.bulk = bulk
+        self.changes = 0  # rows changed (a bulk statement counts every row)
+        self.bulk_statements = 0
         self.stop_event = threading.Event()
         self.ops = 0
         self.error = None
@@ -66,10 +72,32 @@ class Writer(threading.Thread):
                                              .values(id=self.next_id))
                                 self.next_id += 1
                             self.ops += 1
+                            self.changes += 1
+                        if self.bulk and self.random.random() < self.bulk:
+                            self._bulk_statement(conn, t)
                     if self.pause:
                         time.sleep(self.pause)
         except Exception as exc:  # surfaced by the test
             self.error = exc
+
+    def _bulk_statement(self, conn, t):
+        roll, low = self.random.random(), self.random.randrange(1, max(2, self.next_id))
+        if roll < 0.4:
+            first, self.next_id = self.next_id, self.next_id + 1500
+            result = conn.execute(t.insert().values([{"id": i, "v": f"b{i}", "n": 0}
+                                                     for i in range(first, self.next_id)]))
+        elif roll < 0.7:
+            result = conn.execute(t.update().where(t.c.id.between(low, low + 2499))
+                                  .values(n=t.c.n + 1, v=f"r{self.ops}"))
+        elif roll < 0.85:
+            result = conn.execute(t.delete().where(t.c.id.between(low, low + 1199)))
+        else:  # move a range of rows to new keys
+            result = conn.execute(t.update().where(t.c.id.between(low, low + 1099))
+                                  .values(id=t.c.id + (self.next_id - low)))
+            self.next_id += 1100
+        self.ops += 1
+        self.changes += max(result.rowcount, 0)
+        self.bulk_statements += result.rowcount > 1000
 
     def stop(self):
         self.stop_event.set()
