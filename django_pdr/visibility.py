@@ -124,7 +124,8 @@ class EventReader:
         return [Event(row[0], tuple(row[1:])) for row in rows], full
 
     def read(self, conn, position: Position, limit: int, now: float | None = None):
-        """Return (events, new_position); at most ``limit`` events."""
+        """Return (events, new_position); at most ``limit`` events, or the keys of one event
+        row that alone has more (PostgreSQL key arrays: at most 1,000)."""
         now = time.time() if now is None else now
         gaps = list(position.gaps)
         events: list[Event] = []
