@@ -30,6 +30,21 @@ def _same(source, *dests, key=KEY):
         assert rows(dest.engine, "t", key) == expected
 
 
+def _one_mirror(make_target, dest_kind, *ddl, both=()):
+    """A PostgreSQL table t made by ``ddl`` (after ``both`` on source and destination),
+    captured and mirrored to a ``dest_kind`` destination, loaded:
+    (source, destination, SourceTable, Reflection)."""
+    source, dest = make_target("postgresql"), make_target(dest_kind)
+    for target in (source, dest):
+        if both:
+            target.execute(*both)
+    source.execute(*ddl)
+    st = watch(source.model("src"), "t")
+    reflection = Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
+    worker.run_round()
+    return source, dest, st, reflection
+
+
 @pytest.fixture
 def mirrored(make_target):
     """Table t (two-column key) of a PostgreSQL source, mirrored to PostgreSQL (text rows)
@@ -88,11 +103,8 @@ def test_arrays_within_one_transaction_and_beside_row_events(mirrored):
 
 
 def test_an_event_table_without_arrays_is_upgraded_and_read_meanwhile(make_target):
-    source, dest = make_target("postgresql"), make_target("postgresql")
-    source.execute("CREATE TABLE t (id int, code text, v text, PRIMARY KEY (id, code))")
-    st = watch(source.model("src"), "t")
-    reflection = Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
-    worker.run_round()
+    source, dest, st, reflection = _one_mirror(
+        make_target, "postgresql", "CREATE TABLE t (id int, code text, v text, PRIMARY KEY (id, code))")
     # as an earlier version installed it: no array columns, triggers that write none
     source.execute(f'ALTER TABLE "{st.event_table}" DROP COLUMN pdr_a0, DROP COLUMN pdr_a1',
                    f"""CREATE OR REPLACE FUNCTION "{st.event_table[:-3]}_fn"() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -119,13 +131,10 @@ def test_an_event_table_without_arrays_is_upgraded_and_read_meanwhile(make_targe
 
 
 def test_keys_of_every_kind_survive_the_arrays(make_target):
-    source, dest = make_target("postgresql"), make_target("sqlite")
-    source.execute("CREATE TYPE mood AS ENUM ('low', 'high')",
-                   "CREATE TABLE t (u uuid, ts timestamptz, n numeric(10, 3), m mood, s varchar(8), v int, "
-                   "PRIMARY KEY (u, ts, n, m, s))")
-    st = watch(source.model("src"), "t")
-    Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
-    worker.run_round()
+    source, dest, st, _ = _one_mirror(
+        make_target, "sqlite", "CREATE TYPE mood AS ENUM ('low', 'high')",
+        "CREATE TABLE t (u uuid, ts timestamptz, n numeric(10, 3), m mood, s varchar(8), v int, "
+        "PRIMARY KEY (u, ts, n, m, s))")
     source.execute("INSERT INTO t SELECT md5(g::text)::uuid, timestamptz '2026-01-01 00:00:00.123456+00' "
                    "+ g * interval '1 second', g / 1000.0, CASE WHEN mod(g, 2) = 0 THEN 'low' ELSE 'high' END::mood, "
                    "'s' || mod(g, 5), g FROM generate_series(1, 2300) g")
@@ -139,13 +148,9 @@ def test_keys_of_every_kind_survive_the_arrays(make_target):
 def test_a_not_null_domain_key_keeps_one_key_per_event_row(make_target):
     # an array row leaves the key column empty, which a NOT NULL domain refuses: the
     # writer's statement would fail
-    source, dest = make_target("postgresql"), make_target("postgresql")
-    for target in (source, dest):  # a destination table of the same types needs the domain
-        target.execute("CREATE DOMAIN ident AS bigint NOT NULL CHECK (VALUE > 0)")
-    source.execute("CREATE TABLE t (id ident PRIMARY KEY, v text)")
-    st = watch(source.model("src"), "t")
-    Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
-    worker.run_round()
+    # (a destination table of the same types needs the domain too)
+    source, dest, st, _ = _one_mirror(make_target, "postgresql", "CREATE TABLE t (id ident PRIMARY KEY, v text)",
+                                      both=["CREATE DOMAIN ident AS bigint NOT NULL CHECK (VALUE > 0)"])
     source.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 2500) g")
     with source.engine.connect() as conn:
         assert conn.exec_driver_sql(f'SELECT count(*) FROM "{st.event_table}"').scalar() == 2500
@@ -154,12 +159,9 @@ def test_a_not_null_domain_key_keeps_one_key_per_event_row(make_target):
 
 
 def test_source_columns_named_like_the_trigger_variables(make_target):
-    source, dest = make_target("postgresql"), make_target("postgresql")
-    source.execute('CREATE TABLE t (pdr_txid int, pdr_g text, pdr_rows text, "pdr_k0" int, '
-                   "PRIMARY KEY (pdr_txid, pdr_g))")
-    st = watch(source.model("src"), "t")
-    Reflection.objects.create(source=st, destination=dest.model(), destination_table="t")
-    worker.run_round()
+    source, dest, st, _ = _one_mirror(make_target, "postgresql",
+                                      'CREATE TABLE t (pdr_txid int, pdr_g text, pdr_rows text, "pdr_k0" int, '
+                                      "PRIMARY KEY (pdr_txid, pdr_g))")
     source.execute("INSERT INTO t SELECT g, 'g' || mod(g, 3), 'r', g FROM generate_series(1, 1500) g",
                    "INSERT INTO t VALUES (-1, 'one', 'row', 0)")
     assert _event_rows(source, st) == (1001, [500])

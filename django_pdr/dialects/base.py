@@ -197,13 +197,13 @@ class Dialect:
         return None
 
     @staticmethod
-    def has_bulk_events(event: sa.Table) -> bool:
-        return bulk_key_name(0) in event.c
-
-    @staticmethod
     def bulk_key_columns(event: sa.Table) -> list:
         """The key-array columns of ``event`` (none where event rows carry one key)."""
         return [event.c[bulk_key_name(i)] for i in range(len(event.c)) if bulk_key_name(i) in event.c]
+
+    @classmethod
+    def has_bulk_events(cls, event: sa.Table) -> bool:
+        return bool(cls.bulk_key_columns(event))
 
     def event_relation(self, event: sa.Table, key_count: int):
         """What readers select events from: one row (pdr_id, pdr_at, pdr_k0, ...) per key.

@@ -129,10 +129,10 @@ class PostgreSQLDialect(Dialect):
         return pg.ARRAY(key_type)
 
     def event_relation(self, event, key_count):
-        if not self.has_bulk_events(event):
+        arrays = self.bulk_key_columns(event)
+        if not arrays:
             return event
         keys = [event.c[event_key_name(i)] for i in range(key_count)]
-        arrays = [event.c[bulk_key_name(i)] for i in range(key_count)]
         unnested = (sa.func.unnest(*arrays)
                     .table_valued(*[sa.column(k.name, k.type) for k in keys])
                     .render_derived(name="pdr_u"))
