@@ -94,6 +94,14 @@ class SourceTable(models.Model):
     installed_at = models.DateTimeField(null=True, blank=True, editable=False)
     purged_through = models.BigIntegerField(
         default=0, editable=False, help_text=_("Every event id at or below this has been purged."))
+    incarnation = models.CharField(
+        max_length=32, blank=True, editable=False,
+        help_text=_("Identity of the installed event table (a copy of the source database's registry): "
+                    "a new one after the capture was removed and installed again."))
+    capture_warnings = models.JSONField(
+        default=list, blank=True, editable=False,
+        help_text=_("Changes the capture cannot see on this table (found at install), e.g. foreign-key "
+                    "cascades on MySQL/MariaDB."))
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
