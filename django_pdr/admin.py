@@ -94,22 +94,22 @@ class DatabaseAdmin(_PdrAdmin):
 @admin.register(SourceTable)
 class SourceTableAdmin(_PdrAdmin):
     form = SourceTableForm
-    list_display = ("__str__", "primary_key", "capture_status", "pending", "installed_at")
+    list_display = ("__str__", "primary_key", "capture_status", "blind_spots", "pending", "installed_at")
     list_filter = ("database",)
     list_select_related = ("database",)
     actions = ["install", "uninstall", "reinstall"]
+    _pdr_shown = ["database", "schema", "table", "primary_key", "column_list", "event_table",
+                  "capture_status", "capture_warning_list", "installed_at", "pending", "reflection_list"]
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ["database", "pick", "schema", "table"]
-        return ["database", "schema", "table", "primary_key", "column_list", "event_table", "capture_status",
-                "installed_at", "pending", "reflection_list"]
+        return list(self._pdr_shown)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return ["database", "schema", "table", "primary_key", "column_list", "event_table", "capture_status",
-                "installed_at", "pending", "reflection_list"]
+        return list(self._pdr_shown)
 
     def get_form(self, request, obj=None, **kwargs):
         form = super().get_form(request, obj, **kwargs)
@@ -147,6 +147,21 @@ class SourceTableAdmin(_PdrAdmin):
             return format_html('<span class="pdr-status pdr-status-unreachable" title="{}">{}</span>',
                                describe_error(exc), views.UNREACHABLE)
         return views.status_badge(state)
+
+    @admin.display(description=_("changes not captured"))
+    def capture_warning_list(self, obj):
+        """What the capture cannot see on this table (found at install): shown as a warning."""
+        if not obj.capture_warnings:
+            return format_html('<span class="pdr-muted">{}</span>', _("none known"))
+        return format_html('<ul class="pdr-warn pdr-capture-warnings">{}</ul>',
+                           format_html_join("", "<li>⚠ {}</li>", ((w,) for w in obj.capture_warnings)))
+
+    @admin.display(description=_("blind spots"))
+    def blind_spots(self, obj):
+        if not obj.capture_warnings:
+            return "—"
+        return format_html('<span class="pdr-warn" title="{}">⚠ {}</span>', "\n".join(obj.capture_warnings),
+                           len(obj.capture_warnings))
 
     @admin.display(description=_("pending events"))
     def pending(self, obj):

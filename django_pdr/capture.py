@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from . import conf
 from .connections import begin, connect
-from .dialects import CAPTURE_VERSION, get_dialect
+from .dialects import CAPTURE_VERSION, REGISTRY_TABLE, get_dialect
 from .errors import CaptureError, ConfigurationError
 from .schema import drift, reflect_table
 
@@ -31,6 +32,7 @@ class CapturePlan:
     schema: str | None
     source: sa.Table
     event: sa.Table
+    registry: sa.Table
     names: object
     key_names: list[str]
     create_event_table: str
@@ -61,7 +63,7 @@ def plan(conn, source_table) -> CapturePlan:
 
         raise NoPrimaryKey(f"Table {source.fullname!r} has no primary key: add one before installing capture.")
     names = dialect.capture_names(schema, source_table.table)
-    for name in (names.event_table, *names.triggers, names.function):
+    for name in (names.event_table, *names.triggers, names.function, REGISTRY_TABLE):
         if name and not dialect.identifier_fits(name):
             raise ConfigurationError(f"Generated name {name!r} is too long for {dialect.label}.")
     key_columns = [source.c[n] for n in key_names]
@@ -69,6 +71,7 @@ def plan(conn, source_table) -> CapturePlan:
     create_event = str(sa.schema.CreateTable(event, if_not_exists=True).compile(dialect=conn.dialect)).strip()
     return CapturePlan(
         dialect=dialect, schema=schema, source=source, event=event, names=names, key_names=key_names,
+        registry=registry_table(dialect, schema),
         create_event_table=create_event,
         upgrade_event_table=dialect.event_table_upgrades(source, event),
         create_triggers=dialect.create_trigger_statements(source, event, names, key_names,
@@ -78,6 +81,7 @@ def plan(conn, source_table) -> CapturePlan:
 
 
 def _existing_triggers(conn, capture: CapturePlan) -> set[str]:
+    """Our triggers that exist and fire (a disabled trigger does not count)."""
     query = capture.dialect.existing_triggers_query(capture.schema, capture.source.name, capture.names)
     return {row[0] for row in conn.execute(query)} & set(capture.names.triggers)
 
@@ -97,6 +101,83 @@ def has_key_arrays(conn, capture: CapturePlan) -> bool:
     return capture.dialect.has_bulk_events(capture.event) and not _event_columns_missing(conn, capture)
 
 
+# -- the registry: what is installed, in the source database itself ----------------
+
+@dataclass(frozen=True)
+class Registration:
+    """The registry row of one event table (``pdr_capture`` in the source schema).
+
+    ``incarnation`` identifies the event table's id sequence: a new one whenever the
+    capture may have stopped (installed anew, or its triggers were missing), so that a
+    checkpoint of an earlier incarnation is never read against it.  ``purged_through``:
+    every event id at or below it has been purged (updated in the purge's own
+    transaction)."""
+
+    incarnation: str
+    purged_through: int
+    fingerprint: str
+
+
+def registry_table(dialect, schema) -> sa.Table:
+    return sa.Table(
+        REGISTRY_TABLE, sa.MetaData(),
+        sa.Column("event_table", sa.String(255), primary_key=True),
+        sa.Column("incarnation", sa.String(32), nullable=False),
+        sa.Column("purged_through", sa.BigInteger(), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("installed_at", sa.DateTime(), nullable=False),
+        schema=schema, **dialect.event_table_kwargs(),
+    )
+
+
+def registration(conn, capture: CapturePlan) -> Registration | None:
+    """The registry row of ``capture``'s event table, or None (not installed by this
+    version, or removed).  Read in ``conn``'s transaction (the caller ends it)."""
+    table = capture.registry
+    try:
+        row = conn.execute(sa.select(table.c.incarnation, table.c.purged_through, table.c.fingerprint)
+                           .where(table.c.event_table == capture.event.name)).first()
+    except sa.exc.DBAPIError as exc:
+        conn.rollback()
+        if exc.connection_invalidated or sa.inspect(conn).has_table(table.name, schema=capture.schema):
+            raise
+        return None  # no registry table in this schema
+    return Registration(row[0], int(row[1]), row[2]) if row else None
+
+
+def _register(conn, capture: CapturePlan, incarnation: str, purged_through: int, fingerprint: str | None = None):
+    capture.registry.create(conn, checkfirst=True)
+    row = {"event_table": capture.event.name, "incarnation": incarnation, "purged_through": purged_through,
+           "fingerprint": fingerprint or capture.fingerprint, "installed_at": timezone.now().replace(tzinfo=None)}
+    for statement, params in capture.dialect.upsert_batches(
+            capture.registry, ["event_table"], ["incarnation", "purged_through", "fingerprint", "installed_at"],
+            [row]):
+        conn.execute(statement, params)
+
+
+def _unregister(conn, capture: CapturePlan):
+    """Delete the registry row; the registry table too when no row is left."""
+    table = capture.registry
+    if not sa.inspect(conn).has_table(table.name, schema=capture.schema):
+        return
+    conn.execute(sa.delete(table).where(table.c.event_table == capture.event.name))
+    if conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0:
+        table.drop(conn)
+
+
+def capturing(conn, capture: CapturePlan) -> str | None:
+    """None when every change of the source table is captured now; else what is missing
+    (for a message: "the triggers ... are missing", "the event table ... is missing")."""
+    triggers = _existing_triggers(conn, capture)
+    missing = [t for t in capture.names.row_triggers if t not in triggers]
+    if missing:
+        return (f"trigger(s) {', '.join(missing)} are missing or disabled on "
+                f"{capture.source.fullname!r}")
+    if not _event_table_exists(conn, capture):
+        return f"event table {capture.event.name!r} is missing"
+    return None
+
+
 def status(source_table) -> str:
     """INSTALLED, OUTDATED (installed SQL differs from what would be installed now),
     PARTIAL (some objects missing) or MISSING."""
@@ -104,11 +185,13 @@ def status(source_table) -> str:
         capture = plan(conn, source_table)
         triggers = _existing_triggers(conn, capture)
         has_events = _event_table_exists(conn, capture)
+        registered = registration(conn, capture)
     if not triggers and not has_events:
         return MISSING
-    if len(triggers) < 3 or not has_events:
+    if not set(capture.names.row_triggers) <= triggers or not has_events:
         return PARTIAL
-    if source_table.installed_fingerprint != capture.fingerprint:
+    fingerprint = registered.fingerprint if registered else source_table.installed_fingerprint
+    if fingerprint != capture.fingerprint or len(triggers) < len(capture.names.triggers):
         return OUTDATED
     added, removed = drift(source_table, capture.source)
     if added or removed:
@@ -119,20 +202,43 @@ def status(source_table) -> str:
 def install(source_table, *, force: bool = False) -> str:
     """Create the event table and triggers; return INSTALLED.  Idempotent.
 
+    Capture that never stopped (every row trigger in place, the event table and its
+    registry row present) is replaced in place and keeps its incarnation, where the
+    engine replaces triggers atomically.  Otherwise changes may have gone uncaptured
+    (or the event table is new and its ids start again): a new incarnation makes every
+    reflection of the table resync (see ``reflect``).
+
     Raises CaptureError (nothing left behind) when the engine refuses."""
     database = source_table.database
     with connect(database) as conn:
         capture = plan(conn, source_table)
         triggers = _existing_triggers(conn, capture)
         had_events = _event_table_exists(conn, capture)
+        registered = registration(conn, capture)
         # an upgrade locks the event table: only when a column is missing
         upgrade = had_events and bool(capture.upgrade_event_table) and _event_columns_missing(conn, capture)
+        blind_spots = capture.dialect.capture_blind_spots(conn, capture.source)  # shown in the admin
         conn.rollback()
-        up_to_date = (source_table.installed_fingerprint == capture.fingerprint and had_events
-                      and len(triggers) == 3)
+        never_stopped = had_events and set(capture.names.row_triggers) <= triggers
+        if registered is None and never_stopped:
+            # installed by a version before the registry: adopt it (checkpoints written
+            # before have no incarnation and adopt the current one)
+            fingerprint = source_table.installed_fingerprint
+        else:
+            fingerprint = registered.fingerprint if registered else ""
+        up_to_date = (never_stopped and fingerprint == capture.fingerprint
+                      and len(triggers) == len(capture.names.triggers) and registered is not None)
         if not up_to_date or force:
+            keep = never_stopped and (registered is None or capture.dialect.replaces_triggers_atomically)
+            incarnation = registered.incarnation if keep and registered else uuid.uuid4().hex
+            if not had_events:
+                purged = 0  # a new event table: its ids start again
+            else:
+                purged = registered.purged_through if registered else int(source_table.purged_through or 0)
             try:
                 with begin(conn):
+                    # the registry first: a reader that sees the new objects sees the new incarnation
+                    _register(conn, capture, incarnation, purged)
                     if not had_events:
                         conn.exec_driver_sql(capture.create_event_table)
                     for statement in capture.upgrade_event_table if upgrade else ():
@@ -143,27 +249,36 @@ def install(source_table, *, force: bool = False) -> str:
                     for statement in capture.create_triggers:
                         conn.exec_driver_sql(statement)
             except Exception as exc:
-                _compensate(conn, capture, keep_triggers=triggers, drop_event_table=not had_events)
+                _compensate(conn, capture, keep_triggers=triggers, drop_event_table=not had_events,
+                            registered=registered)
                 hint = capture.dialect.explain_error(exc)
                 detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
                 raise CaptureError(
                     f"Could not install capture on {capture.source.fullname!r} in {database.describe()}: "
                     f"{detail}." + (f" {hint}" if hint else "") + " Nothing was left installed."
                 ) from None
+            if incarnation != (registered.incarnation if registered else None) and registered is not None:
+                logger.warning("capture on %s was not complete (or its event table is new): new incarnation "
+                               "%s; its reflections resync", source_table, incarnation)
             logger.info("installed capture on %s (event table %s)", source_table, capture.event.name)
+        else:
+            incarnation, purged = registered.incarnation, registered.purged_through
     source_table.key_columns = capture.key_names
     source_table.columns = [{"name": c.name, "type": str(c.type.compile(dialect=conn.dialect)),
                              "nullable": bool(c.nullable)} for c in capture.source.columns]
     source_table.event_table = capture.event.name
     source_table.installed_fingerprint = capture.fingerprint
     source_table.installed_at = timezone.now()
+    source_table.incarnation = incarnation
+    source_table.purged_through = purged
+    source_table.capture_warnings = blind_spots
     if source_table.pk:
         source_table.save(update_fields=["key_columns", "columns", "event_table", "installed_fingerprint",
-                                         "installed_at"])
+                                         "installed_at", "incarnation", "purged_through", "capture_warnings"])
     return INSTALLED
 
 
-def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool):
+def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool, registered):
     """Best-effort removal of what a failed install created (DDL is not transactional
     everywhere); triggers that existed before the install are left alone."""
     created = [t for t in capture.names.triggers if t not in keep_triggers]
@@ -176,6 +291,15 @@ def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool):
                 conn.exec_driver_sql(statement)
         except Exception:  # already absent, or the connection is gone
             logger.debug("cleanup statement failed: %s", statement, exc_info=True)
+    try:  # the registry as it was (engines without transactional DDL committed the new row)
+        with begin(conn):
+            if registered is None:
+                _unregister(conn, capture)
+            else:
+                _register(conn, capture, registered.incarnation, registered.purged_through,
+                          registered.fingerprint)
+    except Exception:
+        logger.debug("cleanup of the registry row failed", exc_info=True)
 
 
 def uninstall(source_table, *, keep_events: bool = False) -> None:
@@ -186,6 +310,9 @@ def uninstall(source_table, *, keep_events: bool = False) -> None:
         conn.rollback()
         try:
             with begin(conn):
+                # the registry row first: a reader then finds the capture missing, never an
+                # event table of another incarnation under the old one
+                _unregister(conn, capture)
                 for statement in capture.drop_triggers:
                     conn.exec_driver_sql(statement)
                 if not keep_events:
@@ -199,6 +326,7 @@ def uninstall(source_table, *, keep_events: bool = False) -> None:
     logger.info("removed capture from %s", source_table)
     source_table.installed_fingerprint = ""
     source_table.installed_at = None
+    source_table.incarnation = ""
     if source_table.pk:
-        source_table.save(update_fields=["installed_fingerprint", "installed_at"])
+        source_table.save(update_fields=["installed_fingerprint", "installed_at", "incarnation"])
 

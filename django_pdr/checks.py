@@ -7,9 +7,10 @@ django_pdr.W001    no dedicated ``PGCRYPTO_DEFAULT_KEY`` (credentials tied to SE
 django_pdr.W002    ``django.contrib.admin`` is not installed
 django_pdr.W003    a configured Database's driver cannot be imported (database check)
 django_pdr.W004    a configured Database has a kind this version does not support (database check)
+django_pdr.W005    a source table has changes its capture cannot see (database check)
 =================  ======================================================================
 
-W003 and W004 read the ``Database`` table, so, like Django's own database checks,
+W003, W004 and W005 read django-pdr's tables, so, like Django's own database checks,
 they run only when databases are given: ``manage.py check --database default``,
 ``manage.py migrate`` and the test runner.  Before ``migrate`` (no table yet) or
 with the database unreachable they report nothing.
@@ -64,7 +65,7 @@ def check_settings(app_configs=None, **kwargs):
 
 def _check_pdr_dict():
     """E002: one Error per problem of ``settings.PDR`` (types follow the defaults)."""
-    from .conf import DEFAULTS
+    from .conf import CHOICES, DEFAULTS
 
     def error(message, hint="Fix the PDR dict in settings; docs/settings.md lists every key."):
         return Error(message, hint=hint, id="django_pdr.E002")
@@ -97,6 +98,8 @@ def _check_pdr_dict():
             ok, wanted = isinstance(value, str) and bool(value.strip()), "a non-empty string"
         else:
             continue
+        if ok and name in CHOICES and value not in CHOICES[name]:
+            ok, wanted = False, " or ".join(repr(c) for c in CHOICES[name])
         if not ok:
             messages.append(error(f"settings.PDR[{name!r}] must be {wanted}, not {value!r}."))
     backoff = user.get("RETRY_BACKOFF", DEFAULTS.get("RETRY_BACKOFF"))
@@ -109,23 +112,31 @@ def _check_pdr_dict():
     return messages
 
 
+def _configured_rows(app_configs, databases, model, *fields, order_by=()):
+    """``fields`` of every ``model`` row, for a database check; None when the check does
+    not run (no databases given, another app's check) or the table cannot be read."""
+    if not databases:
+        return None
+    if app_configs is not None and not any(config.name == "django_pdr" for config in app_configs):
+        return None  # `manage.py check other_app --database ...`
+    alias = router.db_for_read(model)
+    if alias not in databases:
+        return None
+    try:
+        with transaction.atomic(using=alias):  # a savepoint, when called inside a transaction
+            return list(model.objects.using(alias).order_by(*order_by).values_list(*fields))
+    except DatabaseError:
+        # Not migrated yet (no table) or unreachable: nothing configured that we can check.
+        return None
+
+
 @register(Tags.database)
 def check_database_drivers(app_configs=None, databases=None, **kwargs):
     """W003, W004: every kind of configured Database can be used by this installation."""
-    if not databases:
-        return []
-    if app_configs is not None and not any(config.name == "django_pdr" for config in app_configs):
-        return []  # `manage.py check other_app --database ...`
     from .models import Database
 
-    alias = router.db_for_read(Database)
-    if alias not in databases:
-        return []
-    try:
-        with transaction.atomic(using=alias):  # a savepoint, when called inside a transaction
-            rows = list(Database.objects.using(alias).order_by("name").values_list("name", "kind"))
-    except DatabaseError:
-        # Not migrated yet (no table) or unreachable: nothing configured that we can check.
+    rows = _configured_rows(app_configs, databases, Database, "name", "kind", order_by=["name"])
+    if not rows:
         return []
     by_kind: dict[str, list[str]] = {}
     for name, kind in rows:
@@ -153,6 +164,30 @@ def check_database_drivers(app_configs=None, databases=None, **kwargs):
                 hint=install_hint(kind),
                 id="django_pdr.W003",
             ))
+    return messages
+
+
+@register(Tags.database)
+def check_capture_warnings(app_configs=None, databases=None, **kwargs):
+    """W005: source tables whose capture cannot see every change (found at install, e.g.
+    foreign-key cascades on MySQL/MariaDB)."""
+    from .models import SourceTable
+
+    rows = _configured_rows(app_configs, databases, SourceTable, "database__name", "schema", "table",
+                            "capture_warnings", order_by=["database__name", "schema", "table"])
+    messages = []
+    for database, schema, table, found in rows or ():
+        if not found:
+            continue
+        name = f"{schema}.{table}" if schema else table
+        messages.append(Warning(
+            f"Source table {name!r} of database {database!r} has changes its capture triggers never see: "
+            + " ".join(str(w) for w in found),
+            hint="Those changes are not replicated. Run 'manage.py pdr-verify --repair' after them (or make "
+                 "them through statements the triggers see), and reinstall capture once the table changed; "
+                 "see docs/checks.md.",
+            id="django_pdr.W005",
+        ))
     return messages
 
 

@@ -39,7 +39,15 @@ DEFAULTS = {
     "NOTIFY": True,
     # Days of samples kept.
     "SAMPLE_RETENTION_DAYS": 7,
+    # What a reflection does when its checkpoint cannot be continued: the source's capture
+    # was installed anew (event ids started again), or events it has not applied were
+    # purged (a destination restored from a backup).  "resync": reload the destination;
+    # "error": stop with an error until a resync is requested.
+    "ON_CAPTURE_RESET": "resync",
 }
+
+#: Allowed values of the settings that take one of a few words.
+CHOICES = {"ON_CAPTURE_RESET": ("resync", "error")}
 
 
 @lru_cache(maxsize=None)

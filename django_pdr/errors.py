@@ -1,5 +1,12 @@
 """Exceptions raised by django-pdr.  Messages say what to do, never a credential."""
 
+#: Kinds of failed destination writes (``Dialect.classify_error``): DATA, the row itself
+#: cannot be stored (it becomes a dead letter, the other rows flow); TRANSIENT, anything
+#: else the database says (locks, outages, a read-only server, a missing table or column:
+#: the batch is retried later with back-off, never dead-lettered).
+DATA = "data"
+TRANSIENT = "transient"
+
 
 class PdrError(Exception):
     """Base class of every django-pdr error."""
@@ -11,6 +18,15 @@ class ConfigurationError(PdrError):
 
 class ConnectionFailed(PdrError):
     """A configured database cannot be reached."""
+
+
+class NameRefused(ConfigurationError):
+    """A destination name the destination engine cannot hold; ``field`` is the Reflection
+    field that gives it (destination_table, destination_schema or mapping)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class TableNotFound(ConfigurationError):
@@ -25,8 +41,17 @@ class CaptureError(PdrError):
     """Installing or removing capture triggers failed; nothing was left half-installed."""
 
 
+class CaptureMissing(PdrError):
+    """The capture of a source table is missing or disabled: changes are not recorded."""
+
+
 class ApplyError(PdrError):
     """A batch could not be applied to the destination."""
+
+
+class RowTooLarge(PdrError):
+    """A row is too large for the destination to take in one statement (a DATA error:
+    its message says which setting to raise)."""
 
 
 def describe(exc: BaseException) -> str:

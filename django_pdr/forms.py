@@ -248,6 +248,8 @@ class ReflectionForm(forms.ModelForm):
         statement = (data.get("statement") or "").strip()
         candidate = SimpleNamespace(
             pk=self.instance.pk or "(new)", mapping=text, source=source, destination=destination,
+            destination_schema=data.get("destination_schema") or "",
+            destination_table=data["destination_table"],
             statement=statement, delete_statement=(data.get("delete_statement") or "").strip())
         try:
             if destination is None:
@@ -255,7 +257,8 @@ class ReflectionForm(forms.ModelForm):
             mapping = validate(candidate)
         except PdrError as exc:
             message = str(exc)
-            field = "mapping" if "mapping" in message else (
+            field = getattr(exc, "field", None) or (
+                "mapping" if "mapping" in message else
                 "delete_statement" if "delete statement" in message else
                 "statement" if "statement" in message.lower() else None)
             self.add_error(field, message)

@@ -20,8 +20,9 @@ from .errors import ConnectionFailed
 SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "pg_toast", "mysql",
                             "performance_schema", "sys"})
 
-#: Names of event tables (``Dialect.capture_names``: pdr_<slug>_<10 hex>_ev).
-_EVENT_TABLE = re.compile(r"^pdr_.*_[0-9a-f]{10}_ev$")
+#: Names of event tables (``Dialect.capture_names``: pdr_<slug>_<10 hex>_ev) and of the
+#: capture registry (``REGISTRY_TABLE``): ours, never offered as a source.
+_EVENT_TABLE = re.compile(r"^(pdr_.*_[0-9a-f]{10}_ev|pdr_capture)$")
 
 
 @dataclass(frozen=True)

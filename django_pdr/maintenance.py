@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from . import conf
 from .capture import plan as capture_plan
+from .capture import registration
 from .connections import begin, get_engine
 from .models import Reflection, Sample
 from .visibility import Position
@@ -16,49 +17,70 @@ from .visibility import Position
 logger = logging.getLogger("django_pdr.maintenance")
 
 
-def purge_horizon(source_table) -> int:
+def purge_horizon(source_table, incarnation: str | None = None) -> int:
     """The highest event id every reflection of ``source_table`` has settled.
 
-    A reflection that has not recorded a position yet holds the horizon at the
-    current floor (it may still need every retained event)."""
+    A reflection that has not recorded a position yet, or whose position belongs to
+    another incarnation of the event table (its worker has not seen the reinstall yet),
+    holds the horizon at the current floor (it may still need every retained event)."""
     floor = int(source_table.purged_through or 0)
     horizons = []
     for position in Reflection.objects.filter(source=source_table).values_list("position", flat=True):
-        if not position:
+        if not position or position.get("i", incarnation) != incarnation:
             return floor
         horizons.append(Position.from_json(position).horizon)
     return max(floor, min(horizons)) if horizons else floor
 
 
 def purge(source_table) -> int:
-    """Delete events that every reflection has applied, in bounded chunks; returns the count."""
-    floor = int(source_table.purged_through or 0)
-    horizon = purge_horizon(source_table)
-    if horizon <= floor:
-        return 0
+    """Delete events that every reflection has applied, in bounded chunks; returns the count.
+
+    The registry row in the source database (``capture.registration``) records the
+    purged floor in the same transaction as each delete: a reader that missed purged
+    events sees the new floor right after (see ``reflect``)."""
     chunk = int(conf.get("PURGE_CHUNK"))
     deleted = 0
     with get_engine(source_table.database).connect() as conn:
-        event = capture_plan(conn, source_table).event
+        capture = capture_plan(conn, source_table)
+        registered = registration(conn, capture)
+        conn.rollback()
+        if registered is None:
+            return 0  # no capture installed: nothing of ours to purge
+        floor = registered.purged_through
+        source_table.purged_through = floor
+        horizon = purge_horizon(source_table, registered.incarnation)
+        event, registry = capture.event, capture.registry
+        mine = sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
+                       registry.c.purged_through == floor)
         low = floor
         while low < horizon:
             high = min(horizon, low + chunk)
             with begin(conn):
+                # the registry row first (locked until the commit): reinstalled or purged by
+                # another worker meanwhile, this purge stops
+                if not conn.execute(sa.update(registry).where(mine).values(purged_through=high)).rowcount:
+                    break
                 result = conn.execute(sa.delete(event).where(event.c.pdr_id > low, event.c.pdr_id <= high))
             deleted += max(result.rowcount or 0, 0)
             low = high
+            mine = sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
+                           registry.c.purged_through == low)
             type(source_table).objects.filter(pk=source_table.pk).update(purged_through=low)
-    source_table.purged_through = horizon
+    source_table.purged_through = low
     if deleted:
-        logger.info("%s: purged %d applied events (through id %d)", source_table, deleted, horizon)
+        logger.info("%s: purged %d applied events (through id %d)", source_table, deleted, low)
     return deleted
 
 
 def measure(reflection, src_conn, reader) -> tuple[int, float | None]:
     """(pending events, seconds since the oldest pending event was written)."""
     position = Position.from_json(reflection.position or {})
-    count, oldest = src_conn.execute(
-        sa.select(sa.func.count(), sa.func.min(reader.table.c.pdr_at)).where(reader.unapplied(position))).one()
+    count, oldest = 0, None
+    for where in reader.unapplied(position):
+        part, at = src_conn.execute(sa.select(sa.func.count(), sa.func.min(reader.table.c.pdr_at)).where(where)).one()
+        count += int(part or 0)
+        if at is not None and (oldest is None or at < oldest):
+            oldest = at
     src_conn.rollback()
     lag = None
     if oldest is not None:

@@ -16,7 +16,7 @@ from .dialects import get_dialect
 from .errors import ConfigurationError, NoPrimaryKey
 from .connections import connect
 from .mapping import Mapping
-from .schema import destination_table, reflect_table
+from .schema import check_destination_names, destination_table, reflect_table
 
 #: Most rows a preview shows.
 MAX_ROWS = 200
@@ -81,6 +81,10 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
             if exists:
                 dest = reflect_table(dst, schema, reflection.destination_table, dest_db.describe())
                 mapping = mapping.restrict_to(dest.c.keys())
+                if mapping.extras:
+                    notes.append(f"Source column(s) {', '.join(mapping.extras)} are not in the destination "
+                                 f"table: pdr-reflect stops with an error until they are added (manage.py "
+                                 f"pdr-sync-schema) or an explicit mapping leaves them out.")
                 missing = [c for c in mapping.dest_columns if c not in dest.c]
                 if missing:
                     raise ConfigurationError(
@@ -90,6 +94,7 @@ def preview(reflection, limit: int = 20) -> PreviewResult:
             else:
                 target = destination_table(source, src_dialect, get_dialect(dst), schema,
                                            reflection.destination_table, mapping=mapping)
+                check_destination_names(get_dialect(dst), schema, target.name, target.c.keys())
                 notes.append("The destination table does not exist yet: pdr-reflect will create it "
                              "with the column types shown.")
             types = {c: _type_label(target.c[c].type, dst.dialect) for c in mapping.dest_columns}

@@ -19,17 +19,18 @@ from django.db.models import F
 from django.utils import timezone
 
 from . import conf, keycodec
-from .capture import has_key_arrays
+from .capture import capturing, has_key_arrays, registration
 from .capture import plan as capture_plan
+from .checkpoint import Checkpoint, StaleCheckpoint
 from .coerce import row_converter
 from .connections import begin, connect
 from .dialects import get_dialect
-from .dialects.base import TextRefused, TextRows
-from .errors import ConfigurationError, ConnectionFailed, TableNotFound
+from .dialects.base import OP_TRUNCATE, TextRefused, TextRows
+from .errors import DATA, CaptureMissing, ConfigurationError, ConnectionFailed, TableNotFound
 from .errors import describe as describe_error
 from .maintenance import measure, record_sample
 from .mapping import Mapping
-from .schema import destination_table, drift, reflect_table
+from .schema import check_destination_names, drift, fan_in_part, merged_destination_table, reflect_table
 from .visibility import EventReader, Position
 
 logger = logging.getLogger("django_pdr.reflect")
@@ -41,12 +42,13 @@ LOAD, STREAM = "load", "stream"
 MARK_COLUMN = "pdr_gone"
 
 
-class StaleCheckpoint(Exception):
-    """Another worker moved this reflection's checkpoint: abandon the batch."""
-
-
 class LeaseLost(Exception):
     """This worker's lease on the reflection expired and another worker holds it."""
+
+
+class CaptureChanged(Exception):
+    """The event table was installed anew, or events this reflection has not applied were
+    purged, while a batch was read: the pass starts again (and resyncs)."""
 
 
 class TextPathFailed(Exception):
@@ -63,8 +65,8 @@ def key_hash(key: tuple) -> str:
 #: Prepared table descriptions, per reflection (see ReflectionRunner.prepare_cached).
 _PREPARED: dict = {}
 PREPARE_TTL = 60.0
-_DESCRIBED = ("src_dialect", "source", "source_key", "reader", "mapping", "removed_columns", "dst_dialect",
-              "statement", "delete_statement", "dest", "checkpoints", "convert", "dest_key_columns",
+_DESCRIBED = ("capture", "src_dialect", "source", "source_key", "reader", "mapping", "removed_columns",
+              "dst_dialect", "statement", "delete_statement", "dest", "checkpoint", "convert", "dest_key_columns",
               "source_key_columns", "text_path")
 
 
@@ -123,7 +125,8 @@ class Batch:
     deletes: list = ()
     removals: list = ()
     text: TextRows | None = None
-    window: tuple | None = None  # (position, last event id): the events the batch covers
+    window: tuple | None = None  # (cursor, last event id, ids found in gaps): the events the batch covers
+    truncate: bool = False  # the source table was emptied among these events
 
 
 @dataclass
@@ -136,16 +139,6 @@ class PassResult:
     position_changed: bool = False
 
 
-
-
-def checkpoint_table(dialect, schema) -> sa.Table:
-    return sa.Table(
-        conf.get("CHECKPOINT_TABLE"), sa.MetaData(),
-        sa.Column("reflection", sa.String(36), primary_key=True),
-        sa.Column("state", sa.Text(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
-        schema=schema or None, **dialect.table_kwargs(),
-    )
 
 
 def chunks(items, size):
@@ -164,19 +157,28 @@ class ReflectionRunner:
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
         self.held_keys = set()  # keys waiting on a dead letter (read at the start of a pass)
         self._window_join_refused = False
+        self.incarnation = None  # of the event table this pass reads (from the source's registry)
 
     # -- set-up ------------------------------------------------------------
     def prepare(self, src, dst):
         """Reflect the source, make sure capture and the destination exist."""
         st = self.source_table
         capture = capture_plan(src, st)
-        if st.installed_fingerprint != capture.fingerprint:
+        registered = registration(src, capture)
+        complete = capturing(src, capture) is None
+        if (complete and (registered is None or registered.fingerprint != capture.fingerprint)
+                or registered is None and not st.installed_fingerprint):
+            # capture in place, of another version (or of one before the registry), or
+            # never installed (a new source table): install (an upgrade in place keeps its
+            # incarnation).  Capture that went missing is never reinstalled here: changes
+            # were lost meanwhile, and _check_capture says so.
             from .capture import install
 
             src.rollback()
             install(st)
             capture = capture_plan(src, st)
         src.rollback()
+        self.capture = capture
         self.src_dialect = capture.dialect
         self.source = capture.source
         self.source_key = capture.key_names
@@ -190,20 +192,29 @@ class ReflectionRunner:
         schema = r.destination_schema or None
         self.statement = (r.statement or "").strip()
         self.delete_statement = (r.delete_statement or "").strip()
+        self._load_partners()
         exists = sa.inspect(dst).has_table(r.destination_table, schema=schema)
         if not exists and not self.statement:
-            table = destination_table(self.source, self.src_dialect, self.dst_dialect, schema,
-                                      r.destination_table, mapping=self.mapping)
+            # fan-in: the table gets the columns of every reflection that writes it
+            parts = [(r.pk, (f"reflection {r.pk} ({st})", self.source, self.src_dialect, self.mapping))]
+            parts += [(p.pk, fan_in_part(p)) for p in self.partners if not (p.statement or "").strip()]
+            table = merged_destination_table([part for _, part in sorted(parts, key=lambda item: item[0])],
+                                             self.dst_dialect, schema, r.destination_table)
+            check_destination_names(self.dst_dialect, table.schema, table.name, table.c.keys())
             with begin(dst):
-                table.create(dst)
+                table.create(dst, checkfirst=True)  # another worker may have created it meanwhile
             logger.info("%s: created destination table %s", r, table.fullname)
             exists = True
         if exists and not self.statement:
             self.dest = reflect_table(dst, schema, r.destination_table, r.destination.describe())
             self.mapping = self.mapping.restrict_to(self.dest.c.keys())
             if self.mapping.extras:
-                logger.warning("%s: source column(s) %s are not in the destination; they are not replicated "
-                               "until added (manage.py pdr-sync-schema)", r, ", ".join(self.mapping.extras))
+                raise ConfigurationError(
+                    f"Source column(s) {', '.join(self.mapping.extras)} of {self.source.fullname!r} are "
+                    f"not in destination table {self.dest.fullname!r}: they are not replicated. Add them "
+                    f"to the destination (manage.py pdr-sync-schema does it for columns added at the "
+                    f"source since its capture was installed, and resyncs), or give the reflection an "
+                    f"explicit mapping that leaves them out.")
             dropped = [c for c in self.removed_columns if c in self.dest.c] if self.mapping.mirror else []
             if dropped:
                 raise ConfigurationError(
@@ -220,13 +231,11 @@ class ReflectionRunner:
             self.dest = sa.Table(r.destination_table, sa.MetaData(),
                                  *[sa.Column(c, sa.types.NullType()) for c in self.mapping.dest_columns],
                                  schema=schema)
-        self.checkpoints = checkpoint_table(self.dst_dialect, schema)
-        with begin(dst):
-            self.checkpoints.create(dst, checkfirst=True)
+        self.checkpoint = Checkpoint(self.dst_dialect, schema, r.uid, label=str(r))
         dst.rollback()
+        self.checkpoint.create(dst)
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
-        self._load_partners()
         self.text_path = self._text_path_possible()
         if self.text_path:
             logger.info("%s: rows pass as text (every column has the same type on both sides)", r)
@@ -257,38 +266,70 @@ class ReflectionRunner:
         self._partner_cache = None
         self.source_key_columns = [self.source.c[n] for n in self.source_key]
 
-    # -- checkpoint --------------------------------------------------------
+    # -- checkpoint and capture --------------------------------------------
     def read_state(self, dst) -> dict | None:
-        value = dst.execute(
-            sa.select(self.checkpoints.c.state).where(self.checkpoints.c.reflection == str(self.reflection.uid))
-        ).scalar()
-        dst.rollback()
-        return json.loads(value) if value else None
+        return self.checkpoint.read(dst)
 
-    def _fence(self, dst, expected: dict | None):
-        """Lock this reflection's checkpoint row and check nobody moved it since we read it.
+    def _check_capture(self, src):
+        """The registry row of the event table, after checking that every change of the
+        source table is being captured; CaptureMissing (an error) when not."""
+        capture = self.capture
+        missing = capturing(src, capture)
+        registered = registration(src, capture)
+        src.rollback()
+        if missing is None and registered is None:
+            missing = f"the capture of {capture.source.fullname!r} is not registered (it was removed)"
+        if missing:
+            raise CaptureMissing(
+                f"Capture missing on {self.source_table}: {missing}. Changes made since then are not "
+                f"captured: install the capture again (admin: Install capture, SourceTable.install()); "
+                f"this reflection then reloads the destination.")
+        return registered
 
-        Two workers whose leases overlapped (a stalled worker outliving its lease) can
-        then never both commit the same batch: the second one finds a new state."""
-        query = (sa.select(self.checkpoints.c.state)
-                 .where(self.checkpoints.c.reflection == str(self.reflection.uid)))
-        if self.dst_dialect.supports_for_update:
-            query = query.with_for_update()
-        value = dst.execute(query).scalar()
-        current = json.loads(value) if value else None
-        if current != expected:
-            raise StaleCheckpoint(
-                f"{self.reflection}: the checkpoint moved under this worker (another worker applied "
-                f"the batch); starting again from the new checkpoint.")
+    def _reconcile(self, state: dict | None, registered) -> tuple[dict, bool]:
+        """(state to continue from, whether it is a fresh start).  A checkpoint of another
+        incarnation of the event table, or one that has not applied events since purged
+        (a destination restored from a backup), is never continued: resync (or, with
+        PDR["ON_CAPTURE_RESET"] = "error", stop with an error)."""
+        r = self.reflection
+        self.incarnation = registered.incarnation
+        reason = None
+        if state is None or r.resync_requested:
+            if r.resync_requested:
+                type(r).objects.filter(pk=r.pk).update(resync_requested=False)
+                r.resync_requested = False
+            return self.start_state(registered), True
+        if state.get("inc", registered.incarnation) != registered.incarnation:
+            reason = (f"the capture on {self.source_table} was installed anew since the checkpoint was written "
+                      f"(its event ids started again)")
+        elif Position.from_json(state["pos"]).horizon < registered.purged_through:
+            reason = (f"events up to id {registered.purged_through} were purged from {self.source_table}, but "
+                      f"the destination's checkpoint has not applied those after id "
+                      f"{Position.from_json(state['pos']).horizon} (was the destination restored from a backup?)")
+        if reason is None:
+            return dict(state, inc=registered.incarnation), False
+        if conf.get("ON_CAPTURE_RESET") == "error":
+            raise ConfigurationError(
+                f"{r}: {reason}. The destination may miss changes: request a resync (admin: Resync) to "
+                f"reload it.")
+        logger.warning("%s: %s: resyncing the destination", r, reason)
+        return self.start_state(registered), True
 
-    def _write_state(self, dst, state: dict):
-        row = {"reflection": str(self.reflection.uid), "state": json.dumps(state),
-               "updated_at": timezone.now().replace(tzinfo=None)}
-        self._execute_upsert(dst, self.checkpoints, ["reflection"], ["state", "updated_at"], [row])
+    def _confirm_capture(self, src, position: Position):
+        """After reading events from ``position``: the event table is still the incarnation
+        this pass started with, and nothing unread was purged meanwhile (a purge moves the
+        registry in its own transaction, so a read that missed purged events is followed
+        by this read of the registry seeing it)."""
+        registered = registration(src, self.capture)
+        src.rollback()
+        if (registered is None or registered.incarnation != self.incarnation
+                or registered.purged_through > position.horizon):
+            raise CaptureChanged()
 
     def _execute_upsert(self, dst, table, keys, values, rows):
         if len(rows) > 1 and self.dst_dialect.bulk_upsert(dst, table, keys, values, rows):
             return
+        self.dst_dialect.guard_rows(dst, table, rows)
         for statement, params in self.dst_dialect.upsert_batches(table, keys, values, rows):
             if params is None:
                 dst.execute(statement)
@@ -296,54 +337,51 @@ class ReflectionRunner:
                 dst.execute(statement, params)
 
     def _commit(self, dst, expected: dict | None, new_state: dict, upserts: list, deletes: list,
-                removals: list = ()):
+                removals: list = (), truncate: bool = False):
         """Apply rows and write the checkpoint in one destination transaction.
 
-        ``upserts`` holds (source key, destination row) pairs.  When the destination
-        rejects the batch for a data error, rows are tried one by one: the rejected
-        ones go to dead letters (recorded before the checkpoint commits), the rest
-        are applied.  Returns the number of rows written."""
-        try:
-            with begin(dst):
-                self._fence(dst, expected)
-                self._apply(dst, [row for _, row in upserts], deletes, removals)
-                self._write_state(dst, new_state)
-            return len(upserts) + len(deletes) + len(removals)
-        except StaleCheckpoint:
-            raise
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated or len(upserts) + len(deletes) + len(removals) == 0:
-                raise
-            batch_error = exc
-        return self._commit_isolating(dst, expected, new_state, upserts, deletes, removals, batch_error)
-
-    def _commit_isolating(self, dst, expected, new_state, upserts, deletes, removals, batch_error):
-        from .deadletters import record as record_dead_letter
-
-        bad, written = [], 0
+        ``upserts`` holds (source key, destination row) pairs.  Rows the destination
+        refuses for a data error (``Dialect.classify_error``) go to dead letters and the
+        rest is applied, in the same transaction (savepoints); any other error aborts the
+        batch (retried later with back-off).  Returns the number of rows written."""
         items = ([(key, [row], [], []) for key, row in upserts] + [(key, [], [key], []) for key in deletes]
                  + [(key, [], [], [key]) for key in removals])
-        for key, rows, gone, left in items:
-            try:
-                with begin(dst):
-                    self._apply(dst, rows, gone, left)
-                written += 1
-            except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise
-                bad.append((key, exc))
-        if len(bad) == len(items) and len(items) > 1:
-            # every row fails: the destination itself is wrong, not the rows
-            raise batch_error
-        for key, exc in bad:
-            record_dead_letter(self.reflection, key, describe_error(exc))
-            self.held_keys.add(key_hash(key))
-            logger.warning("%s: row %s rejected by the destination, dead-lettered: %s", self.reflection,
-                           list(key), describe_error(exc))
         with begin(dst):
-            self._fence(dst, expected)
-            self._write_state(dst, new_state)
-        return written
+            self.checkpoint.fence(dst, expected)
+            if truncate:
+                self._truncate(dst)
+            bad = self._apply_isolating(dst, items)
+            for key, exc in bad:
+                self._dead_letter(key, exc)
+            self.checkpoint.write(dst, new_state)
+        return len(items) - len(bad)
+
+    def _apply_isolating(self, dst, items) -> list[tuple]:
+        """Apply ``items`` ((key, upserts, deletes, removals) per key) in savepoints; return
+        (key, error) of the rows refused for a data error (found by halving the items)."""
+        if not items:
+            return []
+        savepoint = dst.begin_nested()
+        try:
+            self._apply(dst, *[[x for item in items for x in item[i]] for i in (1, 2, 3)])
+        except Exception as exc:
+            if self.dst_dialect.classify_error(exc) != DATA or getattr(exc, "connection_invalidated", False):
+                raise  # the whole transaction is rolled back by the caller
+            savepoint.rollback()
+            if len(items) == 1:
+                return [(items[0][0], exc)]
+            middle = len(items) // 2
+            return self._apply_isolating(dst, items[:middle]) + self._apply_isolating(dst, items[middle:])
+        savepoint.commit()
+        return []
+
+    def _dead_letter(self, key, exc):
+        from .deadletters import record as record_dead_letter
+
+        record_dead_letter(self.reflection, key, describe_error(exc))
+        self.held_keys.add(key_hash(key))
+        logger.error("%s: row %s refused by the destination, dead-lettered: %s", self.reflection, list(key),
+                     describe_error(exc))
 
     # -- applying rows -----------------------------------------------------
     def _source_rows(self, src, keys: list[tuple], window=None) -> dict[tuple, dict]:
@@ -380,6 +418,18 @@ class ReflectionRunner:
         src.rollback()
         return found
 
+    def _truncate(self, dst):
+        """The source table was emptied (PostgreSQL TRUNCATE): every row of the mirror is
+        gone, under the delete policy (fan-in partners keep their merged rows)."""
+        if self.reflection.delete_policy == "ignore" or (self.statement and not self.delete_statement):
+            return
+        if not (self.statement or self.partners) and self.reflection.delete_policy == "delete":
+            dst.execute(sa.delete(self.dest))
+            return
+        # destination key i holds source key i: the keys as the delete paths take them
+        keys = [tuple(row) for row in dst.execute(sa.select(*self.dest_key_columns))]
+        self._apply(dst, [], keys)
+
     def _apply(self, dst, upserts: list[dict], deletes: list[tuple], removals: list[tuple] = ()):
         """Write rows (the caller holds the transaction).
 
@@ -404,6 +454,7 @@ class ReflectionRunner:
                 self._delete(dst, gone)
         if upserts:
             if self.statement:
+                self.dst_dialect.guard_rows(dst, None, upserts)
                 dst.execute(sa.text(self.statement), upserts)
             else:
                 self._execute_upsert(dst, self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts)
@@ -487,25 +538,21 @@ class ReflectionRunner:
             query = query.where(self.mapping.filter_clause())
         return query
 
-    def _event_window(self, position: Position, last_id: int):
-        """WHERE clause for the events ``position`` has not applied, up to ``last_id``."""
-        return sa.and_(self.reader.unapplied(position), self.reader.table.c.pdr_id <= last_id)
-
-    def _keys_in_window(self, position: Position, last_id: int):
+    def _keys_in_window(self, *window):
         """WHERE clause for the source rows whose key has an event in the window."""
-        keys = sa.select(*self.reader.key_columns).where(self._event_window(position, last_id))
+        keys = sa.select(*self.reader.key_columns).where(self.reader.window(*window))
         src_keys = self.source_key_columns
         if len(src_keys) == 1:
             return src_keys[0].in_(keys)
         return sa.tuple_(*src_keys).in_(keys)
 
-    def _text_batch_query(self, position: Position, last_id: int):
-        """One row per distinct key of the events ``position`` has not applied, up to
-        ``last_id``: a "gone" flag (no source row, or the row fails the filter), then the
+    def _text_batch_query(self, *window):
+        """One row per distinct key of the events of ``window`` (see EventReader.window): a
+        "gone" flag (no source row, or the row fails the filter), then the
         destination columns (key columns from the row, or from the event for a gone key).
         One index probe per key on the source table."""
         ev_keys = self.reader.key_columns
-        keys = (sa.select(*ev_keys).where(self._event_window(position, last_id)).distinct()
+        keys = (sa.select(*ev_keys).where(self.reader.window(*window)).distinct()
                 .subquery("pdr_e"))
         src_keys = self.source_key_columns
         on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
@@ -543,33 +590,38 @@ class ReflectionRunner:
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         try:
             with begin(dst):
-                self._fence(dst, expected)
+                self.checkpoint.fence(dst, expected)
                 if marked:
                     written = self.dst_dialect.apply_marked(dst, self.dest, names, keys, values, text)
                 else:
                     written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text)
-                self._write_state(dst, new_state)
+                self.checkpoint.write(dst, new_state)
             return written
-        except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
+        except StaleCheckpoint:
+            raise
+        except TextRefused as exc:
+            logger.info("%s: destination cannot take rows as text (%s); using Python rows", self.reflection, exc)
+            raise TextPathFailed() from exc
+        except Exception as exc:
+            # the Python path classifies what the destination refuses, row by row
+            if getattr(exc, "connection_invalidated", False) or not (
+                    isinstance(exc, sa.exc.DBAPIError) or self.dst_dialect.classify_error(exc) == DATA):
                 raise
             logger.info("%s: destination refused the batch as text (%s); redoing it with Python rows",
                         self.reflection, describe_error(exc))
-            raise TextPathFailed() from exc
-        except TextRefused as exc:
-            logger.info("%s: destination cannot take rows as text (%s); using Python rows", self.reflection, exc)
             raise TextPathFailed() from exc
 
     def python_batch(self, src, batch: Batch) -> Batch:
         """The same batch as Python rows (after the text path failed, or a key got held)."""
         upserts, deletes, removals = self.keyed_rows(src, batch.keys, batch.window) if batch.keys else ([], [], [])
-        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window)
+        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window,
+                     truncate=batch.truncate)
 
     # -- phases ------------------------------------------------------------
-    def start_state(self) -> dict:
-        floor = int(self.source_table.purged_through or 0)
-        return {"phase": LOAD, "after": None, "pos": self.reader.start_position(floor).to_json(),
-                "loaded": 0}
+    def start_state(self, registered) -> dict:
+        """A (re)load from the start, reading events after the purged floor."""
+        return {"phase": LOAD, "after": None, "pos": self.reader.start_position(registered.purged_through).to_json(),
+                "loaded": 0, "inc": registered.incarnation}
 
     def _load_python(self, src, after):
         """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered)."""
@@ -602,7 +654,7 @@ class ReflectionRunner:
         new_state = dict(state)
         new_state["loaded"] = state.get("loaded", 0) + count
         if last is None:
-            return {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"]}
+            return {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"], "inc": self.incarnation}
         new_state["after"] = keycodec.encode_key(last)
         return new_state
 
@@ -614,7 +666,7 @@ class ReflectionRunner:
             # checkpoint existed must not survive it.  A table shared with other
             # reflections (fan-in) only loses this reflection's own columns.
             with begin(dst):
-                self._fence(dst, expected)
+                self.checkpoint.fence(dst, expected)
                 if self.statement:
                     pass  # a custom statement owns its target: nothing to clear
                 elif self.partners:
@@ -623,7 +675,7 @@ class ReflectionRunner:
                         dst.execute(sa.update(self.dest).values(**values))
                 else:
                     dst.execute(sa.delete(self.dest))
-                self._write_state(dst, state)
+                self.checkpoint.write(dst, state)
             expected = state
         text = self._load_text(src, after) if self._use_text() else None
         if text is not None:
@@ -637,6 +689,8 @@ class ReflectionRunner:
         count, last, upserts, filtered = self._load_python(src, after)
         new_state = self._load_state(state, count, last)
         self._commit(dst, expected, new_state, upserts, [], filtered)
+        if last is None:  # the load is complete: its events follow from the start position
+            self._confirm_capture(src, Position.from_json(state["pos"]))
         return new_state
 
     def read_batch(self, src, state: dict) -> Batch | None:
@@ -644,15 +698,19 @@ class ReflectionRunner:
         or None when nothing is new."""
         position = Position.from_json(state["pos"])
         events, new_position = self.reader.read(src, position, self.batch_size)
+        self._confirm_capture(src, position)
         if not events and new_position.to_json() == position.to_json():
             return None
-        keys = list(dict.fromkeys(e.key for e in events))
-        new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0)}
-        batch = Batch(new_state, len(events), keys)
+        truncate = any(e.op == OP_TRUNCATE for e in events)
+        keys = list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
+        new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
+                     "inc": self.incarnation}
+        batch = Batch(new_state, len(events), keys, truncate=truncate)
         if not keys:
             return batch
-        batch.window = (position, max(e.id for e in events))
-        if self._use_text():
+        gap_ids = {e.id for e in events if e.id <= position.cursor}
+        batch.window = (position.cursor, max(e.id for e in events), gap_ids)
+        if self._use_text() and not truncate:
             text = self._copy_out(src, [self._text_batch_query(*batch.window)])
             if text is not None:
                 batch.text = text[0]
@@ -673,7 +731,7 @@ class ReflectionRunner:
             upserts = [(k, row) for k, row in upserts if key_hash(k) not in self.held_keys]
             deletes = [k for k in deletes if key_hash(k) not in self.held_keys]
             removals = [k for k in removals if key_hash(k) not in self.held_keys]
-        written = self._commit(dst, state, new_state, upserts, deletes, removals)
+        written = self._commit(dst, state, new_state, upserts, deletes, removals, truncate=batch.truncate)
         return new_state, count, written
 
     def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
@@ -722,14 +780,14 @@ class ReflectionRunner:
 
         for letter in requested(self.reflection):
             key = keycodec.decode_key(letter.key)
-            upserts, deletes, removals = self.keyed_rows(src, [key])
-            try:
-                with begin(dst):
-                    self._apply(dst, [row for _, row in upserts], deletes, removals)
-            except sa.exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise
-                resolve(letter, error=describe_error(exc))
+            with begin(dst):
+                # the same fence as a batch, and the source read after it: a batch that
+                # commits before read an older row than this retry writes
+                self.checkpoint.fence(dst, state)
+                upserts, deletes, removals = self.keyed_rows(src, [key])
+                refused = self._apply_isolating(dst, [(key, [row for _, row in upserts], deletes, removals)])
+            if refused:
+                resolve(letter, error=describe_error(refused[0][1]))
                 continue
             resolve(letter)
             logger.info("%s: dead-lettered row %s applied on retry", self.reflection, list(key))
@@ -767,14 +825,16 @@ class ReflectionRunner:
         _PREPARED[self.reflection.pk] = (self._config_key(), time.monotonic(), described)
 
     def _run(self, src, dst, result, stop, max_seconds, started):
+        try:
+            return self._run_checked(src, dst, result, stop, max_seconds, started)
+        except CaptureChanged:
+            # reinstalled or purged under this pass: the checks at the start tell which
+            return self._run_checked(src, dst, result, stop, max_seconds, started)
+
+    def _run_checked(self, src, dst, result, stop, max_seconds, started):
         r = self.reflection
-        state = self.read_state(dst)
-        starting = state is None or r.resync_requested
-        if starting:
-            state = self.start_state()
-            if r.resync_requested:
-                type(r).objects.filter(pk=r.pk).update(resync_requested=False)
-                r.resync_requested = False
+        registered = self._check_capture(src)
+        state, starting = self._reconcile(self.read_state(dst), registered)
         from .deadletters import held_keys
 
         self.held_keys = held_keys(r)
@@ -810,7 +870,7 @@ class ReflectionRunner:
 
     def _save_progress(self, *, status, state, events=0, rows=0):
         r = self.reflection
-        fields = {"status": status, "position": state.get("pos", {}),
+        fields = {"status": status, "position": dict(state.get("pos", {}), i=state.get("inc")),
                   "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}}
         if events or rows or status == "running":
             fields.update(last_error="", failures=0, next_attempt_at=None)

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from .connections import connect
 from .dialects import get_dialect
-from .errors import NoPrimaryKey, TableNotFound
+from .errors import ConfigurationError, NameRefused, NoPrimaryKey, TableNotFound
 
 
 @dataclass
@@ -43,8 +43,8 @@ def reflect_table(conn, schema: str | None, name: str, database_label: str) -> s
         # read floating-point columns as float: a Decimal conversion rounds to 10 digits
         if isinstance(column.type, sa.Float) and column.type.asdecimal:
             column.type.asdecimal = False
-    get_dialect(conn).refine_reflected(conn, table)
-    return table
+    refined = get_dialect(conn).refine_reflected(conn, table)
+    return table if refined is None else refined
 
 
 def discover_source(database, schema: str | None, table: str) -> SourceInfo:
@@ -90,7 +90,6 @@ def destination_table(source_table: sa.Table, source_dialect, dest_dialect, sche
     else through the engine-neutral type (``docs/dialects.md`` lists every
     mapping).  Computed and constant columns take their declared ``type``.
     """
-    from .errors import ConfigurationError
     from .mapping import Mapping
 
     if mapping is None:
@@ -120,6 +119,85 @@ def destination_table(source_table: sa.Table, source_dialect, dest_dialect, sche
         new_columns.append(sa.Column(item.dest, type_, primary_key=is_key, nullable=nullable,
                                      autoincrement=False))
     return sa.Table(name, sa.MetaData(), *new_columns, schema=schema or None, **dest_dialect.table_kwargs())
+
+
+def check_destination_names(dialect, schema: str | None, table: str | None, columns=()) -> None:
+    """Raise NameRefused when the destination engine (``dialect``: a Dialect class or
+    instance) cannot hold the schema, table or column names a reflection writes (None or
+    '': not checked)."""
+    found = []
+    named = (("schema", "destination_schema", [schema]), ("table", "destination_table", [table]),
+             ("column", "mapping", list(columns)))
+    for what, field, names in named:
+        for name in names:
+            problem = dialect.identifier_problem(name) if name or what == "column" else None
+            if problem:
+                found.append((field, f"{what} {name!r}: {problem}"))
+    if not found:
+        return
+    fixes = []
+    if any(field == "mapping" for field, _ in found):
+        fixes.append('Rename the columns in an explicit mapping '
+                     '({"columns": {"new_name": "source column", ...}})')
+    if any(field != "mapping" for field, _ in found):
+        fixes.append("Choose a table and schema name that fits")
+    raise NameRefused(f"Destination name(s) refused — {'; '.join(text for _, text in found)}. "
+                      f"{'. '.join(fixes)}.", field=found[0][0])
+
+
+def fan_in_part(reflection) -> tuple:
+    """(label, source Table, source dialect, Mapping) of a reflection, read through its own
+    source connection (for ``merged_destination_table``)."""
+    from .mapping import Mapping
+
+    st = reflection.source
+    with connect(st.database) as conn:
+        source = reflect_table(conn, st.schema or None, st.table, st.database.describe())
+        dialect = get_dialect(conn)
+        conn.rollback()
+    mapping = Mapping.from_reflection(reflection, [c.name for c in source.columns],
+                                      [c.name for c in source.primary_key.columns])
+    return f"reflection {reflection.pk} ({st})", source, dialect, mapping
+
+
+def merged_destination_table(parts, dest_dialect, schema: str | None, name: str) -> sa.Table:
+    """A new Table for several reflections into one destination table (fan-in): the
+    union of the columns ``destination_table`` gives each of ``parts`` ((label, source
+    Table, source dialect, Mapping) tuples).  Every part must bind the same destination
+    key, and a column two parts write must get one type; columns outside the key take
+    NULL (a row may come from one source only).  One part: its own table."""
+    tables = [(label, destination_table(source, src_dialect, dest_dialect, schema, name, mapping=mapping))
+              for label, source, src_dialect, mapping in parts]
+    if len(tables) == 1:
+        return tables[0][1]
+    first_label, first = tables[0]
+    key = [c.name for c in first.primary_key.columns]
+    columns, owners = {}, {}
+    for label, table in tables:
+        their_key = [c.name for c in table.primary_key.columns]
+        if sorted(their_key) != sorted(key):
+            raise ConfigurationError(
+                f"Reflections into {name!r} have different destination keys: {first_label} maps its "
+                f"source key to ({', '.join(key)}), {label} to ({', '.join(their_key)}). Map every "
+                f"source key to the same destination columns, or create the table yourself.")
+        for column in table.columns:
+            if column.name not in columns:
+                columns[column.name], owners[column.name] = column, label
+                continue
+            known = _spelled(columns[column.name].type, dest_dialect)
+            spelled = _spelled(column.type, dest_dialect)
+            if known != spelled:
+                raise ConfigurationError(
+                    f"Reflections into {name!r} give column {column.name!r} different types: {known} "
+                    f"({owners[column.name]}) and {spelled} ({label}). Give both the same \"type\" in their "
+                    f"mappings, map them to different columns, or create the table yourself.")
+    merged = [sa.Column(c.name, c.type, primary_key=c.name in key, nullable=c.name not in key,
+                        autoincrement=False) for c in columns.values()]
+    return sa.Table(name, sa.MetaData(), *merged, schema=schema or None, **dest_dialect.table_kwargs())
+
+
+def _spelled(type_, dialect) -> str:
+    return str(type_.compile(dialect=dialect.sa))
 
 
 def drift(source_table, live: sa.Table) -> tuple[list[str], list[str]]:

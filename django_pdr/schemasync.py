@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from .capture import plan as capture_plan
 from .connections import begin, connect
-from .schema import destination_table, drift, reflect_table
+from .schema import check_destination_names, destination_table, drift, reflect_table
 
 logger = logging.getLogger("django_pdr.schemasync")
 
@@ -37,6 +37,8 @@ def sync(source_table, add_to_destinations: bool = True) -> dict:
                 dialect = get_dialect(dst)
                 planned = destination_table(capture.source, capture.dialect, dialect, schema,
                                             reflection.destination_table)
+                # all or nothing: MySQL commits each ALTER at once
+                check_destination_names(dialect, None, None, [n for n in added if n not in dest.c])
                 with begin(dst):
                     for name in added:
                         if name in dest.c:
@@ -45,8 +47,10 @@ def sync(source_table, add_to_destinations: bool = True) -> dict:
                         dst.exec_driver_sql(dialect.add_column_statement(dest, column))
                         done["altered"].append(f"{reflection.destination.name}.{dest.fullname}.{name}")
                         logger.info("added column %s to %s", name, dest.fullname)
-            # rows already copied get the new column's values by a resync
-            type(reflection).objects.filter(pk=reflection.pk).update(resync_requested=True)
+            # rows already copied get the new column's values by a resync, at once (a reflection
+            # stopped by the missing column waits for no back-off)
+            type(reflection).objects.filter(pk=reflection.pk).update(resync_requested=True,
+                                                                     next_attempt_at=None)
     source_table.columns = [{"name": c.name, "type": str(c.type.compile(dialect=capture.dialect.sa)),
                              "nullable": bool(c.nullable)} for c in capture.source.columns]
     type(source_table).objects.filter(pk=source_table.pk).update(columns=source_table.columns)

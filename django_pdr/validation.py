@@ -14,7 +14,7 @@ from .connections import begin, connect
 from .errors import ConfigurationError
 from .errors import describe as describe_error
 from .mapping import Mapping, check_sql_fragment
-from .schema import reflect_table
+from .schema import check_destination_names, reflect_table
 
 _DML = re.compile(r"^\s*(insert|update|delete|replace|merge|upsert|with)\b", re.I)
 
@@ -35,6 +35,23 @@ def check_statement(text: str, what: str, allowed: set[str]) -> sa.TextClause:
     return clause
 
 
+def check_names(reflection, mapping: Mapping) -> None:
+    """Refuse destination names the destination engine cannot hold (NameRefused): the
+    schema, and unless a custom statement writes instead, the table and the columns the
+    mapping writes (for a mirror, the source's column names).  The worker checks the same
+    before it creates a table."""
+    destination = getattr(reflection, "destination", None)
+    if destination is None:
+        return
+    from .dialects import dialect_for_kind
+
+    writes_table = not (reflection.statement or "").strip()
+    schema = getattr(reflection, "destination_schema", None)
+    table = getattr(reflection, "destination_table", None) if writes_table else None
+    check_destination_names(dialect_for_kind(destination.kind), schema, table,
+                            mapping.dest_columns if writes_table else ())
+
+
 def validate(reflection) -> Mapping:
     """Raise ConfigurationError (or ConnectionFailed) with a readable message, or return the mapping."""
     st = reflection.source
@@ -49,6 +66,7 @@ def validate(reflection) -> Mapping:
                 f"The source database rejects the mapping's expressions or filter: {describe_error(exc)}")
         finally:
             src.rollback()
+    check_names(reflection, mapping)
     sample = dict(sample) if sample else {c.name: None for c in source.columns}
     statement = (reflection.statement or "").strip()
     delete_statement = (reflection.delete_statement or "").strip()

@@ -122,10 +122,11 @@ class Verifier:
         if not keys:
             return set()
         r = self.runner
-        unapplied = r.reader.unapplied(Position.from_json(self.reflection.position or {}))
-        query = sa.select(*r.reader.key_columns).where(unapplied).where(
-            r.src_dialect.key_filter(r.reader.key_columns, keys))
-        pending = {tuple(canonical(v) for v in row) for row in src.execute(query)}
+        pending = set()
+        for unapplied in r.reader.unapplied(Position.from_json(self.reflection.position or {})):
+            query = sa.select(*r.reader.key_columns).where(unapplied).where(
+                r.src_dialect.key_filter(r.reader.key_columns, keys))
+            pending |= {tuple(canonical(v) for v in row) for row in src.execute(query)}
         src.rollback()
         return pending
 
@@ -218,8 +219,11 @@ class Verifier:
         if not fix:
             return
         r = self.runner
-        upserts, deletes, removals = r.keyed_rows(src, [d.key for d in fix])
         with begin(dst):
+            # the worker's fence, and the source read after it: a batch committing meanwhile
+            # waits, and one committed before read older rows than these
+            r.checkpoint.lock(dst)
+            upserts, deletes, removals = r.keyed_rows(src, [d.key for d in fix])
             r._apply(dst, [row for _, row in upserts], deletes, removals)
         report.repaired += len(fix)
         logger.info("%s: repaired %d rows", self.reflection, len(fix))

@@ -5,43 +5,64 @@ written, while transactions commit in any order.  A reader that kept only "the
 highest id seen" would skip an id taken by a transaction that commits later
 (the original PDR's flaw).  We keep, beside the cursor, the *gaps*: ids at or
 below the cursor that were not visible when read.  A gap is closed only when
-every transaction that could still fill it has ended, proven by the engine
-(PostgreSQL snapshots' in-progress xid list, MariaDB/MySQL INNODB_TRX); never on
-a timer.  Events found in a gap are read as soon as they appear.  SQLite has a
-single writer, so ids become visible in order and gaps close at once.
+every transaction that could still fill it has ended, proven by the engine;
+never on a timer.  Events found in a gap are read as soon as they appear.
 
-The proof, in short: an id ``x <= cursor`` invisible at read time ``r`` was taken
-by a transaction uncommitted at ``r``.  The open-transaction set captured at any
-time ``q > r`` contains that transaction unless it already ended.  Once no
-member of that set is open, every id of the gap is either visible (committed)
-or never will be (rolled back), so a last read of the gap settles it.
+The proof is constant-size per gap.  The engine numbers write transactions in
+the order they start writing (PostgreSQL xids, InnoDB transaction ids), and a
+capture trigger runs after its transaction's first write, so a transaction that
+took an event id has a number below any number handed out later.  A *horizon*
+observed at time ``q`` gives two numbers (``Dialect.transaction_horizon``):
+``next``, above the number of every transaction that wrote before ``q``, and
+``oldest``, the lowest number of a write transaction still open at ``q``.
+
+- An id ``x <= cursor`` invisible at read time ``r`` was taken by a transaction
+  ``T`` uncommitted at ``r``.  The first horizon observed after ``r`` gives the
+  gap its proof ``p = next``, so ``number(T) < p``.
+- A later horizon (or the same one) with ``oldest >= p`` shows that every
+  transaction numbered below ``p`` has ended, ``T`` included: every id of the gap
+  is now visible (committed) or never will be (rolled back).  A last read of the
+  gap after that observation settles it.
+
+PostgreSQL: ``next``/``oldest`` are ``pg_current_snapshot()``'s xmax and xmin.
+MariaDB/MySQL: ``next`` is the id of a write transaction the reader opens for the
+check, ``oldest`` the lowest id of another transaction in ``INNODB_TRX``.  That
+view is a cache InnoDB refreshes only when nobody has read it for 0.1 s, so the
+result is accepted only when it lists the reader's own transaction (it was then
+filled after the check began); otherwise nothing is settled by it.  SQLite has a
+single writer: ids become visible in order and gaps close at once.
 ``docs/concepts.md`` gives the full argument.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import sqlalchemy as sa
 
-#: Gap ranges examined per read; more stay pending for later reads.
-MAX_GAP_RANGES_PER_READ = 500
+from .dialects.base import Horizon
 
+#: Gap ranges per query; a read examines every gap, in queries of this many ranges.
+GAP_RANGES_PER_QUERY = 500
 
 @dataclass
 class Gap:
     lo: int
     hi: int
-    waitset: list | None = None  # None: open-transaction set not captured yet
-    seen_at: float = 0.0
+    proof: int | None = None  # None: no horizon observed since the gap was seen
 
     def to_json(self):
-        return [self.lo, self.hi, self.waitset, round(self.seen_at, 3)]
+        return [self.lo, self.hi, self.proof]
 
     @classmethod
     def from_json(cls, data):
-        return cls(int(data[0]), int(data[1]), data[2], float(data[3]))
+        proof = data[2] if len(data) > 2 else None
+        # checkpoints of earlier versions held a list of open transactions here: a new
+        # proof is taken at the next read (after the gap was seen, so still valid)
+        return cls(int(data[0]), int(data[1]), int(proof) if isinstance(proof, int) else None)
+
+    def settled_by(self, horizon: Horizon | None) -> bool:
+        return horizon is not None and self.proof is not None and horizon.oldest >= self.proof
 
 
 @dataclass
@@ -68,6 +89,7 @@ class Position:
 class Event(NamedTuple):
     id: int
     key: tuple  # the source row's key (what happened to it is read from the row itself)
+    op: str = "U"  # OP_TRUNCATE: the whole table was emptied (no key)
 
 
 def _split(gap: Gap, found: list[int]) -> list[Gap]:
@@ -75,34 +97,35 @@ def _split(gap: Gap, found: list[int]) -> list[Gap]:
     parts, lo = [], gap.lo
     for x in found:
         if x > lo:
-            parts.append(Gap(lo, x - 1, gap.waitset, gap.seen_at))
+            parts.append(replace(gap, lo=lo, hi=x - 1))
         lo = x + 1
     if lo <= gap.hi:
-        parts.append(Gap(lo, gap.hi, gap.waitset, gap.seen_at))
+        parts.append(replace(gap, lo=lo))
     return parts
+
+
+def _chunks(items, size):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class EventReader:
     """Reads batches of visible events from one event table.
 
-    ``read`` never changes state outside the returned Position: the caller
-    stores it (in the destination, with the rows it covers) or discards it."""
+    ``read`` never changes state outside the returned Position (the caller's gaps
+    are copied, not changed): the caller stores it (in the destination, with the
+    rows it covers) or discards it."""
 
     def __init__(self, dialect, event_table: sa.Table, key_count: int, *, arrays: bool = True):
         """``arrays``: read the key arrays of ``event_table`` (False for an event table not
         yet upgraded to have them: its triggers never wrote any)."""
         self.dialect = dialect
+        self.event_table = event_table
         self.table = dialect.event_relation(event_table, key_count) if arrays else event_table
         self.key_columns = [self.table.c[f"pdr_k{i}"] for i in range(key_count)]
-        self.columns = [self.table.c.pdr_id, *self.key_columns]
+        self.columns = [self.table.c.pdr_id, self.table.c.pdr_op, *self.key_columns]
         # several keys may share an event id: a read never splits one event row's keys
         self.arrays = self.table is not event_table
-
-    def _open_transactions(self, conn) -> set | None:
-        query = self.dialect.open_transactions_query()
-        if query is None:
-            return None
-        return {str(row[0]) for row in conn.execute(query)}
 
     def _rows(self, conn, where, limit):
         """(events, full): ``limit`` events in id order, ``full`` when there may be more.
@@ -119,60 +142,55 @@ class EventReader:
                     rows.pop()
             else:
                 rows = conn.execute(sa.select(*self.columns).where(self.table.c.pdr_id == last)).fetchall()
-        if len(self.key_columns) == 1:
-            return [Event(row[0], (row[1],)) for row in rows], full
-        return [Event(row[0], tuple(row[1:])) for row in rows], full
+        return [Event(row[0], tuple(row[2:]), row[1]) for row in rows], full
 
-    def read(self, conn, position: Position, limit: int, now: float | None = None):
+    def read(self, conn, position: Position, limit: int):
         """Return (events, new_position); at most ``limit`` events, or the keys of one event
-        row that alone has more (PostgreSQL key arrays: at most 1,000)."""
-        now = time.time() if now is None else now
-        gaps = list(position.gaps)
+        row that alone has more (PostgreSQL key arrays: at most 1,000).  Every gap is
+        examined (in queries of GAP_RANGES_PER_QUERY ranges) before new events are read."""
+        gaps = [replace(g) for g in position.gaps]  # never the caller's objects
         events: list[Event] = []
 
-        # 1. Settle the open-transaction state of pending gaps (before reading them).
-        finished: set[int] = set()
-        if gaps:
-            open_now = self._open_transactions(conn)
-            for index, gap in enumerate(gaps):
-                if gap.waitset is None and now - gap.seen_at >= self.dialect.waitset_delay:
-                    gap.waitset = sorted(open_now) if open_now is not None else []
-                    gap.waitset = gap.waitset[:1000]  # never observed in practice; bounded anyway
-                if gap.waitset is not None and (open_now is None or not (set(gap.waitset) & open_now)):
-                    finished.add(index)
+        # 1. Observe the transaction horizon (before reading the gaps it may settle).
+        horizon = self.dialect.transaction_horizon(conn, self.event_table) if gaps else None
+        if horizon is not None:
+            for gap in gaps:
+                if gap.proof is None:
+                    gap.proof = horizon.next  # observed after the gap was seen
 
-        # 2. Read what has appeared in the gaps.
-        examined = gaps[:MAX_GAP_RANGES_PER_READ]
-        if examined:
-            where = sa.or_(*[self.table.c.pdr_id.between(g.lo, g.hi) for g in examined])
-            found, full = self._rows(conn, where, limit)
+        # 2. Read what has appeared in the gaps; close those the horizon settles.
+        remaining, exhausted = [], False
+        for part in _chunks(gaps, GAP_RANGES_PER_QUERY):
+            room = limit - len(events)
+            if exhausted or room <= 0:
+                exhausted = True
+                remaining.extend(part)
+                continue
+            where = sa.or_(*[self.table.c.pdr_id.between(g.lo, g.hi) for g in part])
+            found, full = self._rows(conn, where, room)
             events.extend(found)
-            complete = not full
-            by_gap: dict[int, list[int]] = {}
-            ids = sorted(e.id for e in found)
-            for index, gap in enumerate(examined):
-                by_gap[index] = [x for x in ids if gap.lo <= x <= gap.hi]
-            remaining = []
-            for index, gap in enumerate(examined):
-                if complete and index in finished:
-                    continue  # settled: every id here is visible (read now) or never will be
-                remaining.extend(_split(gap, by_gap[index]))
-            gaps = remaining + gaps[MAX_GAP_RANGES_PER_READ:]
+            ids = sorted({e.id for e in found})
+            for gap in part:
+                if not full and gap.settled_by(horizon):
+                    continue  # every id here is visible (read now) or never will be
+                remaining.extend(_split(gap, [x for x in ids if gap.lo <= x <= gap.hi]))
+            exhausted = full
+        gaps = remaining
 
         # 3. Read new events after the cursor.
         cursor = position.cursor
         room = limit - len(events)
-        if room > 0 and not (examined and not complete):
+        if room > 0 and not exhausted:
             new, _ = self._rows(conn, self.table.c.pdr_id > cursor, room)
             expected = cursor + 1
             for event in new:
                 if event.id > expected:
-                    gaps.append(Gap(expected, event.id - 1, None, now))
+                    gaps.append(Gap(expected, event.id - 1))
                 expected = event.id + 1
             if new:
                 cursor = new[-1].id
             events.extend(new)
-        conn.rollback()  # end the read snapshot
+        conn.rollback()  # end the read snapshot (and the horizon check's transaction)
         return events, Position(cursor, gaps)
 
     def start_position(self, floor: int) -> Position:
@@ -180,15 +198,25 @@ class EventReader:
         (hence settled); everything above is read, whatever its commit order."""
         return Position(cursor=floor)
 
-    def unapplied(self, position: Position):
-        """WHERE clause for the events ``position`` has not applied (after the cursor, or
-        inside one of the first MAX_GAP_RANGES_PER_READ gaps)."""
+    def unapplied(self, position: Position) -> list:
+        """WHERE clauses, of disjoint sets of events, that together select the events
+        ``position`` has not applied (after the cursor, or inside a gap): one per
+        GAP_RANGES_PER_QUERY gaps (an engine limits the size of one expression)."""
         pdr_id = self.table.c.pdr_id
-        gaps = [pdr_id.between(g.lo, g.hi) for g in position.gaps[:MAX_GAP_RANGES_PER_READ]]
-        return sa.or_(pdr_id > position.cursor, *gaps)
+        parts = [[pdr_id.between(g.lo, g.hi) for g in part]
+                 for part in _chunks(position.gaps, GAP_RANGES_PER_QUERY)] or [[]]
+        parts[0].append(pdr_id > position.cursor)
+        return [sa.or_(*part) for part in parts]
+
+    def window(self, cursor: int, last_id: int, gap_ids):
+        """WHERE clause for the events of one read: after ``cursor`` up to ``last_id``, and
+        the ids found in gaps."""
+        pdr_id = self.table.c.pdr_id
+        after = sa.and_(pdr_id > cursor, pdr_id <= last_id)
+        return sa.or_(after, pdr_id.in_(sorted(gap_ids))) if gap_ids else after
 
     def count_pending(self, conn, position: Position) -> int:
-        query = sa.select(sa.func.count()).select_from(self.table).where(self.unapplied(position))
-        value = conn.execute(query).scalar()
+        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(self.table).where(where)).scalar() or 0)
+                    for where in self.unapplied(position))
         conn.rollback()
-        return int(value or 0)
+        return total

@@ -40,6 +40,7 @@ class RoundResult:
     ok: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     unfinished: list = field(default_factory=list)
+    held: list = field(default_factory=list)  # claimed by another worker
     events: int = 0
     rows: int = 0
 
@@ -50,10 +51,11 @@ def backoff_seconds(failures: int) -> float:
     return min(cap, base * (2 ** max(0, failures)))
 
 
-def due_reflections(ids=None):
-    query = (Reflection.objects.filter(active=True)
-             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
-             .select_related("source__database", "destination"))
+def due_reflections(ids=None, backoff: bool = True):
+    """Active reflections (of ``ids``), without those waiting out a back-off (``backoff``)."""
+    query = Reflection.objects.filter(active=True).select_related("source__database", "destination")
+    if backoff:
+        query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
     if ids:
         query = query.filter(pk__in=ids)
     return list(query.order_by("id"))
@@ -126,20 +128,22 @@ def _purge_if_due(source_table, interval: float):
 
 
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.0,
-              owner: str | None = None, purge_interval: float = 0.0) -> RoundResult:
+              owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True) -> RoundResult:
     """One pass over every due reflection this worker can claim.  Applied events are
-    purged after the pass, or at most every ``purge_interval`` seconds per source."""
+    purged after the pass, or at most every ``purge_interval`` seconds per source.
+    ``backoff`` False: reflections waiting out a back-off after an error are tried too."""
     result = RoundResult()
     single = owner is None
     if single:
         forget_descriptions()  # a stand-alone round describes the tables afresh
     owner = owner or new_worker_id()
     try:
-        for reflection in due_reflections(ids):
+        for reflection in due_reflections(ids, backoff=backoff):
             if stop():
                 break
             if not acquire(reflection, owner):
                 logger.info("reflection %s is held by another worker; skipped", reflection.pk)
+                result.held.append(reflection)
                 continue
             try:
                 outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
@@ -174,6 +178,35 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
     return result
 
 
+def not_up_to_date(ids, result: RoundResult) -> list[tuple]:
+    """(reflection, message) for each selected active reflection a one-shot run did not
+    bring up to date and ``result.failed`` does not name yet: in error, held by another
+    worker, stopped before catching up, or with rows set aside as dead letters."""
+    from .models import DeadLetter
+
+    named = {r.pk for r, _ in result.failed}
+    held = {r.pk for r in result.held}
+    unfinished = {r.pk for r in result.unfinished}
+    out = []
+    query = Reflection.objects.filter(active=True)
+    if ids:
+        query = query.filter(pk__in=ids)
+    for reflection in query.order_by("id"):
+        if reflection.pk in named:
+            continue
+        letters = DeadLetter.objects.filter(reflection=reflection).count()
+        if reflection.status == "error":
+            out.append((reflection, reflection.last_error or "in error"))
+        elif reflection.pk in held:
+            out.append((reflection, "held by another worker; not brought up to date by this run"))
+        elif reflection.pk in unfinished:
+            out.append((reflection, "stopped before catching up"))
+        elif letters:
+            out.append((reflection, f"{letters} row(s) refused by the destination are set aside as dead "
+                                    f"letters (see the admin; retry with --retry-dead-letters)"))
+    return out
+
+
 def run(ids=None, interval: float | None = None, stop_event: threading.Event | None = None) -> RoundResult:
     """Run once (``interval`` None) or until stopped, sleeping ``interval`` seconds when idle."""
     stop_event = stop_event or threading.Event()
@@ -182,8 +215,9 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     waker = Waker()
     try:
         while True:
-            # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each pass
-            result = run_round(ids, stop=stop_event.is_set, owner=owner,
+            # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
+            # pass, and it tries every selected reflection, even one waiting out a back-off
+            result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
                                purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")))
             if interval is None:
                 # one-shot: keep going until every reflection has caught up (a pass
@@ -194,6 +228,9 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
                     total.events += result.events
                     total.rows += result.rows
                     total.failed += result.failed
+                    total.held += result.held
+                total.unfinished = result.unfinished
+                total.failed += not_up_to_date(ids, total)
                 return total
             if stop_event.is_set():
                 return result

@@ -501,6 +501,7 @@ class PostgresServer(Server):
                      "-c", f"listen_addresses={HOST}", "-c", f"port={self.port}",
                      "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                      "-c", "wal_level=logical", "-c", "max_connections=200", "-c", "max_wal_senders=10",
+                     "-c", "max_prepared_transactions=2100",
                      "-c", "max_replication_slots=10"], **self._as_pg())
 
     def is_ready(self) -> bool:

@@ -268,6 +268,8 @@ def test_source_actions(admin_client, items):
 
 def test_source_status_outdated_and_unreachable(admin_client, items):
     SourceTable.objects.filter(pk=items.pk).update(installed_fingerprint="old")
+    with sa.create_engine(f"sqlite:///{items.database.database}").begin() as conn:
+        conn.exec_driver_sql("UPDATE pdr_capture SET fingerprint = 'old'")  # what the source says counts
     assert "pdr-status-outdated" in page(admin_client.get(url("sourcetable_changelist")))
     Database.objects.filter(pk=items.database_id).update(kind="postgresql", host="127.0.0.1", port=1,
                                                          modified_at=timezone.now())

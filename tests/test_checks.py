@@ -152,12 +152,31 @@ def test_w004_unknown_kind():
     assert "mysql" in message.hint
 
 
+# -- W005 (database check) ---------------------------------------------------------
+@pytest.mark.django_db
+def test_w005_capture_warnings():
+    from django_pdr.models import SourceTable
+
+    shop = Database.objects.create(name="shop", kind="mysql", host="db", database="shop")
+    SourceTable.objects.create(database=shop, table="child", capture_warnings=[
+        "Foreign key 'child_parent' of 'child' (referencing 'parent') has ON DELETE CASCADE: not captured."])
+    SourceTable.objects.create(database=shop, schema="sales", table="parent")
+    [message] = by_id(run_checks(databases=["default"]), "django_pdr.W005")
+    assert isinstance(message, Warning)
+    assert "'child' of database 'shop'" in message.msg and "ON DELETE CASCADE" in message.msg
+    assert "pdr-verify --repair" in message.hint
+    assert "django_pdr.W005" not in pdr_ids(run_checks())  # a database check: only with databases
+    SourceTable.objects.filter(table="child").update(capture_warnings=[])
+    assert "django_pdr.W005" not in pdr_ids(run_checks(databases=["default"]))
+
+
 @pytest.mark.django_db
 def test_database_checks_do_not_crash_before_migrate(monkeypatch):
     """No Database table yet (before `migrate`): nothing to report, no crash, and the
     surrounding transaction stays usable (PostgreSQL aborts it on an error)."""
     monkeypatch.setattr(Database._meta, "db_table", "django_pdr_database_not_migrated")
     assert checks.check_database_drivers(databases=["default"]) == []
+    assert checks.check_capture_warnings(databases=["default"]) == []
     monkeypatch.undo()
     assert Database.objects.count() == 0
 
@@ -167,6 +186,6 @@ def test_every_id_is_documented():
     source = Path(checks.__file__).read_text()
     ids = set(re.findall(r'id="(django_pdr\.[EW]\d{3})"', source))
     assert ids >= {"django_pdr.E001", "django_pdr.E002", "django_pdr.W001", "django_pdr.W002",
-                   "django_pdr.W003", "django_pdr.W004"}
+                   "django_pdr.W003", "django_pdr.W004", "django_pdr.W005"}
     documented = set(re.findall(r"^## `?(django_pdr\.[EW]\d{3})", DOCS.read_text(), re.M))
     assert ids == documented

@@ -44,14 +44,16 @@ def test_bad_row_is_dead_lettered_and_the_rest_flows(make_target, dest_kind):
     assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1, 3, 4]
     assert DeadLetter.objects.get(reflection=reflection).attempts == 1
 
-    # a retry that still fails counts an attempt
-    call_command("pdr-reflect", retry_dead_letters=True, verbosity=0)
+    # a retry that still fails counts an attempt; a run that leaves a row aside exits non-zero
+    with pytest.raises(CommandError, match=r"1 row\(s\) refused by the destination are set aside"):
+        call_command("pdr-reflect", retry_dead_letters=True, verbosity=0)
     letter = DeadLetter.objects.get(reflection=reflection)
     assert letter.attempts == 2 and not letter.retry_requested
 
     # the user fixes the cause; the retry applies the current row
     source.execute("UPDATE t SET amount = 20 WHERE id = 2")
-    call_command("pdr-reflect", verbosity=0)
+    with pytest.raises(CommandError, match="dead letters"):
+        call_command("pdr-reflect", verbosity=0)
     assert DeadLetter.objects.filter(reflection=reflection).count() == 1  # still held until retried
     call_command("pdr-reflect", retry_dead_letters=True, verbosity=0)
     assert not DeadLetter.objects.filter(reflection=reflection).exists()

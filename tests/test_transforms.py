@@ -201,10 +201,16 @@ def test_source_column_added_while_replicating_then_removed(make_target):
     source.execute("ALTER TABLE items ADD COLUMN price numeric(8,2)", "INSERT INTO items VALUES (2, 'b', 5)",
                    "UPDATE items SET price = 1.5 WHERE id = 1")
     result = worker.run_round()
-    assert not result.failed
+    # the new column is not replicated until it is added: an error, never a "running" that drops it
+    [(failed, message)] = result.failed
+    assert failed.pk == reflection.pk
+    assert "Source column(s) price of 'public.items' are not in destination table 'items'" in message
+    assert "pdr-sync-schema" in message and "explicit mapping" in message
+    reflection.refresh_from_db()
+    assert reflection.status == "error" and reflection.last_error == message
     st.refresh_from_db()
     assert capture.status(st) == capture.OUTDATED
-    assert rows(dest.engine, "items", ["id"]) == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    assert rows(dest.engine, "items", ["id"]) == [{"id": 1, "name": "a"}]  # nothing applied without price
     call_command("pdr-sync-schema", verbosity=0)
     st.refresh_from_db()
     assert capture.status(st) == capture.INSTALLED

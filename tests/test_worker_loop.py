@@ -29,7 +29,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     log, stop_event = [], threading.Event()
     rounds = list(events_per_round)
 
-    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0):
+    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True):
         log.append(("round", purge_interval))
         result = RoundResult()
         result.events = rounds.pop(0)
@@ -42,6 +42,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     monkeypatch.setattr(worker, "source_databases", lambda ids: [])
     monkeypatch.setattr(worker, "release", lambda owner: None)
     monkeypatch.setattr(worker, "forget_descriptions", lambda: None)
+    monkeypatch.setattr(worker, "not_up_to_date", lambda ids, result: [])
     worker.run(interval=interval, stop_event=stop_event)
     return log
 

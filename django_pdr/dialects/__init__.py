@@ -5,12 +5,12 @@ django-pdr asks these classes for SQL and never tests an engine's name.
 """
 from __future__ import annotations
 
-from .base import CAPTURE_VERSION, CHECKPOINT_TABLE, CaptureNames, Dialect, event_key_name
+from .base import CAPTURE_VERSION, CHECKPOINT_TABLE, REGISTRY_TABLE, CaptureNames, Dialect, event_key_name
 from .mysql import MySQLDialect
 from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
 
-__all__ = ["CAPTURE_VERSION", "CHECKPOINT_TABLE", "CaptureNames", "Dialect", "event_key_name",
+__all__ = ["CAPTURE_VERSION", "CHECKPOINT_TABLE", "REGISTRY_TABLE", "CaptureNames", "Dialect", "event_key_name",
            "get_dialect", "dialect_for_kind", "KINDS"]
 
 _CLASSES = [PostgreSQLDialect, MySQLDialect, SQLiteDialect]

@@ -10,18 +10,37 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
+
+from ..errors import DATA, TRANSIENT, RowTooLarge
 
 #: Version of the capture objects (event table and triggers).  Bump it, never
 #: edit a released template in place: installed objects are fingerprinted.
 CAPTURE_VERSION = 1
 
-#: Operation codes recorded in the event table.
-OP_INSERT, OP_UPDATE, OP_DELETE = "I", "U", "D"
+#: Operation codes recorded in the event table (OP_TRUNCATE: the table was emptied; no key).
+OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = "I", "U", "D", "T"
 
 #: Name of the per-destination checkpoint table.
 CHECKPOINT_TABLE = "pdr_checkpoint"
+
+#: Name of the registry of installed capture, one per source schema (see ``capture``).
+REGISTRY_TABLE = "pdr_capture"
+
+
+class Horizon(NamedTuple):
+    """Write-transaction numbers observed at one moment (``Dialect.transaction_horizon``):
+    ``next`` is above the number of every transaction that wrote before, ``oldest`` the
+    lowest number of a write transaction still open (``next`` when none is)."""
+
+    next: int
+    oldest: int
+
+
+#: The horizon of an engine with one writer at a time: every gap settles at once.
+SINGLE_WRITER = Horizon(0, 2 ** 63 - 1)
 
 
 class TextRefused(Exception):
@@ -47,10 +66,16 @@ class CaptureNames:
     update_trigger: str
     delete_trigger: str
     function: str  # trigger function (PostgreSQL); '' where the engine has none
+    truncate_trigger: str = ""  # engines whose TRUNCATE fires a trigger (PostgreSQL)
+
+    @property
+    def row_triggers(self):
+        """The triggers without which row changes go uncaptured."""
+        return (self.insert_trigger, self.update_trigger, self.delete_trigger)
 
     @property
     def triggers(self):
-        return (self.insert_trigger, self.update_trigger, self.delete_trigger)
+        return self.row_triggers + ((self.truncate_trigger,) if self.truncate_trigger else ())
 
 
 def _slug(text: str, size: int) -> str:
@@ -82,8 +107,6 @@ class Dialect:
     #: Longest identifier the engine keeps, and whether it counts bytes.
     max_identifier_length = 63
     identifier_length_in_bytes = False
-    #: SELECT ... FOR UPDATE locks a row (SQLite serialises writers instead).
-    supports_for_update = True
     #: Largest number of bound parameters we put in one statement.
     max_parameters = 30000
     #: True when a schema name is meaningful (SQLite: attached database name).
@@ -94,9 +117,28 @@ class Dialect:
         self.quote = sa_dialect.identifier_preparer.quote
 
     # -- names -------------------------------------------------------------
-    def identifier_fits(self, name: str) -> bool:
-        size = len(name.encode("utf-8")) if self.identifier_length_in_bytes else len(name)
-        return size <= self.max_identifier_length
+    @classmethod
+    def identifier_size(cls, name: str) -> int:
+        """The length of ``name`` as the engine counts it (bytes or characters)."""
+        return len(name.encode("utf-8")) if cls.identifier_length_in_bytes else len(name)
+
+    @classmethod
+    def identifier_fits(cls, name: str) -> bool:
+        return cls.identifier_size(name) <= cls.max_identifier_length
+
+    @classmethod
+    def identifier_problem(cls, name: str) -> str | None:
+        """Why this engine cannot hold ``name`` as a table, schema or column name (the
+        rule it breaks, as a sentence), or None when it can."""
+        if not name:
+            return "a name cannot be empty"
+        if "\x00" in name:
+            return "a name cannot contain the NUL character"
+        if not cls.identifier_fits(name):
+            unit = "bytes (UTF-8)" if cls.identifier_length_in_bytes else "characters"
+            return (f"{cls.label} names are at most {cls.max_identifier_length} {unit}, "
+                    f"this one has {cls.identifier_size(name)}")
+        return None
 
     def capture_names(self, schema: str | None, table: str) -> CaptureNames:
         """Prefixed, deterministic, collision-free names within the length limit."""
@@ -206,7 +248,7 @@ class Dialect:
         return bool(cls.bulk_key_columns(event))
 
     def event_relation(self, event: sa.Table, key_count: int):
-        """What readers select events from: one row (pdr_id, pdr_at, pdr_k0, ...) per key.
+        """What readers select events from: one row (pdr_id, pdr_op, pdr_at, pdr_k0, ...) per key.
         Several rows share a pdr_id where an event row carries an array of keys."""
         return event
 
@@ -238,6 +280,12 @@ class Dialect:
     def replace_needs_drop(self) -> bool:
         """True when an existing trigger must be dropped before it is created again."""
         return False
+
+    @property
+    def replaces_triggers_atomically(self) -> bool:
+        """True when installed triggers are replaced with no moment in which a committed
+        change goes uncaptured (else a reinstall starts a new incarnation)."""
+        return True
 
     def drop_trigger_statements(self, source: sa.Table, names: CaptureNames, triggers=None) -> list[str]:
         """DROP statements for our triggers (only those named in ``triggers`` when given)."""
@@ -272,16 +320,18 @@ class Dialect:
         raise NotImplementedError(f"{self.label} has no change notifications; the worker polls")
 
     # -- visibility --------------------------------------------------------
-    def open_transactions_query(self):
-        """A query returning one row per write transaction open now, or None
-        when the engine has a single writer (no out-of-order commit possible)."""
-        return None
-
-    #: Seconds between detecting a gap and capturing the open-transaction set
-    #: (MariaDB's INNODB_TRX view is a cache refreshed at most every 0.1 s).
-    waitset_delay = 0.0
+    def transaction_horizon(self, conn, event_table: sa.Table) -> Horizon | None:
+        """The write-transaction horizon now (see ``visibility``), read in ``conn``'s
+        transaction (the caller ends it), or None when the engine cannot tell now (the
+        reader then settles nothing).  Base: one writer at a time, ids commit in order."""
+        return SINGLE_WRITER
 
     # -- apply -------------------------------------------------------------
+    def lock_row(self, conn, table: sa.Table, where, column):
+        """In ``conn``'s transaction: lock the row of ``table`` matching ``where`` until the
+        transaction ends (other lockers wait); return its ``column`` (None: no row)."""
+        return conn.execute(sa.select(column).where(where).with_for_update()).scalar()
+
     def key_filter(self, columns: list, keys: list[tuple]):
         """WHERE clause matching any of ``keys`` on ``columns``."""
         if len(columns) == 1:
@@ -418,9 +468,17 @@ class Dialect:
             out.append(tuple(values))
         return out
 
+    # -- capture: what the triggers never see ----------------------------------
+    def capture_blind_spots(self, conn, source: sa.Table) -> list[str]:
+        """Messages naming changes to ``source`` its capture triggers will not see (read
+        at install time), each saying how to find and repair them; [] when none."""
+        return []
+
     # -- types ---------------------------------------------------------------
-    def refine_reflected(self, conn, table: sa.Table) -> None:
-        """Correct reflected column types SQLAlchemy cannot tell apart (in place)."""
+    def refine_reflected(self, conn, table: sa.Table) -> sa.Table | None:
+        """Correct what SQLAlchemy's reflection got wrong: column types it cannot tell
+        apart (in place), or the columns themselves (return a new Table; None: keep
+        ``table``)."""
 
     def generic_type(self, source_type):
         """The engine-neutral SQLAlchemy type of a reflected source column."""
@@ -451,6 +509,49 @@ class Dialect:
     def explain_error(self, exc: BaseException) -> str | None:
         """A hint for a known server error, or None."""
         return None
+
+    # -- failed writes -------------------------------------------------------
+    #: Top-level modules of the engine's drivers: what they raise is a database error.
+    #: Empty (an engine without its own dialect): every error counts as one.
+    driver_modules: tuple[str, ...] = ()
+
+    def classify_error(self, exc: BaseException) -> str | None:
+        """What a failed destination write means for its rows: ``DATA`` (the row itself
+        cannot be stored: a dead letter, the other rows flow), ``TRANSIENT`` (anything
+        else the database says: locks, deadlocks, outages, a read-only server, missing
+        tables or columns: retry later with back-off, never a dead letter), or None: not
+        a database error (a bug): re-raise it.
+
+        ``exc``: SQLAlchemy's error (its ``.orig`` is judged), a driver's own, or a Python
+        error a driver raised while adapting a value (DATA when ``is_data_error`` knows it
+        by the driver's message, else None).  RowTooLarge is DATA."""
+        if isinstance(exc, RowTooLarge):
+            return DATA
+        error = exc.orig if isinstance(exc, sa.exc.StatementError) and exc.orig is not None else exc
+        if self.is_data_error(error):
+            return DATA
+        if self.driver_modules and not isinstance(exc, sa.exc.DBAPIError) \
+                and type(error).__module__.partition(".")[0] not in self.driver_modules:
+            return None
+        return TRANSIENT
+
+    def is_data_error(self, error: BaseException) -> bool:
+        """True when ``error`` (a driver's, or a Python error raised by a driver) says the
+        row itself cannot be stored.  Base: never."""
+        return False
+
+    def guard_rows(self, conn, table: sa.Table | None, rows: list[dict]) -> None:
+        """Before ``rows`` go through SQLAlchemy (one statement per row): raise RowTooLarge
+        for a row the destination could not take in one statement.  ``table``: the
+        destination table (its column types spell the values), or None (a custom
+        statement: the values as given).  Base: no limit."""
+
+
+def unencodable(error: BaseException) -> bool:
+    """True for text a driver could not encode for its connection (a lone surrogate, a
+    character outside the connection's character set): every driver encodes text itself,
+    before sending anything."""
+    return isinstance(error, UnicodeEncodeError)
 
 
 def bind_processor(type_, sa_dialect):

@@ -1,11 +1,49 @@
 """MySQL and MariaDB: row-level triggers, INNODB_TRX for open transactions."""
 from __future__ import annotations
 
+import datetime
+import decimal
+import itertools
+import math
+import uuid
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRefused, TextRows, accepts, column_list,
-                   event_key_name)
+from ..errors import RowTooLarge
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextRefused, TextRows, accepts,
+                   bind_processor, column_list, event_key_name, unencodable)
+
+#: Server errors saying the row itself cannot be stored (checked on MariaDB 10.11 with the
+#: default strict sql_mode, except the MySQL 8 codes 3140 and 3819).
+_DATA_ERRORS = frozenset({
+    1048,  # Column 'v' cannot be null
+    1062, 1022, 1169, 1586,  # Duplicate entry '1' for key 'PRIMARY' (and older spellings)
+    1153,  # Got a packet bigger than 'max_allowed_packet' bytes (a slightly too large row)
+    1216, 1217, 1451, 1452,  # Cannot add or update a child row / delete a parent row: a foreign key fails
+    1263,  # Column set to default value; NULL supplied to NOT NULL column
+    1264,  # Out of range value for column 'n' at row 1
+    1265,  # Data truncated for column 'n' at row 1
+    1292,  # Incorrect datetime value: '2020-13-45' for column ...
+    1300,  # Invalid utf8mb4 character string: '\xFF'
+    1364,  # Field 'v' doesn't have a default value
+    1365,  # Division by 0
+    1366,  # Incorrect integer value: 'abc' / Incorrect string value: '\xFF' for column ...
+    1367,  # Illegal double '1e400' value found during parsing
+    1406,  # Data too long for column 'v' at row 1
+    1411,  # Incorrect datetime value: '2020-99-99' for function str_to_date
+    1690,  # BIGINT UNSIGNED value is out of range in ...
+    3140,  # MySQL 8: Invalid JSON text
+    3819,  # MySQL 8: Check constraint 'c' is violated
+    4025,  # MariaDB: CONSTRAINT `t.c` failed (a CHECK, or a JSON column's json_valid)
+})
+
+#: Bytes kept free below max_allowed_packet (MariaDB 10.11 refuses a statement of
+#: max_allowed_packet - 1 bytes and takes one of max_allowed_packet - 2).
+_PACKET_MARGIN = 1024
+
+#: Session key of the cached max_allowed_packet (``MySQLDialect.packet_limit``).
+_PACKET_KEY = "pdr_max_allowed_packet"
 
 
 class MySQLDialect(Dialect):
@@ -16,13 +54,23 @@ class MySQLDialect(Dialect):
     tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI
     max_identifier_length = 64
     max_parameters = 30000
-    # INFORMATION_SCHEMA.INNODB_TRX is served from a cache refreshed at most
-    # every 100 ms: capture the open-transaction set only after that much time.
-    waitset_delay = 0.25
 
     @property
     def is_mariadb(self):
         return bool(getattr(self.sa, "is_mariadb", False))
+
+    @classmethod
+    def identifier_problem(cls, name):
+        problem = super().identifier_problem(name)
+        if problem:
+            return problem
+        if name.endswith(" "):
+            return f"{cls.label} names cannot end with a space"
+        wide = "".join(dict.fromkeys(c for c in name if ord(c) > 0xFFFF))
+        if wide:
+            return (f"{cls.label} names cannot hold characters outside the Basic Multilingual Plane "
+                    f"(4-byte UTF-8, such as emoji): {wide!r}")
+        return None
 
     @classmethod
     def url_query(cls, options):
@@ -97,6 +145,12 @@ class MySQLDialect(Dialect):
     def replace_needs_drop(self):
         return not self.is_mariadb  # MySQL 8 has no CREATE OR REPLACE TRIGGER
 
+    @property
+    def replaces_triggers_atomically(self):
+        # MariaDB's CREATE OR REPLACE TRIGGER is atomic; MySQL drops then creates, and
+        # its DDL commits at once: changes in between would go uncaptured
+        return self.is_mariadb
+
     def drop_trigger_statements(self, source, names, triggers=None):
         chosen = names.triggers if triggers is None else [t for t in names.triggers if t in triggers]
         return [f"DROP TRIGGER IF EXISTS {self.qualified(source.schema, t)}" for t in chosen]
@@ -108,11 +162,20 @@ class MySQLDialect(Dialect):
         ).bindparams(schema=schema, table=table_name)
 
     # -- visibility ----------------------------------------------------------
-    def open_transactions_query(self):
-        return sa.text(
-            "SELECT trx_id FROM information_schema.INNODB_TRX "
-            "WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_rows_modified > 0"
-        )
+    def transaction_horizon(self, conn, event_table):
+        # A locking read gives this transaction an id (above every id handed out before),
+        # and locks nothing: no row has a negative id (READ COMMITTED takes no gap lock).
+        conn.execute(sa.select(event_table.c.pdr_id).where(event_table.c.pdr_id == -1).with_for_update())
+        # INNODB_TRX is a cache InnoDB refills only when nobody read it for 0.1 s: a result
+        # that lists this transaction was filled after the check began; any other may be
+        # stale (read-only transactions show id 0 on MariaDB, a large fake id on MySQL).
+        rows = conn.execute(sa.text(
+            "SELECT trx_id, trx_mysql_thread_id = CONNECTION_ID() FROM information_schema.INNODB_TRX")).all()
+        mine = [int(trx_id) for trx_id, own in rows if own]
+        if not mine or not mine[0]:
+            return None
+        others = [int(trx_id) for trx_id, own in rows if not own and 0 < int(trx_id) < mine[0]]
+        return Horizon(mine[0], min(others, default=mine[0]))
 
     # -- apply ---------------------------------------------------------------
     def upsert(self, table, key_names, update_names, rows=None):
@@ -126,36 +189,90 @@ class MySQLDialect(Dialect):
         # the column name twice for format-paramstyle drivers.
         return stmt.on_duplicate_key_update({n: sa.func.values(sa.column(n)) for n in update_names})
 
-    #: Longest multi-row statement we send, in characters (at most 4 bytes each in utf8mb4:
-    #: 2 MB, under every default max_allowed_packet since MySQL 5.7's 4 MB).
+    #: Longest multi-row statement we send, in characters; also kept under the session's
+    #: max_allowed_packet in bytes (``packet_limit``).
     max_statement_length = 500_000
 
-    def _literal_statements(self, conn, head, rows, tail=""):
-        """``head`` + multi-row literal VALUES + ``tail``, split under max_statement_length.
-        Values are spelled by PyMySQL's own escaping rules (one dispatch per value)."""
-        encode = _literal_encoder(conn.connection.dbapi_connection)
-        return self._joined_statements(head, ("(" + ",".join(map(encode, row)) + ")" for row in rows), tail)
+    def packet_limit(self, conn) -> int:
+        """The session's max_allowed_packet in bytes: the server drops the connection on a
+        larger statement ("MySQL server has gone away", as in an outage).  Read once per
+        DB-API connection (a session cannot change it)."""
+        info = conn.connection.info
+        if _PACKET_KEY not in info:
+            def work(cursor):
+                cursor.execute("SELECT @@max_allowed_packet")
+                info[_PACKET_KEY] = int(cursor.fetchone()[0])
 
-    def _joined_statements(self, head, literals, tail=""):
+            self.run_on_driver(conn, "SELECT @@max_allowed_packet", work)
+        return info[_PACKET_KEY]
+
+    def _literal_statements(self, conn, head, rows, tail="", names=None):
+        """``head`` + multi-row literal VALUES + ``tail``, split as ``_joined_statements``
+        does (``names``: the columns of ``rows``, named by RowTooLarge).  Values are spelled
+        by PyMySQL's own escaping rules (one dispatch per value)."""
+        encode = _literal_encoder(conn.connection.dbapi_connection)
+
+        def largest(i):
+            return max((_sql_bytes(encode(value)), name) for name, value in zip(names, rows[i]))
+
+        return self._joined_statements(head, ("(" + ",".join(map(encode, row)) + ")" for row in rows), tail,
+                                       self.packet_limit(conn), largest if names else None)
+
+    def _joined_statements(self, head, literals, tail="", limit=None, largest=None):
         """``head`` + the row ``literals`` joined by commas + ``tail``, split into statements
-        under max_statement_length."""
-        statements, part, size = [], [], len(head) + len(tail)
-        for text in literals:
-            if part and size + len(text) + 1 > self.max_statement_length:
-                statements.append(head + ",".join(part) + tail)
-                part, size = [], len(head) + len(tail)
+        under max_statement_length characters and, given ``limit`` (max_allowed_packet),
+        under it in bytes; a generator.  A row too large alone raises RowTooLarge, naming
+        the column ``largest(i)`` gives for the i-th row ((bytes, name) of its largest value)."""
+        frame = len(head) + len(tail)
+        longest, room = self.max_statement_length, None
+        if limit is not None:
+            # UTF-8 takes at most 4 bytes a character: text of room // 4 characters fits, and
+            # only a literal longer than that is measured in bytes
+            room = limit - _PACKET_MARGIN - _sql_bytes(head + tail)
+            longest = min(longest, frame + room // 4)
+        part, size = [], frame
+        for i, text in enumerate(literals):
+            if room is not None and len(text) * 4 > room and _sql_bytes(text) > room:
+                raise _row_too_large(_sql_bytes(text), limit, largest(i) if largest else None)
+            if part and size + len(text) + 1 > longest:
+                yield head + ",".join(part) + tail
+                part, size = [], frame
             part.append(text)
             size += len(text) + 1
         if part:
-            statements.append(head + ",".join(part) + tail)
-        return statements
+            yield head + ",".join(part) + tail
 
-    def _run_statements(self, conn, statements):
+    def _run_statements(self, conn, statements, label):
+        """Execute ``statements``, an iterable spelled as it is sent: a value the driver
+        refuses then comes out as SQLAlchemy's error, as it would through SQLAlchemy."""
         def work(cursor):
             for sql in statements:
                 cursor.execute(sql)
 
-        self.run_on_driver(conn, statements[0][:200] if statements else "", work)
+        self.run_on_driver(conn, label[:200], work)
+
+    def guard_rows(self, conn, table, rows):
+        # Only a row that might be near the limit is spelled (cheap bound first).
+        if not rows or conn.dialect.driver != "pymysql":
+            return
+        limit = self.packet_limit(conn)
+        for row in rows:
+            if sum(map(_most_bytes, row.values())) > limit // 2:
+                self._check_row(conn, table, row, limit)
+
+    def _check_row(self, conn, table, row, limit):
+        """Raise RowTooLarge when ``row`` spelled as SQL would not fit under ``limit`` in one
+        statement (its columns named, as an upsert names them, three times)."""
+        encode = _literal_encoder(conn.connection.dbapi_connection)
+        sizes, frame = [], _PACKET_MARGIN
+        for name, value in row.items():
+            process = bind_processor(table.c[name].type, conn.dialect) \
+                if table is not None and name in table.c else None
+            sizes.append((_sql_bytes(encode(process(value) if process else value)), name))
+            frame += 3 * _sql_bytes(name) + 32
+        size = sum(s for s, _ in sizes)
+        if size + frame > limit:
+            raise _row_too_large(size, limit, max(sizes))
 
     def _upsert_head_tail(self, table, names, key_names, update_names):
         columns = ", ".join(self.raw_name(n) for n in names)
@@ -175,7 +292,7 @@ class MySQLDialect(Dialect):
         names = [n for n in table.c.keys() if n in rows[0]]
         head, tail = self._upsert_head_tail(table, names, key_names, update_names)
         values = self.bound_rows(conn, table, names, rows)
-        self._run_statements(conn, self._literal_statements(conn, head, values, tail))
+        self._run_statements(conn, self._literal_statements(conn, head, values, tail, names), head)
         return True
 
     def bulk_delete(self, conn, table, key_names, keys):
@@ -183,7 +300,7 @@ class MySQLDialect(Dialect):
             return False
         head, tail = self._delete_head_tail(table, key_names)
         values = self.bound_rows(conn, table, key_names, keys)
-        self._run_statements(conn, self._literal_statements(conn, head, values, tail))
+        self._run_statements(conn, self._literal_statements(conn, head, values, tail, key_names), head)
         return True
 
     # -- rows passed as text ---------------------------------------------------------
@@ -232,14 +349,15 @@ class MySQLDialect(Dialect):
         if conn.connection.dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
             # the literals were spelled with backslash escapes
             raise TextRefused("the session has sql_mode NO_BACKSLASH_ESCAPES")
-        statements = []
+        limit, parts = self.packet_limit(conn), []
         if deletes:
             head, tail = self._delete_head_tail(table, key_names)
-            statements += self._joined_statements(head, deletes, tail)
+            parts.append(self._joined_statements(head, deletes, tail, limit))
         if upserts:
             head, tail = self._upsert_head_tail(table, names, key_names, update_names)
-            statements += self._joined_statements(head, upserts, tail)
-        self._run_statements(conn, statements)
+            parts.append(self._joined_statements(head, upserts, tail, limit))
+        if parts:
+            self._run_statements(conn, itertools.chain(*parts), head)
         return len(upserts) + len(deletes)
 
     def apply_marked(self, conn, table, names, key_names, update_names, rows):
@@ -258,20 +376,74 @@ class MySQLDialect(Dialect):
         return [(self.upsert(table, key_names, update_names, rows[i:i + per_statement]), None)
                 for i in range(0, len(rows), per_statement)]
 
+    # -- capture: what the triggers never see ----------------------------------
+    #: Foreign-key actions MySQL/MariaDB carry out without firing the child's triggers.
+    silent_actions = ("CASCADE", "SET NULL")
+
+    def capture_blind_spots(self, conn, source):
+        # InnoDB applies ON DELETE / ON UPDATE actions inside the storage engine: the
+        # child table's triggers do not fire for the rows they change.
+        query = sa.text(
+            "SELECT CONSTRAINT_NAME, REFERENCED_TABLE_NAME, DELETE_RULE, UPDATE_RULE "
+            "FROM information_schema.REFERENTIAL_CONSTRAINTS "
+            "WHERE CONSTRAINT_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table "
+            "ORDER BY CONSTRAINT_NAME"
+        ).bindparams(schema=source.schema, table=source.name)
+        messages = []
+        for name, parent, on_delete, on_update in conn.execute(query):
+            actions = [f"ON {verb} {rule}" for verb, rule in (("DELETE", on_delete), ("UPDATE", on_update))
+                       if rule in self.silent_actions]
+            if actions:
+                messages.append(
+                    f"Foreign key {name!r} of {source.name!r} (referencing {parent!r}) has "
+                    f"{' and '.join(actions)}: {self.label} changes these rows of {source.name!r} without "
+                    f"firing triggers, so the changes made by the cascade are not captured. Run "
+                    f"manage.py pdr-verify --repair after such changes to find and fix them (or delete "
+                    f"the child rows with an explicit statement before the parent row).")
+        return messages
+
     # -- types ---------------------------------------------------------------
     def refine_reflected(self, conn, table):
+        table = self._stored_names(conn, table)
+        if self.is_mariadb:  # MySQL 8 has a real JSON type, reflected as such
+            self._json_columns(conn, table)
+        return table
+
+    @staticmethod
+    def _stored_names(conn, table):
+        """``table`` with its columns named as information_schema names them (SQLAlchemy
+        reads a name with a backtick back doubled: `a``b` as "a``b"): a new Table when
+        a name differs, else ``table``."""
+        if not any("`" in column.name for column in table.columns):
+            return table
+        query = sa.text(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table "
+            "ORDER BY ORDINAL_POSITION"
+        ).bindparams(schema=table.schema, table=table.name)
+        names = [row[0] for row in conn.execute(query)]
+        if len(names) != len(table.columns) or names == [c.name for c in table.columns]:
+            return table
+        renamed = dict(zip([c.name for c in table.columns], names))
+        columns = [sa.Column(renamed[c.name], c.type, nullable=c.nullable, autoincrement=c.autoincrement,
+                             comment=c.comment) for c in table.columns]
+        key = [renamed[c.name] for c in table.primary_key.columns]  # in the key's own order
+        constraints = [sa.PrimaryKeyConstraint(*key)] if key else []
+        return sa.Table(table.name, sa.MetaData(), *columns, *constraints, schema=table.schema,
+                        comment=table.comment)
+
+    @staticmethod
+    def _json_columns(conn, table):
         # MariaDB's JSON is LONGTEXT with a column-level CHECK (json_valid(col)),
         # listed in INFORMATION_SCHEMA.CHECK_CONSTRAINTS (SQLAlchemy does not report it).
-        if not self.is_mariadb:
-            return  # MySQL 8 has a real JSON type, reflected as such
         query = sa.text(
             "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
             "WHERE CONSTRAINT_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
         ).bindparams(schema=table.schema, table=table.name)
         clauses = {(row[0] or "").lower().replace("`", "").replace(" ", "") for row in conn.execute(query)}
         for column in table.columns:
-            if isinstance(column.type, sa.String) and \
-                    f"json_valid({column.name.lower().replace(' ', '')})" in clauses:
+            plain = column.name.lower().replace("`", "").replace(" ", "")
+            if isinstance(column.type, sa.String) and f"json_valid({plain})" in clauses:
                 column.type = sa.JSON()
 
     def generic_type(self, source_type):
@@ -333,17 +505,67 @@ class MySQLDialect(Dialect):
                     "schema to install capture, and PROCESS to read INFORMATION_SCHEMA.INNODB_TRX.")
         return None
 
+    # -- failed writes -------------------------------------------------------
+    driver_modules = ("pymysql", "MySQLdb")
+
+    def is_data_error(self, error):
+        if type(error).__module__.partition(".")[0] not in self.driver_modules:
+            return unencodable(error)
+        code = error.args[0] if error.args else None
+        if isinstance(code, int):
+            return code in _DATA_ERRORS
+        # PyMySQL refuses a float or Decimal infinity or NaN before sending (ProgrammingError
+        # "inf can not be used with MySQL"; ours spell Decimals the same way)
+        return str(error).endswith(" can not be used with MySQL")
+
 
 def _decimal_literal(value) -> str:
-    """A DECIMAL literal (never in exponent form, which MySQL would read as a DOUBLE)."""
+    """A DECIMAL literal (never in exponent form, which MySQL would read as a DOUBLE);
+    refused as PyMySQL refuses it for NaN and infinities (MySQL has no literal for them)."""
+    if not value.is_finite():
+        from pymysql.err import ProgrammingError
+
+        raise ProgrammingError(f"{str(value).lower()} can not be used with MySQL")
     return format(value, "f")
+
+
+def _sql_bytes(text: str) -> int:
+    """The bytes of ``text`` in a statement (a lone surrogate: PyMySQL refuses it itself)."""
+    return len(text.encode("utf-8", "replace"))
+
+
+#: Values spelled in a few dozen bytes at most.
+_SHORT_VALUES = (int, float, decimal.Decimal, datetime.date, datetime.time, datetime.timedelta, uuid.UUID)
+
+
+def _most_bytes(value) -> float:
+    """At most how many bytes ``value`` takes as a MySQL literal, without spelling it: 4 a
+    character of text, 2 a byte of binary (hexadecimal); unbounded for a value a column type
+    still has to spell (a JSON document)."""
+    if isinstance(value, str):
+        return 4 * len(value) + 2
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return 2 * len(value) + 10
+    return 64 if value is None or isinstance(value, _SHORT_VALUES) else math.inf
+
+
+def _row_too_large(size, limit, largest=None) -> RowTooLarge:
+    """RowTooLarge for a row of ``size`` bytes as SQL; ``largest``: (bytes, column) of its
+    largest value, when known."""
+    if largest and largest[0] > limit - _PACKET_MARGIN:
+        what = f"value of column {largest[1]!r} is {largest[0]:,} bytes as SQL"
+    else:
+        what = f"row is {size:,} bytes as SQL"
+        if largest:
+            what += f" (column {largest[1]!r}: {largest[0]:,})"
+    enough = min(1 << (size + 65536).bit_length(), 1 << 30)  # MySQL's largest: 1 GB
+    return RowTooLarge(f"{what}; the destination's max_allowed_packet is {limit:,} bytes: raise "
+                       f"max_allowed_packet on the destination server (SET GLOBAL max_allowed_packet = "
+                       f"{enough}; also in its config file), then retry the dead letter")
 
 
 def _literal_encoder(dbapi_connection):
     """A function spelling one DB-API value as a MySQL literal, as PyMySQL would."""
-    import datetime
-    import decimal
-
     from pymysql import converters
     from pymysql.constants import SERVER_STATUS
 
@@ -366,8 +588,6 @@ def _literal_encoder(dbapi_connection):
 
 def _read_datetime(text):
     """A DATETIME/TIMESTAMP value from MySQL's text protocol, as PyMySQL would read it."""
-    import datetime
-
     from pymysql import converters
 
     try:

@@ -1,6 +1,7 @@
 """PostgreSQL: statement-level triggers with transition tables, xid8 snapshots."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import decimal
 import hashlib
@@ -11,8 +12,12 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextRows, accepts, bulk_key_name, column_list,
-                   event_key_name)
+from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, TextRows, accepts, bulk_key_name,
+                   column_list, event_key_name, unencodable)
+
+
+#: psycopg2's refusal of a string holding NUL (PostgreSQL text cannot hold one).
+_NUL_REFUSED = "A string literal cannot contain NUL (0x00) characters."
 
 
 class _NotCopyable(Exception):
@@ -103,6 +108,13 @@ class PostgreSQLDialect(Dialect):
     max_parameters = 30000
 
     @classmethod
+    def identifier_problem(cls, name):
+        problem = super().identifier_problem(name)
+        if problem and name and not cls.identifier_fits(name):
+            problem += ", and the server would silently cut it to its first 63 bytes"
+        return problem
+
+    @classmethod
     def connect_args(cls, timeout):
         # psycopg2 reads timestamptz at year 1/9999 only with the session in UTC.
         # DateStyle/IntervalStyle fixed: rows passed as text between two servers must be
@@ -140,7 +152,7 @@ class PostgreSQLDialect(Dialect):
         # event, with no array, one row: its own key.  A join read in event-id order
         # (a UNION of the two kinds would be sorted whole before a LIMIT).
         values = [sa.func.coalesce(k, unnested.c[k.name]).label(k.name) for k in keys]
-        return (sa.select(event.c.pdr_id, event.c.pdr_at, *values)
+        return (sa.select(event.c.pdr_id, event.c.pdr_op, event.c.pdr_at, *values)
                 .select_from(event.outerjoin(unnested, sa.true())).subquery("pdr_events"))
 
     def event_table_upgrades(self, source, event):
@@ -220,6 +232,9 @@ BEGIN
   ELSIF TG_OP = 'DELETE' THEN
     {self._insert_events(event, n, self._events_of(OP_DELETE, 'o', key_names, 'pdr_old AS o', limit))};{count}{
         overflow(OP_DELETE, 'pdr_old')}
+  ELSIF TG_OP = 'TRUNCATE' THEN
+    INSERT INTO {self.qualified(event.schema, event.name)} (pdr_op, pdr_txid) VALUES ('{OP_TRUNCATE}', pdr_txid);
+    pdr_rows := 1;
   END IF;
 {notify_line}  RETURN NULL;
 END
@@ -235,14 +250,19 @@ END
             f"SET search_path = pg_catalog, pg_temp AS {tag}{body}{tag}",
         ]
         for trigger, when, referencing in (
-            (names.insert_trigger, "INSERT", "NEW TABLE AS pdr_new"),
-            (names.update_trigger, "UPDATE", "OLD TABLE AS pdr_old NEW TABLE AS pdr_new"),
-            (names.delete_trigger, "DELETE", "OLD TABLE AS pdr_old"),
+            (names.insert_trigger, "INSERT", "REFERENCING NEW TABLE AS pdr_new "),
+            (names.update_trigger, "UPDATE", "REFERENCING OLD TABLE AS pdr_old NEW TABLE AS pdr_new "),
+            (names.delete_trigger, "DELETE", "REFERENCING OLD TABLE AS pdr_old "),
+            (names.truncate_trigger, "TRUNCATE", ""),
         ):
             statements.append(
                 f"CREATE OR REPLACE TRIGGER {self.quote(trigger)} AFTER {when} ON {table} "
-                f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+                f"{referencing}FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
             )
+            # ALWAYS: fire in sessions with session_replication_role = replica too (logical
+            # replication subscribers, pg_restore runs that set it); a trigger disabled by
+            # ALTER TABLE ... DISABLE TRIGGER counts as missing (see existing_triggers_query)
+            statements.append(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {self.quote(trigger)}")
         return statements
 
     def drop_trigger_statements(self, source, names, triggers=None):
@@ -254,11 +274,16 @@ END
         return statements
 
     def existing_triggers_query(self, schema, table_name, names):
+        # 'D': disabled (ALTER TABLE ... DISABLE TRIGGER): it captures nothing
         return sa.text(
             "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal"
+            "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
         ).bindparams(schema=schema, table=table_name)
+
+    def capture_names(self, schema, table):
+        names = super().capture_names(schema, table)
+        return dataclasses.replace(names, truncate_trigger=names.insert_trigger[:-len("_ins")] + "_trn")
 
     # -- wake-ups ------------------------------------------------------------
     supports_notify = True
@@ -307,8 +332,12 @@ END
             cursor.close()
 
     # -- visibility ----------------------------------------------------------
-    def open_transactions_query(self):
-        return sa.text("SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x")
+    def transaction_horizon(self, conn, event_table):
+        # xmax: every xid assigned so far is below it; xmin: the oldest xid still running
+        # (xid8: 64 bits, never wraps)
+        xmax, xmin = conn.execute(sa.text(
+            "SELECT pg_snapshot_xmax(s)::text, pg_snapshot_xmin(s)::text FROM pg_current_snapshot() AS s")).one()
+        return Horizon(int(xmax), int(xmin))
 
     # -- apply ---------------------------------------------------------------
     def upsert(self, table, key_names, update_names):
@@ -538,6 +567,18 @@ END
             return ("The PostgreSQL user lacks a privilege: it needs CREATE on the schema and "
                     "TRIGGER on the table to install capture, SELECT to read rows.")
         return None
+
+    # -- failed writes -------------------------------------------------------
+    driver_modules = ("psycopg2",)
+
+    def is_data_error(self, error):
+        # SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation), and
+        # 54000 for one row: "index row requires 16016 bytes, maximum size is 8191"
+        code = getattr(error, "pgcode", None)
+        if code:
+            return code[:2] in ("22", "23") or code == "54000"
+        # psycopg2 refuses NUL in text before sending (a raw ValueError, through SQLAlchemy too)
+        return (type(error) is ValueError and str(error) == _NUL_REFUSED) or unencodable(error)
 
 
 # -- PostgreSQL rows spelled as MySQL row literals ("values") ------------------------

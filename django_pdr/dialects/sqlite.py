@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name
+from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name, unencodable
 
 
 class SQLiteDialect(Dialect):
@@ -15,10 +15,15 @@ class SQLiteDialect(Dialect):
     file_based = True
     tested_live = True
     max_identifier_length = 128  # no real limit; keep names readable
-    supports_for_update = False  # one writer at a time: the write lock serialises
     max_parameters = 30000  # SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32
 
     unreachable_hint = "check that the file path exists and is readable and writable by this process"
+
+    @classmethod
+    def identifier_problem(cls, name):
+        if name and "\x00" not in name:
+            return None  # max_identifier_length only keeps generated names short: SQLite has no limit
+        return super().identifier_problem(name)
 
     @classmethod
     def make_url(cls, database):
@@ -72,6 +77,12 @@ class SQLiteDialect(Dialect):
     # SQLite has one writer at a time: event ids become visible in id order,
     # so the base class's "no open transactions" answer is exact.
 
+    def lock_row(self, conn, table, where, column):
+        # One writer at a time: a write statement takes the database's write lock at once
+        # (it begins the transaction) and keeps it until the end; a SELECT alone would not.
+        conn.execute(sa.update(table).where(where).values({column.name: column}))
+        return conn.execute(sa.select(column).where(where)).scalar()
+
     def upsert(self, table, key_names, update_names):
         stmt = sqlite.insert(table)
         if not update_names:
@@ -79,6 +90,22 @@ class SQLiteDialect(Dialect):
         return stmt.on_conflict_do_update(
             index_elements=key_names, set_={n: stmt.excluded[n] for n in update_names}
         )
+
+    # -- failed writes -------------------------------------------------------
+    driver_modules = ("sqlite3",)
+
+    def is_data_error(self, error):
+        # IntegrityError: NOT NULL, UNIQUE, CHECK, FOREIGN KEY, "datatype mismatch", a STRICT
+        # table's "cannot store TEXT value in INT column"; DataError: "string or blob too big".
+        # OperationalError ("database is locked", "disk I/O error", "attempt to write a
+        # readonly database", "no such table") is transient.
+        import sqlite3
+
+        if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+            return True
+        # sqlite3 refuses an integer beyond 64 bits before running the statement
+        return (type(error) is OverflowError and "too large to convert to SQLite INTEGER" in str(error)) \
+            or unencodable(error)
 
     def refine_reflected(self, conn, table):
         # SQLite gives an undeclared type NUMERIC affinity; a column declared UUID

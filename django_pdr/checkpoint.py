@@ -1,0 +1,85 @@
+"""A reflection's checkpoint in its destination database, and the fence around it.
+
+The checkpoint row says how far the destination is: the position in the event
+table (cursor and gaps), the phase (initial load or stream) and the identity of
+the event table it refers to.  It is written in the same transaction as the rows
+it covers.  Every destination write of a reflection — a batch, the per-row
+isolation after a refused batch, a dead-letter retry, ``pdr-verify --repair`` —
+first *locks* this row, and reads the source only after that: writers of one
+reflection are serialised, so an older source row can never be written over a
+newer one, and two workers whose leases overlapped can never both commit from
+the same checkpoint (the second finds it moved: ``StaleCheckpoint``).
+"""
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+from django.utils import timezone
+
+from . import conf
+
+
+class StaleCheckpoint(Exception):
+    """Another worker moved this reflection's checkpoint: abandon the batch."""
+
+
+def checkpoint_table(dialect, schema) -> sa.Table:
+    return sa.Table(
+        conf.get("CHECKPOINT_TABLE"), sa.MetaData(),
+        sa.Column("reflection", sa.String(36), primary_key=True),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        schema=schema or None, **dialect.table_kwargs(),
+    )
+
+
+class Checkpoint:
+    """The checkpoint row of one reflection (``uid``) in its destination."""
+
+    def __init__(self, dialect, schema, uid, label: str = "this reflection"):
+        self.dialect = dialect
+        self.table = checkpoint_table(dialect, schema)
+        self.uid = str(uid)
+        self.label = label
+        self._where = self.table.c.reflection == self.uid
+
+    def create(self, dst):
+        with dst.begin():
+            self.table.create(dst, checkfirst=True)
+
+    def read(self, dst) -> dict | None:
+        """The stored state (None before the first write), in a read of its own."""
+        value = dst.execute(sa.select(self.table.c.state).where(self._where)).scalar()
+        dst.rollback()
+        return json.loads(value) if value else None
+
+    def lock(self, dst) -> dict | None:
+        """In ``dst``'s transaction: lock the checkpoint row until the transaction ends and
+        return the state it holds.  A missing row is created first (empty), so that two
+        first writers also exclude each other."""
+        value = self.dialect.lock_row(dst, self.table, self._where, self.table.c.state)
+        if value is None:
+            row = {"reflection": self.uid, "state": "null", "updated_at": _now()}
+            for statement, params in self.dialect.upsert_batches(self.table, ["reflection"], [], [row]):
+                dst.execute(statement, params)
+            value = self.dialect.lock_row(dst, self.table, self._where, self.table.c.state)
+        return json.loads(value) if value else None
+
+    def fence(self, dst, expected: dict | None):
+        """Lock the row and check nobody moved it since ``expected`` was read."""
+        if self.lock(dst) != expected:
+            raise StaleCheckpoint(
+                f"{self.label}: the checkpoint moved under this worker (another worker applied "
+                f"the batch); starting again from the new checkpoint.")
+
+    def write(self, dst, state: dict):
+        """In ``dst``'s transaction (after ``fence`` or ``lock``): store ``state``."""
+        row = {"reflection": self.uid, "state": json.dumps(state), "updated_at": _now()}
+        for statement, params in self.dialect.upsert_batches(self.table, ["reflection"], ["state", "updated_at"],
+                                                             [row]):
+            dst.execute(statement, params)
+
+
+def _now():
+    return timezone.now().replace(tzinfo=None)
