@@ -77,6 +77,7 @@ def main():
             print(f"{pair}: {kills} kills, {writer.changes} row changes (events){bulk}, {len(src_rows)} rows compared, "
                   f"{diffs} differences, {time.time() - started:.0f} s", flush=True)
         finally:
+            Reflection.objects.update(active=False)  # its databases are dropped: not the next pair's business
             source.drop()
             dest.drop()
     print("\n| pair | kill -9 survived | events (row changes) | rows compared | differences |")

@@ -274,11 +274,12 @@ END
         return statements
 
     def existing_triggers_query(self, schema, table_name, names):
-        # 'D': disabled (ALTER TABLE ... DISABLE TRIGGER): it captures nothing
+        # 'A' (always, as installed) or 'O' (an earlier release: not in replica sessions)
+        # fire on ordinary writes; 'D' (DISABLE TRIGGER) and 'R' (replica sessions only) do not
         return sa.text(
             "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal AND t.tgenabled <> 'D'"
+            "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'O')"
         ).bindparams(schema=schema, table=table_name)
 
     def capture_names(self, schema, table):
