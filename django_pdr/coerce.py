@@ -10,9 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import uuid
 
 import sqlalchemy as sa
+
+from .dialects.base import JSONText, RawValue
 
 
 def _naive_utc(value):
@@ -107,8 +110,25 @@ def _integer(value):
     return value
 
 
+def _json_text(value):
+    """The JSON text of a value for a JSON column written as text (``JSONText``)."""
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).decode("utf-8")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # not JSON: refused there
+    return json.dumps(value, ensure_ascii=False)
+
+
 def converter_for(type_):
     """A function converting a Python value for a destination column of ``type_``, or None."""
+    if isinstance(type_, JSONText):
+        return _json_text
+    if isinstance(type_, RawValue):
+        return None
     if isinstance(type_, sa.JSON):
         return _json
     if isinstance(type_, sa.Uuid) and getattr(type_, "as_uuid", True):
@@ -136,7 +156,7 @@ def converter_for(type_):
 
 #: Value types each converter returns unchanged (checked by exact type, before calling it).
 _UNCHANGED = {_uuid: {uuid.UUID}, _date: {dt.date}, _bool: {bool}, _bytes: {bytes}, _integer: {int},
-              _decimal: {decimal.Decimal, int}, _text: {str}}
+              _decimal: {decimal.Decimal, int}, _text: {str}, _json_text: {str}}
 
 
 def row_converter(table: sa.Table, names: list[str]):

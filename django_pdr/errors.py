@@ -49,7 +49,12 @@ class ApplyError(PdrError):
     """A batch could not be applied to the destination."""
 
 
-class RowTooLarge(PdrError):
+class ValueRefused(PdrError):
+    """A value the destination engine cannot hold (a DATA error: the row becomes a dead
+    letter whose message names the column and the reason)."""
+
+
+class RowTooLarge(ValueRefused):
     """A row is too large for the destination to take in one statement (a DATA error:
     its message says which setting to raise)."""
 

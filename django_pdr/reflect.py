@@ -25,7 +25,7 @@ from .checkpoint import Checkpoint, StaleCheckpoint
 from .coerce import row_converter
 from .connections import begin, connect
 from .dialects import get_dialect
-from .dialects.base import OP_TRUNCATE, TextRefused, TextRows
+from .dialects.base import OP_TRUNCATE, RawValue, TextRefused, TextRows, event_key_name
 from .errors import DATA, CaptureMissing, ConfigurationError, ConnectionFailed, TableNotFound
 from .errors import describe as describe_error
 from .maintenance import measure, record_sample
@@ -182,7 +182,6 @@ class ReflectionRunner:
         self.src_dialect = capture.dialect
         self.source = capture.source
         self.source_key = capture.key_names
-        self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
         self.mapping = Mapping.from_reflection(self.reflection, [c.name for c in self.source.columns],
                                                self.source_key)
         added, self.removed_columns = drift(st, self.source)
@@ -234,11 +233,31 @@ class ReflectionRunner:
         self.checkpoint = Checkpoint(self.dst_dialect, schema, r.uid, label=str(r))
         dst.rollback()
         self.checkpoint.create(dst)
-        self.convert = row_converter(self.dest, self.mapping.dest_columns)
         self.dest_key_columns = [self.dest.c[n] for n in self.mapping.dest_key]
         self.text_path = self._text_path_possible()
         if self.text_path:
             logger.info("%s: rows pass as text (every column has the same type on both sides)", r)
+        self._value_types(capture.event)
+        self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
+        self.convert = row_converter(self.dest, self.mapping.dest_columns)
+
+    def _value_types(self, event: sa.Table):
+        """How values are read and written.  JSON as its text, both ways (SQL NULL and the
+        JSON value null stay apart, numbers keep every digit).  Between two databases of an
+        engine that copies raw values (SQLite), copied columns and the keys pass as stored,
+        byte for byte."""
+        if (self.src_dialect.copies_raw_values and type(self.src_dialect) is type(self.dst_dialect)
+                and not self.statement):
+            for column in self.mapping.columns:
+                if column.source is not None and column.source in self.source.c and column.dest in self.dest.c:
+                    self.source.c[column.source].type = self.dest.c[column.dest].type = RawValue()
+            for position, name in enumerate(self.source_key):
+                if isinstance(self.source.c[name].type, RawValue):
+                    event.c[event_key_name(position)].type = RawValue()
+        for table, dialect in ((self.source, self.src_dialect), (self.dest, self.dst_dialect)):
+            for column in table.columns:
+                if isinstance(column.type, sa.JSON):
+                    column.type = dialect.json_text_type()
 
     def _text_path_possible(self) -> bool:
         """Rows can pass from source to destination in the engines' own text form (no
@@ -337,7 +356,7 @@ class ReflectionRunner:
                 dst.execute(statement, params)
 
     def _commit(self, dst, expected: dict | None, new_state: dict, upserts: list, deletes: list,
-                removals: list = (), truncate: bool = False):
+                removals: list = (), truncate: bool = False, loading: bool = False):
         """Apply rows and write the checkpoint in one destination transaction.
 
         ``upserts`` holds (source key, destination row) pairs.  Rows the destination
@@ -353,6 +372,8 @@ class ReflectionRunner:
             bad = self._apply_isolating(dst, items)
             for key, exc in bad:
                 self._dead_letter(key, exc)
+            if bad and loading:
+                new_state["loaded"] -= len(bad)  # the initial load counts the rows that landed
             self.checkpoint.write(dst, new_state)
         return len(items) - len(bad)
 
@@ -688,7 +709,7 @@ class ReflectionRunner:
                 pass  # the same chunk as Python rows, below
         count, last, upserts, filtered = self._load_python(src, after)
         new_state = self._load_state(state, count, last)
-        self._commit(dst, expected, new_state, upserts, [], filtered)
+        self._commit(dst, expected, new_state, upserts, [], filtered, loading=True)
         if last is None:  # the load is complete: its events follow from the start position
             self._confirm_capture(src, Position.from_json(state["pos"]))
         return new_state
@@ -874,6 +895,12 @@ class ReflectionRunner:
                   "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}}
         if events or rows or status == "running":
             fields.update(last_error="", failures=0, next_attempt_at=None)
+        if status == "running" and self.held_keys:
+            # rows set aside are changes not replicated: an error until they are retried
+            fields.update(status="error", last_error=(
+                f"{len(self.held_keys)} row(s) refused by the destination are set aside as dead letters: fix "
+                f"the cause, then retry them (admin: Retry dead-lettered rows, or pdr-reflect "
+                f"--retry-dead-letters)"))
         if events or rows:
             fields.update(last_applied_at=timezone.now(),
                           events_applied=F("events_applied") + events, rows_applied=F("rows_applied") + rows)

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from . import conf
 from .coerce import row_converter
+from .dialects.base import JSONText
 from .connections import begin, connect
 from .reflect import ReflectionRunner, chunks
 from .visibility import Position
@@ -54,6 +55,33 @@ def canonical(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True, ensure_ascii=False)
     return value
+
+
+def _json_canonical(value):
+    if isinstance(value, dict):
+        return {str(k): _json_canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    number = decimal.Decimal(str(value))
+    return "n:" + (format(number.normalize(), "f") if number.is_finite() else str(number))
+
+
+def canonical_json(value):
+    """A comparable form of a JSON column's value: equal documents compare equal whatever
+    their spelling (key order, spaces, 1.0 and 1), and SQL NULL (None) differs from the
+    JSON value null."""
+    if isinstance(value, (bytes, memoryview)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value, parse_float=decimal.Decimal)
+        except ValueError:
+            return canonical(value)
+    elif value is None:
+        return None
+    return "json:" + json.dumps(_json_canonical(value), sort_keys=True, ensure_ascii=False)
 
 
 @dataclass
@@ -104,6 +132,10 @@ class Verifier:
         self.reflection = reflection
         self.runner = ReflectionRunner(reflection)
         self.chunk_size = chunk_size or int(conf.get("LOAD_CHUNK_SIZE"))
+        self.json_columns = set()
+
+    def canon(self, column: str, value):
+        return canonical_json(value) if column in self.json_columns else canonical(value)
 
     def _dest_rows(self, dst, keys: list[tuple]) -> dict[tuple, dict]:
         r = self.runner
@@ -135,6 +167,9 @@ class Verifier:
         r = self.runner
         with connect(self.reflection.source.database) as src, connect(self.reflection.destination) as dst:
             r.prepare(src, dst)
+            json_sources = {c.name for c in r.source.columns if isinstance(c.type, JSONText)}
+            self.json_columns = {c.dest for c in r.mapping.columns
+                                 if c.source in json_sources or isinstance(r.dest.c[c.dest].type, JSONText)}
             self._source_pass(src, dst, report, repair, progress)
             if self.reflection.delete_policy == "delete":
                 self._destination_pass(src, dst, report, repair, progress)
@@ -161,8 +196,8 @@ class Verifier:
             actual = self._dest_rows(dst, lookup)
             report.rows_compared += len(rows)
             report.chunks += 1
-            want = [tuple(canonical(row[c]) for c in r.mapping.dest_columns) for _, row in expected.values()]
-            have = [tuple(canonical(row[c]) for c in r.mapping.dest_columns)
+            want = [tuple(self.canon(c, row[c]) for c in r.mapping.dest_columns) for _, row in expected.values()]
+            have = [tuple(self.canon(c, row[c]) for c in r.mapping.dest_columns)
                     for k, row in actual.items() if k in expected]
             extra_filtered = [k for k in actual if k not in expected]
             if _hash(want) == _hash(have) and len(want) == len(have) and not extra_filtered:
@@ -175,7 +210,7 @@ class Verifier:
                 got = actual.get(dkey)
                 if got is None:
                     found.append(Difference(MISSING, skey, row, None))
-                elif any(canonical(row[c]) != canonical(got[c]) for c in r.mapping.dest_columns):
+                elif any(self.canon(c, row[c]) != self.canon(c, got[c]) for c in r.mapping.dest_columns):
                     found.append(Difference(DIFFERENT, skey, row, got))
             for skey in filtered:
                 dkey = tuple(canonical(v) for v in r.mapping.dest_key_values(skey).values())

@@ -724,7 +724,7 @@ TYPE_CASES = [
     (sa.DateTime(), True, "TIMESTAMP(6) WITHOUT TIME ZONE", "DATETIME(6)", "DATETIME"),
     (sa.DateTime(timezone=True), False, "TIMESTAMP(6) WITH TIME ZONE", "DATETIME(6)", "DATETIME"),
     (sa.DateTime(timezone=True), True, "TIMESTAMP(6) WITH TIME ZONE", "DATETIME(6)", "DATETIME"),
-    (sa.JSON(), False, "JSONB", "JSON", "JSON"),
+    (sa.JSON(), False, "JSONB", "JSON", "TEXT"),  # SQLite: TEXT affinity keeps a document's digits
     (sa.LargeBinary(), False, "BYTEA", "LONGBLOB", "BLOB"),
     (sa.LargeBinary(), True, "BYTEA", "VARBINARY(255)", "BLOB"),
     (sa.Uuid(), False, "UUID", "CHAR(36)", "CHAR(36)"),
@@ -800,7 +800,7 @@ _TO_PG = dict(_INTS, n="NUMERIC(12, 2)", f="DOUBLE PRECISION", b="BOOLEAN", t="T
 _TO_MY = dict(_INTS, n="DECIMAL(12, 2)", f="DOUBLE", b="BOOL", t="LONGTEXT", tm="TIME(6)", ts="DATETIME(6)",
               tstz="DATETIME(6)", j="JSON", by="LONGBLOB", u="CHAR(36)")
 _TO_LITE = dict(_INTS, n="NUMERIC(12, 2)", f="DOUBLE", b="BOOLEAN", t="TEXT", tm="TIME", ts="DATETIME",
-                tstz="DATETIME", j="JSON", by="BLOB", u="CHAR(36)")
+                tstz="DATETIME", j="TEXT", by="BLOB", u="CHAR(36)")
 CREATED = {
     ("postgresql", "mysql"): _TO_MY,
     ("postgresql", "sqlite"): _TO_LITE,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from ..errors import DATA, TRANSIENT, RowTooLarge
+from ..errors import DATA, TRANSIENT, RowTooLarge, ValueRefused
 
 #: Version of the capture objects (event table and triggers).  Bump it, never
 #: edit a released template in place: installed objects are fingerprinted.
@@ -475,6 +475,15 @@ class Dialect:
         return []
 
     # -- types ---------------------------------------------------------------
+    def json_text_type(self) -> "JSONText":
+        """The type JSON columns are read and written with: the document's own text, so
+        that SQL NULL and the JSON value ``null`` stay apart and numbers keep every digit."""
+        return JSONText()
+
+    #: Values copied between two databases of this engine pass as the driver reads them,
+    #: unconverted (SQLite: the stored value, whatever the declared type says).
+    copies_raw_values = False
+
     def refine_reflected(self, conn, table: sa.Table) -> sa.Table | None:
         """Correct what SQLAlchemy's reflection got wrong: column types it cannot tell
         apart (in place), or the columns themselves (return a new Table; None: keep
@@ -524,8 +533,8 @@ class Dialect:
 
         ``exc``: SQLAlchemy's error (its ``.orig`` is judged), a driver's own, or a Python
         error a driver raised while adapting a value (DATA when ``is_data_error`` knows it
-        by the driver's message, else None).  RowTooLarge is DATA."""
-        if isinstance(exc, RowTooLarge):
+        by the driver's message, else None).  ValueRefused (RowTooLarge...) is DATA."""
+        if isinstance(exc, ValueRefused):
             return DATA
         error = exc.orig if isinstance(exc, sa.exc.StatementError) and exc.orig is not None else exc
         if self.is_data_error(error):
@@ -552,6 +561,21 @@ def unencodable(error: BaseException) -> bool:
     character outside the connection's character set): every driver encodes text itself,
     before sending anything."""
     return isinstance(error, UnicodeEncodeError)
+
+
+class JSONText(sa.types.TypeDecorator):
+    """A JSON column handled as its text: read as the document's text (None only for SQL
+    NULL, "null" for the JSON value null) and written from text, unparsed."""
+
+    impl = sa.Text
+    cache_ok = True
+
+
+class RawValue(sa.types.TypeDecorator):
+    """A column whose values pass as the driver gives them, with no conversion either way."""
+
+    impl = sa.types.NullType
+    cache_ok = True
 
 
 def bind_processor(type_, sa_dialect):

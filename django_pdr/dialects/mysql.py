@@ -10,7 +10,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from ..errors import RowTooLarge
+from ..errors import RowTooLarge, ValueRefused
 from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextRefused, TextRows, accepts,
                    bind_processor, column_list, event_key_name, unencodable)
 
@@ -252,6 +252,11 @@ class MySQLDialect(Dialect):
         self.run_on_driver(conn, label[:200], work)
 
     def guard_rows(self, conn, table, rows):
+        for row in rows:  # named by its column (PyMySQL's message names none)
+            for name, value in row.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueRefused(f"value of column {name!r} is {value}: MariaDB's DOUBLE has no "
+                                       f"infinity or NaN")
         # Only a row that might be near the limit is spelled (cheap bound first).
         if not rows or conn.dialect.driver != "pymysql":
             return

@@ -6,13 +6,16 @@ import datetime
 import decimal
 import hashlib
 import io
+import json
 import math
 import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
-from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, TextRows, accepts, bulk_key_name,
+from ..errors import ValueRefused
+from .matrix import json_has_nul
+from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, JSONText, Horizon, TextRows, accepts, bulk_key_name,
                    column_list, event_key_name, unencodable)
 
 
@@ -97,6 +100,15 @@ SLEEP_LOCK_CLASS = 1346654753  # "PDR!" as an int4
 SLEEP_LOCK = f"{SLEEP_LOCK_CLASS}, 0"
 
 
+class _JSONText(JSONText):
+    """psycopg2 parses json and jsonb itself: the SELECT reads their text instead."""
+
+    cache_ok = True
+
+    def column_expression(self, column):
+        return sa.cast(column, sa.Text)
+
+
 class PostgreSQLDialect(Dialect):
     names = ("postgresql",)
     label = "PostgreSQL"
@@ -122,6 +134,9 @@ class PostgreSQLDialect(Dialect):
         # floats spelled exactly (the shortest text that reads back as the same value).
         return {"connect_timeout": timeout,
                 "options": "-c timezone=UTC -c datestyle=ISO,MDY -c intervalstyle=postgres -c extra_float_digits=1"}
+
+    def json_text_type(self):
+        return _JSONText()
 
     # -- capture -------------------------------------------------------------
     def event_time_default(self):
@@ -414,6 +429,20 @@ END
 
     def key_lookup_settings(self):
         return [_NESTED_LOOP]
+
+    def guard_rows(self, conn, table, rows):
+        # what PostgreSQL cannot hold, named by its column (the driver's and the server's
+        # messages name neither)
+        json_columns = {c.name for c in table.columns if isinstance(c.type, JSONText)} if table is not None else ()
+        for row in rows:
+            for name, value in row.items():
+                if isinstance(value, str) and "\x00" in value:
+                    raise ValueRefused(f"value of column {name!r} contains the NUL character (U+0000): "
+                                       f"PostgreSQL text cannot hold it")
+                if (name in json_columns and isinstance(value, str) and "\\u0000" in value
+                        and json_has_nul(json.loads(value))):
+                    raise ValueRefused(f"value of column {name!r} is a JSON document with \\u0000: PostgreSQL's "
+                                       f"jsonb refuses it")
 
     def bulk_delete(self, conn, table, key_names, keys):
         # COPY the keys into a temporary table, then one DELETE ... USING it.

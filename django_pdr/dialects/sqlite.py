@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
+from ..errors import ValueRefused
 from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name, unencodable
 
 
@@ -77,6 +78,14 @@ class SQLiteDialect(Dialect):
     # SQLite has one writer at a time: event ids become visible in id order,
     # so the base class's "no open transactions" answer is exact.
 
+    def guard_rows(self, conn, table, rows):
+        # SQLite stores a NaN as NULL: refused instead (the row becomes a dead letter)
+        for row in rows:
+            for name, value in row.items():
+                if isinstance(value, float) and value != value:
+                    raise ValueRefused(f"value of column {name!r} is NaN: SQLite cannot store NaN (it would "
+                                       f"become NULL)")
+
     def lock_row(self, conn, table, where, column):
         # One writer at a time: a write statement takes the database's write lock at once
         # (it begins the transaction) and keeps it until the end; a SELECT alone would not.
@@ -122,7 +131,15 @@ class SQLiteDialect(Dialect):
             return sa.Text()
         return super().generic_type(source_type)
 
+    # a SQLite value arrives in another SQLite database as it was stored, byte for byte
+    copies_raw_values = True
+
     def destination_type(self, generic, *, is_key):
+        if isinstance(generic, sa.JSON):
+            # TEXT affinity: a column declared JSON has NUMERIC affinity, which stores a
+            # document that is one large number as REAL (12345678901234567890123 would
+            # become 1.23456789012346e+22)
+            return sa.Text()
         if isinstance(generic, sa.Uuid):
             return sa.CHAR(36)
         if isinstance(generic, sa.DateTime):
