@@ -24,7 +24,10 @@ observed at time ``q`` gives two numbers (``Dialect.transaction_horizon``):
   is now visible (committed) or never will be (rolled back).  A last read of the
   gap after that observation settles it.
 
-PostgreSQL: ``next``/``oldest`` are ``pg_current_snapshot()``'s xmax and xmin.
+PostgreSQL: ``next`` is an xid the reader's transaction takes for the check
+(``pg_current_xact_id()``; not a snapshot's xmax, which is one past the latest
+*completed* xid, so that a running writer newer than every completed one is below
+no xmax and in no in-progress list), ``oldest`` the xmin of a snapshot taken after.
 MariaDB/MySQL: ``next`` is the id of a write transaction the reader opens for the
 check, ``oldest`` the lowest id of another transaction in ``INNODB_TRX``.  That
 view is a cache InnoDB refreshes only when nobody has read it for 0.1 s, so the

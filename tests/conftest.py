@@ -8,7 +8,7 @@ from tests.targets import make_target  # noqa: F401  (fixture)
 # runs: pytest --hypothesis-profile=deep
 _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture,
          HealthCheck.large_base_example]
-settings.register_profile("ci", max_examples=4, derandomize=True, deadline=None, suppress_health_check=_SLOW,
+settings.register_profile("ci", max_examples=10, derandomize=True, deadline=None, suppress_health_check=_SLOW,
                           database=None)
 settings.register_profile("deep", max_examples=150, deadline=None, suppress_health_check=_SLOW)
 settings.load_profile("ci")

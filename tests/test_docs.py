@@ -20,3 +20,12 @@ def test_every_page_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
     assert [p for p in pages if p not in nav] == []
+
+
+def test_the_values_table_is_generated_from_the_matrix():
+    """docs/dialects.md's conversions are the ones the fidelity suite accepts."""
+    from django_pdr.dialects import matrix
+
+    text = (ROOT / "docs" / "dialects.md").read_text()
+    assert matrix.BEGIN in text and matrix.END in text
+    assert matrix.render_docs(text) == text, "run: python -m django_pdr.dialects.matrix"

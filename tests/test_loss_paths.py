@@ -465,3 +465,26 @@ def test_item4_lock_timeout_on_the_destination_is_retried_not_dead_lettered(make
         dispose_all()
     call_command("pdr-reflect", verbosity=0)
     assert same(source, dest)
+
+
+def test_item2_a_gap_held_by_the_newest_writer_stays_open(make_target):
+    """The newest open writer is not in a snapshot's in-progress list when no later
+    transaction has completed (PostgreSQL 14+: xmax is one past the latest completed
+    xid), yet it may hold an event id below a committed one."""
+    source, dest, st, reflection = mirror(make_target, "postgresql", "sqlite")
+    worker.run_round()
+    older, newest = source.engine.connect(), source.engine.connect()
+    try:
+        older.exec_driver_sql("SELECT pg_current_xact_id()")  # begins writing first (a lower xid)
+        newest.exec_driver_sql("INSERT INTO t VALUES (1, 'newest writer')")  # a higher xid, the lower event id
+        older.exec_driver_sql("INSERT INTO t VALUES (2, 'older writer')")  # the higher event id
+        older.commit()
+        for _ in range(3):
+            worker.run_round()
+        assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [2]
+        newest.commit()
+        worker.run_round()
+        assert same(source, dest)
+    finally:
+        older.close()
+        newest.close()

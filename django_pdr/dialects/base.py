@@ -578,6 +578,17 @@ class RawValue(sa.types.TypeDecorator):
     cache_ok = True
 
 
+def json_has_nul(value) -> bool:
+    """True when a parsed JSON document holds the NUL character in a key or a string."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(json_has_nul(k) or json_has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(json_has_nul(v) for v in value)
+    return False
+
+
 def bind_processor(type_, sa_dialect):
     """The function SQLAlchemy passes a value of ``type_`` through before the driver, or None:
     the processor of the engine's own implementation of the type (a generic NUMERIC's own

@@ -24,6 +24,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .base import json_has_nul
+
 ENGINES = ("postgresql", "mysql", "sqlite")
 LABEL = {"postgresql": "PostgreSQL", "mysql": "MariaDB/MySQL", "sqlite": "SQLite"}
 
@@ -104,16 +106,6 @@ def _nearest_double(source, dest) -> bool:
 
 def _has_nul(value) -> bool:
     return isinstance(value, str) and "\x00" in value
-
-
-def json_has_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(json_has_nul(k) or json_has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(json_has_nul(v) for v in value)
-    return False
 
 
 def _aware(value) -> bool:

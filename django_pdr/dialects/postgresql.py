@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ..errors import ValueRefused
-from .matrix import json_has_nul
-from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, JSONText, Horizon, TextRows, accepts, bulk_key_name,
+from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, JSONText, json_has_nul, Horizon, TextRows, accepts, bulk_key_name,
                    column_list, event_key_name, unencodable)
 
 
@@ -349,11 +348,13 @@ END
 
     # -- visibility ----------------------------------------------------------
     def transaction_horizon(self, conn, event_table):
-        # xmax: every xid assigned so far is below it; xmin: the oldest xid still running
-        # (xid8: 64 bits, never wraps)
-        xmax, xmin = conn.execute(sa.text(
-            "SELECT pg_snapshot_xmax(s)::text, pg_snapshot_xmin(s)::text FROM pg_current_snapshot() AS s")).one()
-        return Horizon(int(xmax), int(xmin))
+        # next: an xid given to this transaction now, above every xid assigned before (a
+        # snapshot's xmax is not: it is one past the latest *completed* xid, and a writer
+        # newer than that is running but below no xmax); oldest: the snapshot's xmin, the
+        # oldest xid still running (this one included), taken after.  xid8: never wraps.
+        own = conn.execute(sa.text("SELECT pg_current_xact_id()::text")).scalar()
+        oldest = conn.execute(sa.text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")).scalar()
+        return Horizon(int(own), int(oldest))
 
     # -- apply ---------------------------------------------------------------
     def upsert(self, table, key_names, update_names):

@@ -125,6 +125,11 @@ class SQLiteDialect(Dialect):
         for column in table.columns:
             if declared.get(column.name) == "UUID":
                 column.type = sa.Uuid()
+            elif isinstance(column.type, sa.Numeric) and not isinstance(column.type, sa.Float):
+                # a NUMERIC column stores REAL or INTEGER: read the number as stored (the
+                # destination's converter takes a REAL's shortest decimal spelling), not
+                # rounded to the declared scale through its binary expansion
+                column.type.asdecimal = False
 
     def generic_type(self, source_type):
         if isinstance(source_type, sa.types.NullType):
