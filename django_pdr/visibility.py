@@ -32,7 +32,8 @@ MariaDB/MySQL: ``next`` is the id of a write transaction the reader opens for th
 check, ``oldest`` the lowest id of another transaction in ``INNODB_TRX``.  That
 view is a cache InnoDB refreshes only when nobody has read it for 0.1 s, so the
 result is accepted only when it lists the reader's own transaction (it was then
-filled after the check began); otherwise nothing is settled by it.  SQLite has a
+filled after the check began); otherwise InnoDB's status report (made when asked)
+is read instead, and when neither can be read nothing is settled.  SQLite has a
 single writer: ids become visible in order and gaps close at once.
 ``docs/concepts.md`` gives the full argument.
 """

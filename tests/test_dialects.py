@@ -1473,3 +1473,42 @@ def test_a_collation_does_not_cross_engines():
 
     generic = my().generic_type(myt.VARCHAR(20, charset="latin1", collation="latin1_swedish_ci"))
     assert generic.collation is None and generic.length == 20
+
+
+STATUS_REPORT = """
+------------
+TRANSACTIONS
+------------
+Trx id counter 19725
+Purge done for trx's n:o < 19720 undo n:o < 2 state: running
+History list length 2
+LIST OF TRANSACTIONS FOR EACH SESSION:
+---TRANSACTION 19724, ACTIVE 0 sec
+2 lock struct(s), heap size 1128, 1 row lock(s)
+---TRANSACTION 19702, ACTIVE (PREPARED) 3 sec
+---TRANSACTION (0x7fd7e5459680), not started
+0 lock struct(s), heap size 1128, 0 row lock(s)
+--------
+FILE I/O
+--------
+"""
+
+
+class _Report:
+    def __init__(self, text):
+        self.text = text
+
+    def execute(self, statement):
+        return self
+
+    def one(self):
+        return ("InnoDB", "", self.text)
+
+
+def test_mariadb_status_report_horizon():
+    assert MySQLDialect._status_horizon(_Report(STATUS_REPORT)) == Horizon(19725, 19702)
+    idle = STATUS_REPORT.replace("---TRANSACTION 19724, ACTIVE 0 sec\n", "").replace(
+        "---TRANSACTION 19702, ACTIVE (PREPARED) 3 sec\n", "")
+    assert MySQLDialect._status_horizon(_Report(idle)) == Horizon(19725, 19725)
+    truncated = STATUS_REPORT.replace("---TRANSACTION (0x", "...truncated...\n---TRANSACTION (0x")
+    assert MySQLDialect._status_horizon(_Report(truncated)) is None

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import sqlalchemy as sa
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -132,14 +131,15 @@ def test_item3_stale_innodb_trx_never_closes_a_gap_early(make_target):
         slow_tx.commit()
         slow.close()
         worker.run_round()
+        assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1, 6]
+        # the view stays frozen while the monitor reads it, but InnoDB's status report is
+        # made when asked: the gap settles all the same (and events are purged)
+        worker.run_round()
+        reflection.refresh_from_db()
+        assert reflection.position["g"] == []
     finally:
         stop.set()
         reader.join()
-    time.sleep(0.3)
-    worker.run_round()
-    assert [r["id"] for r in rows(dest.engine, "t", ["id"])] == [1, 6]
-    reflection.refresh_from_db()
-    assert reflection.position["g"] == []
 
 
 # -- 5. every destination write takes the checkpoint lock first --------------------------

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from ..errors import DATA, TRANSIENT, RowTooLarge, ValueRefused
+from ..errors import DATA, TRANSIENT, ValueRefused
 
 #: Version of the capture objects (event table and triggers).  Bump it, never
 #: edit a released template in place: installed objects are fingerprinted.

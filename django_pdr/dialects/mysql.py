@@ -5,6 +5,7 @@ import datetime
 import decimal
 import itertools
 import math
+import re
 import uuid
 
 import sqlalchemy as sa
@@ -173,9 +174,30 @@ class MySQLDialect(Dialect):
             "SELECT trx_id, trx_mysql_thread_id = CONNECTION_ID() FROM information_schema.INNODB_TRX")).all()
         mine = [int(trx_id) for trx_id, own in rows if own]
         if not mine or not mine[0]:
-            return None
+            # stale (another client keeps reading the view): the engine's status report is
+            # made when asked
+            return self._status_horizon(conn)
         others = [int(trx_id) for trx_id, own in rows if not own and 0 < int(trx_id) < mine[0]]
         return Horizon(mine[0], min(others, default=mine[0]))
+
+    @staticmethod
+    def _status_horizon(conn) -> Horizon | None:
+        """The horizon from SHOW ENGINE INNODB STATUS, printed when asked: "Trx id counter"
+        is above every id handed out, and the transaction list names every transaction
+        (read-only ones without an id).  None when it cannot be read (no PROCESS
+        privilege) or the list was truncated."""
+        try:
+            report = conn.execute(sa.text("SHOW ENGINE INNODB STATUS")).one()[2]
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            return None
+        counter = re.search(r"^Trx id counter (\d+)$", report, re.M)
+        listed = report.partition("LIST OF TRANSACTIONS FOR EACH SESSION:")[2].partition("\n--------\n")[0]
+        if counter is None or not listed or "truncated" in listed:
+            return None
+        running = [int(x) for x in re.findall(r"^---TRANSACTION (\d+),", listed, re.M)]
+        return Horizon(int(counter.group(1)), min(running, default=int(counter.group(1))))
 
     # -- apply ---------------------------------------------------------------
     def upsert(self, table, key_names, update_names, rows=None):
