@@ -37,48 +37,97 @@ class Writer(threading.Thread):
     """Random inserts, updates, deletes and key changes on table ``t`` (id int key, v text, n int).
 
     ``bulk``: the share of transactions that also run one statement changing over a
-    thousand rows (PostgreSQL capture writes key arrays for those)."""
+    thousand rows (PostgreSQL capture writes key arrays for those).
 
-    def __init__(self, engine, seed=1, first_id=1, batch=20, pause=0.0, max_ops=None, bulk=0.0):
+    Options for server-crash runs (bench/server_crash.py); the defaults keep the plain behaviour:
+
+    ``own_keys``: updates, deletes and key changes pick keys from ``first_id`` up only (several
+    writers on one table, each with its own key range).  ``hold``: (min, max) seconds each
+    transaction stays open after its changes before it ends (a long transaction while others
+    commit).  ``rollback``: the share of transactions rolled back instead of committed.
+    ``reconnect``: an error (server crash, deadlock, lock timeout) does not stop the writer:
+    the transaction is lost (``interrupted`` counts them), it reconnects and goes on."""
+
+    def __init__(self, engine, seed=1, first_id=1, batch=20, pause=0.0, max_ops=None, bulk=0.0,
+                 own_keys=False, hold=None, rollback=0.0, reconnect=False, table="t"):
         super().__init__(daemon=True)
         self.engine, self.random = engine, random.Random(seed)
         self.next_id, self.batch, self.pause, self.max_ops = first_id, batch, pause, max_ops
         self.bulk = bulk
+        self.first_id, self.own_keys, self.hold, self.rollback = first_id, own_keys, hold, rollback
+        self.reconnect, self.table = reconnect, table
         self.changes = 0  # rows changed (a bulk statement counts every row)
         self.bulk_statements = 0
         self.stop_event = threading.Event()
         self.ops = 0
         self.error = None
+        self.committed = 0  # transactions whose commit returned
+        self.committed_changes = 0  # row changes of those
+        self.rolled_back = 0  # transactions rolled back on purpose
+        self.interrupted = 0  # transactions lost to an error (reconnect=True)
+        self.began = 0  # transactions begun
+        self.errors = []  # the last few of those errors (reconnect=True)
+
+    def _pick_key(self):
+        return self.random.randrange(self.first_id if self.own_keys else 1, self.next_id)
+
+    def _warming(self):
+        return (self.next_id - self.first_id if self.own_keys else self.next_id) < 50
+
+    def _go_on(self):
+        return not self.stop_event.is_set() and (self.max_ops is None or self.ops < self.max_ops)
 
     def run(self):
-        t = sa.table("t", sa.column("id"), sa.column("v"), sa.column("n"))
-        try:
-            with self.engine.connect() as conn:
-                while not self.stop_event.is_set() and (self.max_ops is None or self.ops < self.max_ops):
-                    with conn.begin():
-                        for _ in range(self.batch):
-                            roll = self.random.random()
-                            if roll < 0.6 or self.next_id < 50:
-                                conn.execute(t.insert().values(id=self.next_id, v=f"v{self.next_id}", n=0))
-                                self.next_id += 1
-                            elif roll < 0.9:
-                                target = self.random.randrange(1, self.next_id)
-                                conn.execute(t.update().where(t.c.id == target)
-                                             .values(n=t.c.n + 1, v=f"u{self.ops}"))
-                            elif roll < 0.97:
-                                conn.execute(t.delete().where(t.c.id == self.random.randrange(1, self.next_id)))
-                            else:  # move a row to a new key
-                                conn.execute(t.update().where(t.c.id == self.random.randrange(1, self.next_id))
-                                             .values(id=self.next_id))
-                                self.next_id += 1
-                            self.ops += 1
-                            self.changes += 1
-                        if self.bulk and self.random.random() < self.bulk:
-                            self._bulk_statement(conn, t)
-                    if self.pause:
-                        time.sleep(self.pause)
-        except Exception as exc:  # surfaced by the test
-            self.error = exc
+        t = sa.table(self.table, sa.column("id"), sa.column("v"), sa.column("n"))
+        while self._go_on():
+            began = self.began
+            try:
+                with self.engine.connect() as conn:
+                    while self._go_on():
+                        self._transaction(conn, t)
+                        if self.pause:
+                            time.sleep(self.pause)
+            except Exception as exc:  # surfaced by the test
+                if not self.reconnect:
+                    self.error = exc
+                    return
+                if self.began > began:  # else the server refused the connection: nothing lost
+                    self.interrupted += 1
+                message = (str(exc) or "?").splitlines()[0][:200]
+                self.errors = (self.errors + [f"{type(exc).__name__}: {message}"])[-5:]
+                self.stop_event.wait(0.2)
+
+    def _transaction(self, conn, t):
+        changes = self.changes
+        self.began += 1
+        with conn.begin() as transaction:
+            for _ in range(self.batch):
+                roll = self.random.random()
+                if roll < 0.6 or self._warming():
+                    conn.execute(t.insert().values(id=self.next_id, v=f"v{self.next_id}", n=0))
+                    self.next_id += 1
+                elif roll < 0.9:
+                    target = self._pick_key()
+                    conn.execute(t.update().where(t.c.id == target)
+                                 .values(n=t.c.n + 1, v=f"u{self.ops}"))
+                elif roll < 0.97:
+                    conn.execute(t.delete().where(t.c.id == self._pick_key()))
+                else:  # move a row to a new key
+                    conn.execute(t.update().where(t.c.id == self._pick_key())
+                                 .values(id=self.next_id))
+                    self.next_id += 1
+                self.ops += 1
+                self.changes += 1
+            if self.bulk and self.random.random() < self.bulk:
+                self._bulk_statement(conn, t)
+            if self.hold:  # a long transaction: open while the other writers commit
+                self.stop_event.wait(self.random.uniform(*self.hold))
+            if self.rollback and self.random.random() < self.rollback:
+                transaction.rollback()
+                self.rolled_back += 1
+                return
+        self.committed += 1
+        self.committed_changes += self.changes - changes
 
     def _bulk_statement(self, conn, t):
         roll, low = self.random.random(), self.random.randrange(1, max(2, self.next_id))
