@@ -9,9 +9,7 @@ from .models import DeadLetter
 
 
 def _hash(key) -> str:
-    from .reflect import key_hash
-
-    return key_hash(tuple(key))
+    return keycodec.key_hash(tuple(key))
 
 
 def record(reflection, key: tuple, error: str) -> DeadLetter:

@@ -14,11 +14,8 @@ import sqlalchemy as sa
 
 from . import conf
 from .connections import connect
+from .dialects import get_dialect
 from .errors import ConnectionFailed
-
-#: Schemas that belong to the engine itself, never a user's tables.
-SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "pg_toast", "mysql",
-                            "performance_schema", "sys"})
 
 #: Names of event tables (``Dialect.capture_names``: pdr_<slug>_<10 hex>_ev) and of the
 #: capture registry (``REGISTRY_TABLE``): ours, never offered as a source.
@@ -57,10 +54,6 @@ def is_pdr_table(name: str) -> bool:
     return name == conf.get("CHECKPOINT_TABLE") or bool(_EVENT_TABLE.match(name))
 
 
-def _is_system_schema(name: str) -> bool:
-    return name.lower() in SYSTEM_SCHEMAS or name.lower().startswith("pg_")
-
-
 
 
 def list_tables(database) -> list[TableRef]:
@@ -69,8 +62,9 @@ def list_tables(database) -> list[TableRef]:
         try:
             inspector = sa.inspect(conn)
             default = inspector.default_schema_name
+            dialect = get_dialect(conn)
             others = sorted(s for s in inspector.get_schema_names()
-                            if s != default and not _is_system_schema(s))
+                            if s != default and not dialect.is_system_schema(s))
             found = []
             for schema in [default, *others]:
                 for name in sorted(inspector.get_table_names(schema=schema)):

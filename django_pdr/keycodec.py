@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import hashlib
+import json
 import uuid
 
 
@@ -49,3 +51,8 @@ def encode_key(key) -> list | None:
 
 def decode_key(data) -> tuple | None:
     return None if data is None else tuple(decode(v) for v in data)
+
+
+def key_hash(key: tuple) -> str:
+    """A fixed-size identity of a source key (dead letters are looked up by it)."""
+    return hashlib.sha256(json.dumps(encode_key(key), sort_keys=True).encode()).hexdigest()

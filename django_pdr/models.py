@@ -20,11 +20,7 @@ from .dialects import KINDS
 
 
 class Database(models.Model):
-    KIND_CHOICES = [
-        ("postgresql", "PostgreSQL"),
-        ("mysql", "MySQL / MariaDB"),
-        ("sqlite", "SQLite"),
-    ]
+    KIND_CHOICES = [(kind, cls.kind_label) for kind, cls in KINDS.items()]
 
     name = models.CharField(_("name"), max_length=100, unique=True,
                             help_text=_("A unique handle for this connection."))

@@ -56,12 +56,6 @@ class TextPathFailed(Exception):
     (which isolates bad rows into dead letters)."""
 
 
-def key_hash(key: tuple) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(keycodec.encode_key(key), sort_keys=True).encode()).hexdigest()
-
-
 #: Prepared table descriptions, per reflection (see ReflectionRunner.prepare_cached).
 _PREPARED: dict = {}
 PREPARE_TTL = 60.0
@@ -400,7 +394,7 @@ class ReflectionRunner:
         from .deadletters import record as record_dead_letter
 
         record_dead_letter(self.reflection, key, describe_error(exc))
-        self.held_keys.add(key_hash(key))
+        self.held_keys.add(keycodec.key_hash(key))
         logger.error("%s: row %s refused by the destination, dead-lettered: %s", self.reflection, list(key),
                      describe_error(exc))
 
@@ -749,9 +743,9 @@ class ReflectionRunner:
         upserts, deletes, removals = batch.upserts, batch.deletes, batch.removals
         if self.held_keys:
             # per-key order: a dead-lettered key waits until its retry applies the current row
-            upserts = [(k, row) for k, row in upserts if key_hash(k) not in self.held_keys]
-            deletes = [k for k in deletes if key_hash(k) not in self.held_keys]
-            removals = [k for k in removals if key_hash(k) not in self.held_keys]
+            upserts = [(k, row) for k, row in upserts if keycodec.key_hash(k) not in self.held_keys]
+            deletes = [k for k in deletes if keycodec.key_hash(k) not in self.held_keys]
+            removals = [k for k in removals if keycodec.key_hash(k) not in self.held_keys]
         written = self._commit(dst, state, new_state, upserts, deletes, removals, truncate=batch.truncate)
         return new_state, count, written
 

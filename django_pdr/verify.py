@@ -41,7 +41,9 @@ def canonical(value):
     if isinstance(value, decimal.Decimal):
         return "d:" + format(value.normalize(), "f") if value == value else "d:nan"
     if isinstance(value, float):
-        return repr(value)
+        # a number as a decimal: a REAL read from a SQLite NUMERIC column compares equal to
+        # the Decimal the source holds
+        return canonical(decimal.Decimal(repr(value)))
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
             value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)

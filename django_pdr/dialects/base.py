@@ -99,8 +99,12 @@ class Dialect:
 
     #: SQLAlchemy dialect names this class serves.
     names: tuple[str, ...] = ()
-    #: Human label and driver used in ``URL.create``.
+    #: Human label and driver used in ``URL.create``; ``kind_label``: the admin's name of
+    #: the engine (``Database.kind``).
     label = "?"
+    kind_label = "?"
+    #: Schemas that belong to the engine itself, never a user's tables (lower case).
+    system_schemas: frozenset = frozenset({"information_schema"})
     driver = ""
     #: True when the live test suite runs this engine against a real server.
     tested_live = False
@@ -117,6 +121,10 @@ class Dialect:
         self.quote = sa_dialect.identifier_preparer.quote
 
     # -- names -------------------------------------------------------------
+    def is_system_schema(self, name: str) -> bool:
+        """True for a schema of the engine itself (never offered as a source)."""
+        return name.lower() in self.system_schemas
+
     @classmethod
     def identifier_size(cls, name: str) -> int:
         """The length of ``name`` as the engine counts it (bytes or characters)."""

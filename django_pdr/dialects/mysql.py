@@ -50,6 +50,8 @@ _PACKET_KEY = "pdr_max_allowed_packet"
 class MySQLDialect(Dialect):
     names = ("mysql", "mariadb")
     label = "MySQL/MariaDB"
+    kind_label = "MySQL / MariaDB"
+    system_schemas = frozenset({"information_schema", "mysql", "performance_schema", "sys"})
     driver = "mysql+pymysql"
     install_hint = "Install PyMySQL: pip install 'django-pdr[mysql]'."
     tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI

@@ -111,6 +111,8 @@ class _JSONText(JSONText):
 class PostgreSQLDialect(Dialect):
     names = ("postgresql",)
     label = "PostgreSQL"
+    kind_label = "PostgreSQL"
+    system_schemas = frozenset({"information_schema", "pg_catalog", "pg_toast"})
     driver = "postgresql+psycopg2"
     install_hint = "Install psycopg2: pip install psycopg2-binary (a dependency of django-pdr)."
     tested_live = True
@@ -295,6 +297,9 @@ END
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'O')"
         ).bindparams(schema=schema, table=table_name)
+
+    def is_system_schema(self, name):
+        return super().is_system_schema(name) or name.lower().startswith("pg_")
 
     def capture_names(self, schema, table):
         names = super().capture_names(schema, table)

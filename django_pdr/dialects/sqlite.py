@@ -11,6 +11,7 @@ from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_k
 class SQLiteDialect(Dialect):
     names = ("sqlite",)
     label = "SQLite"
+    kind_label = "SQLite"
     driver = "sqlite+pysqlite"
     install_hint = "Python was built without its sqlite3 module: install a Python with SQLite support."
     file_based = True
