@@ -199,6 +199,33 @@ def status(source_table) -> str:
     return INSTALLED
 
 
+def needed(source_table) -> str | None:
+    """What ``install`` would do now, in words ("not installed", "outdated: ...", "partial:
+    ..."), or None when the installed capture is current.  The installed fingerprint is read
+    from the source database's registry."""
+    with connect(source_table.database) as conn:
+        capture = plan(conn, source_table)
+        missing = capturing(conn, capture)
+        registered = registration(conn, capture)
+        complete = len(_existing_triggers(conn, capture)) == len(capture.names.triggers)
+    if registered is None and missing:
+        return "not installed"
+    if missing:
+        return f"partial: {missing}"
+    if registered is None:
+        return "outdated: installed by an earlier release (no registry row)"
+    if registered.fingerprint != capture.fingerprint or not complete:
+        return "outdated: installed by another release or with other settings"
+    return None
+
+
+def statements(source_table) -> list[str]:
+    """The SQL ``install`` would run for ``source_table`` (for display; nothing executed)."""
+    with connect(source_table.database) as conn:
+        capture = plan(conn, source_table)
+    return capture.statements()
+
+
 def install(source_table, *, force: bool = False) -> str:
     """Create the event table and triggers; return INSTALLED.  Idempotent.
 

@@ -45,6 +45,10 @@ class CaptureMissing(PdrError):
     """The capture of a source table is missing or disabled: changes are not recorded."""
 
 
+class CaptureOutdated(PdrError):
+    """The installed capture differs from what this release would install (run pdr-install)."""
+
+
 class ApplyError(PdrError):
     """A batch could not be applied to the destination."""
 

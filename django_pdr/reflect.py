@@ -26,7 +26,7 @@ from .coerce import row_converter
 from .connections import begin, connect
 from .dialects import get_dialect
 from .dialects.base import OP_TRUNCATE, RawValue, TextRefused, TextRows, event_key_name
-from .errors import DATA, CaptureMissing, ConfigurationError, ConnectionFailed, TableNotFound
+from .errors import DATA, CaptureMissing, CaptureOutdated, ConfigurationError, ConnectionFailed, TableNotFound
 from .errors import describe as describe_error
 from .maintenance import measure, record_sample
 from .mapping import Mapping
@@ -159,18 +159,16 @@ class ReflectionRunner:
         st = self.source_table
         capture = capture_plan(src, st)
         registered = registration(src, capture)
-        complete = capturing(src, capture) is None
-        if (complete and (registered is None or registered.fingerprint != capture.fingerprint)
-                or registered is None and not st.installed_fingerprint):
-            # capture in place, of another version (or of one before the registry), or
-            # never installed (a new source table): install (an upgrade in place keeps its
-            # incarnation).  Capture that went missing is never reinstalled here: changes
-            # were lost meanwhile, and _check_capture says so.
-            from .capture import install
-
-            src.rollback()
-            install(st)
-            capture = capture_plan(src, st)
+        missing = capturing(src, capture)
+        # the worker changes no schema: capture is installed by pdr-install or the admin
+        if registered is None and missing:
+            raise CaptureMissing(
+                f"Capture is not installed on {st}: run manage.py pdr-install (or Install capture in the "
+                f"admin); the reflection then loads the destination.")
+        if missing is None and (registered is None or registered.fingerprint != capture.fingerprint):
+            raise CaptureOutdated(
+                f"Capture on {st} is outdated (installed by another release of django-pdr, or with other "
+                f"settings): run manage.py pdr-install, then restart the workers.")
         src.rollback()
         self.capture = capture
         self.src_dialect = capture.dialect

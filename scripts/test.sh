@@ -2,6 +2,7 @@
 # Run the whole django-pdr test suite, from a fresh Debian 12 machine if need be.
 #
 #   scripts/test.sh [PYTEST ARGS...]      e.g. scripts/test.sh -x -k mysql
+#   scripts/test.sh -m unit               the unit layer alone: no server, no browser, seconds
 #
 # Installs the missing apt packages (PostgreSQL, MariaDB, Chromium and its driver),
 # creates .venv (with ${PYTHON:-python3}) if it does not exist, installs the project
@@ -15,6 +16,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 section() { printf '\n== %s ==\n' "$*"; }
 
 . scripts/lib.sh
+
+# One layer: `scripts/test.sh -m unit` runs the tests that need no server or browser, in
+# seconds (no apt packages, no servers).
+if [[ "$*" == *"-m unit"* ]]; then
+    ensure_venv
+    .venv/bin/python -m pip install -q -e '.[mysql,test]'
+    exec .venv/bin/python -m pytest "$@"
+fi
 
 section "apt packages"
 apt_install postgresql mariadb-server chromium chromium-driver

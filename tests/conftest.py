@@ -22,3 +22,14 @@ def _dispose_engines():
     dispose_all()
     yield
     dispose_all()
+
+
+_LAYERS = {"live", "browser", "docs", "packaging"}
+
+
+def pytest_collection_modifyitems(items):
+    """The test layers: a test without a server, browser, docs or packaging marker is a
+    unit test (``scripts/test.sh -m unit`` runs that layer alone, in seconds)."""
+    for item in items:
+        if not _LAYERS & {mark.name for mark in item.iter_markers()}:
+            item.add_marker(pytest.mark.unit)
