@@ -60,7 +60,9 @@ def main():
     import django
 
     django.setup()
-    from django_pdr import reflect, visibility, worker
+    from django_pdr import worker
+    from django_pdr.engine import runner as reflect
+    from django_pdr.engine import visibility
     from django_pdr.models import Reflection
 
     # Coarse phase timers.  Nested calls are counted in both (e.g. _apply is inside _commit).

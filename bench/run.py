@@ -362,7 +362,7 @@ class Bench:
             shutil.copy(os.path.join(ROOT, "bench", "_worker.py"), os.path.join(snap, "bench", "_worker.py"))
             check = subprocess.run(
                 [PY, "-c", "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings');"
-                           "django.setup(); import django_pdr.worker, django_pdr.reflect"],
+                           "django.setup(); import django_pdr.worker, django_pdr.engine.runner"],
                 cwd=snap, env=dict(os.environ, PYTHONPATH=snap,
                                    PDR_TEST_SQLITE_PATH=os.path.join(self.workdir, "check.sqlite3")),
                 capture_output=True, text=True)

@@ -89,7 +89,7 @@ def live_lag(reflection) -> dict:
     """Pending events (counted now on the source) and seconds behind, for display.
 
     Falls back to the copy the worker stored when the source cannot be read."""
-    from .reflect import pending_events
+    from .engine.runner import pending_events
 
     try:
         pending = pending_events(reflection)

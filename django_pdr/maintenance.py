@@ -12,7 +12,7 @@ from .capture import plan as capture_plan
 from .capture import registration
 from .connections import begin, get_engine
 from .models import Reflection, Sample
-from .visibility import Position
+from .engine.visibility import Position
 
 logger = logging.getLogger("django_pdr.maintenance")
 

@@ -24,8 +24,8 @@ from . import conf
 from .coerce import row_converter
 from .dialects.base import JSONText
 from .connections import begin, connect
-from .reflect import ReflectionRunner, chunks
-from .visibility import Position
+from .engine.runner import ReflectionRunner
+from .engine.visibility import Position, chunks
 
 logger = logging.getLogger("django_pdr.verify")
 

@@ -25,7 +25,9 @@ from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
 from .models import Database, Reflection
-from .reflect import LeaseLost, ReflectionRunner, StaleCheckpoint, forget_descriptions
+from .engine.checkpoint import StaleCheckpoint
+from .engine.describe import forget_descriptions
+from .engine.runner import LeaseLost, ReflectionRunner
 from .wakeup import Waker
 
 logger = logging.getLogger("django_pdr.worker")

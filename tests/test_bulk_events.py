@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from django_pdr import worker
 from django_pdr.models import Reflection, SourceTable
-from django_pdr.reflect import pending_events
+from django_pdr.engine.runner import pending_events
 from tests.targets import rows, watch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]

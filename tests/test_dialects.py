@@ -3,7 +3,7 @@
 Every statement django-pdr runs comes from ``django_pdr.dialects``; here it is
 rendered with each engine's SQLAlchemy dialect and checked as text.  Where SQLite
 can prove behaviour cheaply (an in-memory database), the SQL is also executed:
-triggers, upserts, key filters and the event reader of ``django_pdr.visibility``.
+triggers, upserts, key filters and the event reader of ``django_pdr.engine.visibility``.
 Per-engine facts asserted here are the ones listed in ``docs/dialects.md``.
 """
 from __future__ import annotations
@@ -19,14 +19,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
-from django_pdr import coerce, visibility
+from django_pdr import coerce
+from django_pdr.engine import visibility
 from django_pdr.dialects import (
     KINDS, MySQLDialect, PostgreSQLDialect, SQLiteDialect, dialect_for_kind, event_key_name, get_dialect,
 )
 from django_pdr.mapping import Mapping
 from django_pdr.schema import destination_table
 from django_pdr.dialects.base import Horizon
-from django_pdr.visibility import EventReader, Gap, Position, _split
+from django_pdr.engine.visibility import EventReader, Gap, Position, _split
 
 UTC = dt.timezone.utc
 

@@ -13,7 +13,8 @@ from django.core.management.base import CommandError
 
 from django_pdr import capture, worker
 from django_pdr.models import DeadLetter, Reflection
-from django_pdr.reflect import ReflectionRunner, StaleCheckpoint
+from django_pdr.engine.checkpoint import StaleCheckpoint
+from django_pdr.engine.runner import ReflectionRunner
 from tests.targets import rows, watch
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.live]

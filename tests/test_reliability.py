@@ -104,7 +104,7 @@ def test_initial_load_does_not_lose_changes_made_during_the_copy(make_target, se
                    "INSERT INTO t VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(1, 101)))
     st = watch(source)
     Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
-    from django_pdr import reflect
+    from django_pdr.engine import runner as reflect
 
     real = reflect.ReflectionRunner.load_chunk_once
     calls = []

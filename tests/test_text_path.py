@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from django_pdr import reflect
+from django_pdr.engine import runner as reflect
 from django_pdr.connections import connect
 from django_pdr.models import DeadLetter, Reflection
 from tests.targets import rows, watch

@@ -9,7 +9,8 @@ chosen to break a careless spelling: tabs, newlines, backslashes, quotes, the te
 import pytest
 from django.core.management import call_command
 
-from django_pdr import reflect
+from django_pdr.engine import runner as reflect
+from django_pdr.engine.textpath import TextPathFailed
 from django_pdr.connections import connect
 from django_pdr.models import Reflection
 from tests.targets import rows, watch
@@ -38,7 +39,7 @@ class Spy:
             self.text_commits += 1
             try:
                 return commit_text(runner, *args, **kwargs)
-            except reflect.TextPathFailed as exc:
+            except TextPathFailed as exc:
                 self.refusals.append(exc.__cause__)
                 raise
 

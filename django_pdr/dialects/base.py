@@ -2,7 +2,7 @@
 
 A dialect renders SQL and SQLAlchemy constructs; it never opens a connection.
 Code outside this package asks a dialect for a statement and executes it in
-one place (``capture.py``, ``visibility.py``, ``apply.py``), so every statement
+one place (``capture.py``, ``engine/visibility.py``, ``engine/apply.py``), so every statement
 can be printed and unit-tested without a server.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ import json
 import sqlalchemy as sa
 from django.utils import timezone
 
-from . import conf
+from .. import conf
 
 
 class StaleCheckpoint(Exception):

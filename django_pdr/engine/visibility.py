@@ -44,10 +44,12 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from .dialects.base import Horizon
+from ..dialects.base import Horizon
+
 
 #: Gap ranges per query; a read examines every gap, in queries of this many ranges.
 GAP_RANGES_PER_QUERY = 500
+
 
 @dataclass
 class Gap:
@@ -108,7 +110,7 @@ def _split(gap: Gap, found: list[int]) -> list[Gap]:
     return parts
 
 
-def _chunks(items, size):
+def chunks(items, size):
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
@@ -164,7 +166,7 @@ class EventReader:
 
         # 2. Read what has appeared in the gaps; close those the horizon settles.
         remaining, exhausted = [], False
-        for part in _chunks(gaps, GAP_RANGES_PER_QUERY):
+        for part in chunks(gaps, GAP_RANGES_PER_QUERY):
             room = limit - len(events)
             if exhausted or room <= 0:
                 exhausted = True
@@ -208,7 +210,7 @@ class EventReader:
         GAP_RANGES_PER_QUERY gaps (an engine limits the size of one expression)."""
         pdr_id = self.table.c.pdr_id
         parts = [[pdr_id.between(g.lo, g.hi) for g in part]
-                 for part in _chunks(position.gaps, GAP_RANGES_PER_QUERY)] or [[]]
+                 for part in chunks(position.gaps, GAP_RANGES_PER_QUERY)] or [[]]
         parts[0].append(pdr_id > position.cursor)
         return [sa.or_(*part) for part in parts]
 
@@ -220,7 +222,7 @@ class EventReader:
         return sa.or_(after, pdr_id.in_(sorted(gap_ids))) if gap_ids else after
 
     def count_pending(self, conn, position: Position) -> int:
-        total = sum(int(conn.execute(sa.select(sa.func.count()).select_from(self.table).where(where)).scalar() or 0)
-                    for where in self.unapplied(position))
+        count = sa.select(sa.func.count()).select_from(self.table)
+        total = sum(int(conn.execute(count.where(where)).scalar() or 0) for where in self.unapplied(position))
         conn.rollback()
         return total

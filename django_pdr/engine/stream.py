@@ -1,0 +1,131 @@
+"""The event stream: read a batch of visible events, read their keys' current rows
+(as text or Python rows), commit them with the checkpoint; pipelined, so that batch N+1
+is read while batch N commits.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+
+from .. import keycodec
+from ..dialects.base import OP_TRUNCATE, TextRows
+from .positions import STREAM
+from .textpath import TextPathFailed
+from .visibility import Position
+
+logger = logging.getLogger("django_pdr.reflect")
+
+
+@dataclass
+class Batch:
+    """A batch read from the source, ready to commit with its checkpoint.
+
+    Either Python rows (``upserts`` as (key, destination row) pairs, ``deletes``,
+    ``removals``) or, on the text path, ``text``: one row per key in the engines' own
+    text form, flagged "gone" or not.  ``keys`` are the source keys of the batch's events."""
+
+    state: dict
+    events: int
+    keys: list = None
+    upserts: list = ()
+    deletes: list = ()
+    removals: list = ()
+    text: TextRows | None = None
+    window: tuple | None = None  # (cursor, last event id, ids found in gaps): the events the batch covers
+    truncate: bool = False  # the source table was emptied among these events
+
+
+class Streaming:
+    """The event stream: read, prepare and commit batches.
+
+    A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
+
+    def python_batch(self, src, batch: Batch) -> Batch:
+        """The same batch as Python rows (after the text path failed, or a key got held)."""
+        upserts, deletes, removals = self.keyed_rows(src, batch.keys, batch.window) if batch.keys else ([], [], [])
+        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window,
+                     truncate=batch.truncate)
+
+    def read_batch(self, src, state: dict) -> Batch | None:
+        """Read and prepare the next batch on the source side only (no write anywhere),
+        or None when nothing is new."""
+        position = Position.from_json(state["pos"])
+        events, new_position = self.reader.read(src, position, self.batch_size)
+        self._confirm_capture(src, position)
+        if not events and new_position.to_json() == position.to_json():
+            return None
+        truncate = any(e.op == OP_TRUNCATE for e in events)
+        keys = list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
+        new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
+                     "inc": self.incarnation}
+        batch = Batch(new_state, len(events), keys, truncate=truncate)
+        if not keys:
+            return batch
+        gap_ids = {e.id for e in events if e.id <= position.cursor}
+        batch.window = (position.cursor, max(e.id for e in events), gap_ids)
+        if self._use_text() and not truncate:
+            text = self._copy_out(src, [self._text_batch_query(*batch.window)])
+            if text is not None:
+                batch.text = text[0]
+                return batch
+        return self.python_batch(src, batch)
+
+    def commit_batch(self, dst, state: dict, batch: Batch) -> tuple[dict, int, int]:
+        """Write a prepared batch with its checkpoint; return (state, events, rows written).
+        Raises TextPathFailed when a text batch must be redone as Python rows."""
+        new_state, count = batch.state, batch.events
+        if batch.text is not None:
+            if not self._use_text():  # a key became held since the batch was read
+                raise TextPathFailed()
+            return new_state, count, self._commit_text(dst, state, new_state, batch.text, marked=True)
+        upserts, deletes, removals = batch.upserts, batch.deletes, batch.removals
+        if self.held_keys:
+            # per-key order: a dead-lettered key waits until its retry applies the current row
+            upserts = [(k, row) for k, row in upserts if keycodec.key_hash(k) not in self.held_keys]
+            deletes = [k for k in deletes if keycodec.key_hash(k) not in self.held_keys]
+            removals = [k for k in removals if keycodec.key_hash(k) not in self.held_keys]
+        written = self._commit(dst, state, new_state, upserts, deletes, removals, truncate=batch.truncate)
+        return new_state, count, written
+
+    def batch_once(self, src, dst, state: dict) -> tuple[dict, int, int]:
+        """Apply the next batch of events; return (state, events read, rows written)."""
+        batch = self.read_batch(src, state)
+        if batch is None:
+            return state, 0, 0
+        try:
+            return self.commit_batch(dst, state, batch)
+        except TextPathFailed:
+            return self.commit_batch(dst, state, self.python_batch(src, batch))
+
+    def stream(self, src, dst, state, result, stop, deadline):
+        """Apply batches until caught up, stopped or past ``deadline``.
+
+        Pipelined: while batch N commits on the destination (this thread), batch N+1 is
+        read from the source (a helper thread; reads only, from the position batch N
+        ends at).  Commits stay strictly in order, each with its checkpoint."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
+            future = pool.submit(self.read_batch, src, state)
+            while True:
+                batch = future.result()
+                if batch is None:
+                    result.caught_up = True
+                    return state
+                more = not stop() and (deadline is None or time.monotonic() < deadline)
+                if more:
+                    future = pool.submit(self.read_batch, src, batch.state)
+                try:
+                    state, events, rows = self.commit_batch(dst, state, batch)
+                except TextPathFailed:
+                    if more:
+                        future.result()  # wait: the read-ahead holds the source connection
+                    state, events, rows = self.commit_batch(dst, state, self.python_batch(src, batch))
+                result.position_changed = True
+                result.events += events
+                result.rows += rows
+                result.batches += 1
+                self._save_progress(status="running", state=state, events=events, rows=rows)
+                if not more:
+                    return state

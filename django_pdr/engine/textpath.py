@@ -1,0 +1,122 @@
+"""Rows passed as text between engines of one family (no Python values): the queries
+that spell a batch or a load chunk on the source, and its commit with the checkpoint.
+Anything the destination refuses is redone on the Python path (which isolates rows).
+"""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+
+from ..connections import begin
+from ..dialects.base import TextRefused, TextRows
+from ..errors import DATA
+from ..errors import describe as describe_error
+from .checkpoint import StaleCheckpoint
+
+logger = logging.getLogger("django_pdr.reflect")
+
+
+#: Name of the flag column of text-path batches (a destination with a column of this
+#: name takes the Python path).
+MARK_COLUMN = "pdr_gone"
+
+
+class TextPathFailed(Exception):
+    """The destination refused a batch written as text: redo it with Python rows
+    (which isolates bad rows into dead letters)."""
+
+
+class TextPath:
+    """Rows passed as text (same engine family, same column types).
+
+    A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
+
+    def _text_columns(self, replace=None):
+        """The destination's columns as labelled source expressions (see Dialect.copy_out):
+        "pdr_k<j>" for destination key column j, "pdr_c<i>" for the others; ``replace``
+        gives another expression for some source columns."""
+        keys = {name: j for j, name in enumerate(self.mapping.dest_key)}
+        replace = replace or {}
+        return [replace.get(c.source, self.source.c[c.source]).label(
+                    f"pdr_k{keys[c.dest]}" if c.dest in keys else f"pdr_c{i}")
+                for i, c in enumerate(self.mapping.columns)]
+
+    def _text_rows_query(self, *where):
+        query = sa.select(*self._text_columns()).where(*where)
+        if self.mapping.filter:
+            query = query.where(self.mapping.filter_clause())
+        return query
+
+    def _keys_in_window(self, *window):
+        """WHERE clause for the source rows whose key has an event in the window."""
+        keys = sa.select(*self.reader.key_columns).where(self.reader.window(*window))
+        src_keys = self.source_key_columns
+        if len(src_keys) == 1:
+            return src_keys[0].in_(keys)
+        return sa.tuple_(*src_keys).in_(keys)
+
+    def _text_batch_query(self, *window):
+        """One row per distinct key of the events of ``window`` (see EventReader.window): a
+        "gone" flag (no source row, or the row fails the filter), then the
+        destination columns (key columns from the row, or from the event for a gone key).
+        One index probe per key on the source table."""
+        ev_keys = self.reader.key_columns
+        keys = (sa.select(*ev_keys).where(self.reader.window(*window)).distinct()
+                .subquery("pdr_e"))
+        src_keys = self.source_key_columns
+        on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
+        if self.mapping.filter:
+            on.append(self.mapping.filter_clause())
+        # key columns: the source row's own value when there is a row (where values that
+        # compare equal differ in spelling, the row's is the one the Python path writes),
+        # else the event's
+        from_key = {name: sa.func.coalesce(self.source.c[name], keys.c[e.name])
+                    for name, e in zip(self.source_key, ev_keys)}
+        return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *self._text_columns(from_key))
+                .select_from(keys.outerjoin(self.source, sa.and_(*on))))
+
+    def _copy_out(self, src, queries) -> list[TextRows] | None:
+        """The queries' results as text for the destination, or None (a value with no text
+        spelling, or a query the source refuses): the caller then takes the Python path."""
+        try:
+            return self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format)
+        except (sa.exc.CompileError, NotImplementedError) as exc:
+            logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
+            return None
+        except (LookupError, TypeError, ValueError) as exc:  # UnicodeError is a ValueError
+            logger.warning("%s: text path failed unexpectedly (%r); using Python rows", self.reflection, exc)
+            return None
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            logger.info("%s: source refused the text query (%s); using Python rows", self.reflection,
+                        describe_error(exc))
+            return None
+
+    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: TextRows, *, marked: bool) -> int:
+        """Write text rows (``marked``: with the leading "gone" flag of a batch; else the
+        plain rows of a load chunk) and the checkpoint in one destination transaction."""
+        names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
+        try:
+            with begin(dst):
+                self.checkpoint.fence(dst, expected)
+                if marked:
+                    written = self.dst_dialect.apply_marked(dst, self.dest, names, keys, values, text)
+                else:
+                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text)
+                self.checkpoint.write(dst, new_state)
+            return written
+        except StaleCheckpoint:
+            raise
+        except TextRefused as exc:
+            logger.info("%s: destination cannot take rows as text (%s); using Python rows", self.reflection, exc)
+            raise TextPathFailed() from exc
+        except Exception as exc:
+            # the Python path classifies what the destination refuses, row by row
+            if getattr(exc, "connection_invalidated", False) or not (
+                    isinstance(exc, sa.exc.DBAPIError) or self.dst_dialect.classify_error(exc) == DATA):
+                raise
+            logger.info("%s: destination refused the batch as text (%s); redoing it with Python rows",
+                        self.reflection, describe_error(exc))
+            raise TextPathFailed() from exc
