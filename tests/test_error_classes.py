@@ -225,6 +225,20 @@ def other_thread(fn):
     return lambda: (thread.join(10), box[0] if box else None)[1]
 
 
+def deadlock(a, b):
+    """Rows 1 and 2 of t locked by ``a`` and ``b`` in opposite orders: the errors raised
+    (one of the two is chosen as the victim); both transactions rolled back."""
+    a.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 1")
+    b.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 2")
+    join = other_thread(lambda: a.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 2"))
+    time.sleep(0.3)
+    mine = raised(lambda: b.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 1"))
+    errors = [e for e in (mine, join()) if e]
+    a.rollback()
+    b.rollback()
+    return errors
+
+
 @pytest.fixture
 def pg_target(make_target):
     target = make_target("postgresql")
@@ -317,14 +331,7 @@ def test_postgresql_deadlock_serialization_and_lost_connection_are_transient(pg_
     with engine.connect() as a, engine.connect() as b:
         for conn in (a, b):
             conn.exec_driver_sql("SET deadlock_timeout = '100ms'")
-        a.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 1")
-        b.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 2")
-        join = other_thread(lambda: a.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 2"))
-        time.sleep(0.3)
-        mine = raised(lambda: b.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 1"))
-        errors = [e for e in (mine, join()) if e]
-        a.rollback()
-        b.rollback()
+        errors = deadlock(a, b)
         assert [e.orig.pgcode for e in errors] == ["40P01"]
         assert dialect.classify_error(errors[0]) == TRANSIENT
 
@@ -400,14 +407,7 @@ def test_mariadb_locks_read_only_and_lost_connections_are_transient(my_target):
         conn.rollback()
         holder.rollback()
 
-        holder.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 1")
-        conn.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 2")
-        join = other_thread(lambda: holder.exec_driver_sql("UPDATE t SET v = 'a' WHERE id = 2"))
-        time.sleep(0.3)
-        mine = raised(lambda: conn.exec_driver_sql("UPDATE t SET v = 'b' WHERE id = 1"))
-        deadlocks = [e for e in (mine, join()) if e]
-        holder.rollback()
-        conn.rollback()
+        deadlocks = deadlock(holder, conn)
 
         conn.exec_driver_sql("SET SESSION TRANSACTION READ ONLY")
         conn.commit()

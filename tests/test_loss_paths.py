@@ -489,3 +489,26 @@ def test_item2_a_gap_held_by_the_newest_writer_stays_open(make_target):
     finally:
         older.close()
         newest.close()
+
+
+def test_item1_capture_and_checkpoints_of_an_earlier_release_are_adopted_without_a_resync(make_target):
+    """Upgrading: no registry row, checkpoints without an incarnation."""
+    import json
+
+    source, dest, st, reflection = mirror(make_target, "postgresql", "sqlite")
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    worker.run_round()
+    source.execute("DROP TABLE pdr_capture")  # as an earlier release installed it
+    with dest.engine.begin() as conn:
+        state = json.loads(conn.exec_driver_sql("SELECT state FROM pdr_checkpoint").scalar())
+        state.pop("inc")
+        conn.exec_driver_sql("UPDATE pdr_checkpoint SET state = ?", (json.dumps(state),))
+    source.execute("INSERT INTO t VALUES (2, 'b')")
+    assert worker.run_round().failed  # outdated: the worker says to run pdr-install
+    call_command("pdr-install", verbosity=0)
+    Reflection.objects.update(next_attempt_at=None)
+    result = worker.run_round()
+    assert not result.failed and result.events == 1 and result.rows == 1  # one event, no reload
+    assert same(source, dest)
+    reflection.refresh_from_db()
+    assert reflection.load_progress["loaded"] == 1 and reflection.position["i"]

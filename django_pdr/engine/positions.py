@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-
 from .. import conf
 from ..capture import capturing, registration
 from ..errors import CaptureMissing, ConfigurationError
@@ -67,7 +66,9 @@ class Reconciling:
                       f"the destination's checkpoint has not applied those after id "
                       f"{Position.from_json(state['pos']).horizon} (was the destination restored from a backup?)")
         if reason is None:
-            return dict(state, inc=registered.incarnation), False
+            # as stored (the fence compares it); a checkpoint of an earlier release, without
+            # an incarnation, adopts the current one with its next write
+            return state, False
         if conf.get("ON_CAPTURE_RESET") == "error":
             raise ConfigurationError(
                 f"{r}: {reason}. The destination may miss changes: request a resync (admin: Resync) to "
