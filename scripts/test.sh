@@ -35,4 +35,13 @@ ensure_venv
 
 section "tests"
 # live_servers.py exits with pytest's code (5 = no tests collected: a failure too).
-exec .venv/bin/python tests/live_servers.py run -- .venv/bin/python -m pytest "$@"
+.venv/bin/python tests/live_servers.py run -- .venv/bin/python -m pytest "$@"
+
+section "pdr-install --check after an install (the demo's project)"
+# the demo installs capture through the public API; pdr-install --check must then find
+# nothing missing or outdated (its exit code fails this script otherwise)
+demo_dir=$(mktemp -d /tmp/pdr-install-check-XXXXXX)
+.venv/bin/python -m django_pdr.demo --dir "$demo_dir" --rows 20 >/dev/null
+DJANGO_SETTINGS_MODULE=tests.settings PDR_TEST_SQLITE_PATH="$demo_dir/django.sqlite3" \
+    .venv/bin/python -m django pdr-install --check --verbosity 2
+rm -rf "$demo_dir"
