@@ -1388,7 +1388,7 @@ def _labelled_query():
 
 
 def test_postgresql_spells_mysql_literals_in_sql():
-    from django_pdr.dialects.postgresql import _values_query
+    from django_pdr.dialects.crosstext import values_query as _values_query
 
     sql = literal(_values_query(_labelled_query()), pg())
     # a gone key: "(id)"; a row: "(id,'s',flag)"; NULL as NULL; backslashes and quotes escaped
@@ -1404,7 +1404,7 @@ def test_postgresql_spells_mysql_literals_in_sql():
 def test_postgresql_spells_no_mysql_literal_for_values_the_python_path_reads_otherwise():
     # infinity, BC and 5-digit years, NaN: the spelling is SQL NULL (the whole row literal
     # becomes NULL and copy_out hands the batch to the Python path), never a MySQL literal
-    from django_pdr.dialects.postgresql import _values_spelling
+    from django_pdr.dialects.crosstext import values_spelling as _values_spelling
 
     def spelled(type_):
         return literal(_values_spelling(type_)(sa.column("x", type_)), pg())
@@ -1422,7 +1422,7 @@ def test_postgresql_spells_no_mysql_literal_for_values_the_python_path_reads_oth
 
 
 def test_mysql_spells_copy_text_in_sql():
-    from django_pdr.dialects.mysql import _copy_query
+    from django_pdr.dialects.crosstext import copy_query as _copy_query
 
     sql = literal(_copy_query(_labelled_query()), my())
     assert sql.startswith("SELECT CAST(concat(CASE WHEN (pdr_q.pdr_gone IS NULL) THEN '\\\\N' ELSE CASE WHEN "

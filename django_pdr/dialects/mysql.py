@@ -12,8 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from ..errors import RowTooLarge, ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextRefused, TextRows, accepts,
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextRefused, TextRows,
                    bind_processor, column_list, event_key_name, unencodable)
+from .crosstext import copy_query, copy_spelling
 
 #: Server errors saying the row itself cannot be stored (checked on MariaDB 10.11 with the
 #: default strict sql_mode, except the MySQL 8 codes 3140 and 3819).
@@ -334,7 +335,7 @@ class MySQLDialect(Dialect):
 
     # -- rows passed as text ---------------------------------------------------------
     #: Written: row literals spelled by the source ("values", see PostgreSQL's
-    #: ``_values_query``); read: rows spelled in PostgreSQL's COPY text form.
+    #: ``crosstext.values_query``); read: rows spelled in PostgreSQL's COPY text form.
     text_format = "values"
     renders_text = ("copy",)
 
@@ -345,7 +346,7 @@ class MySQLDialect(Dialect):
             # a collation may compare different spellings equal ('bob' = 'Bob', 'a' = 'a '):
             # the batch query's DISTINCT and join would fold keys the Python path keeps apart
             return False
-        return _copy_spelling(source_type, dest_type) is not None
+        return copy_spelling(source_type, dest_type) is not None
 
     def copy_out(self, conn, queries, fmt="copy"):
         if fmt != "copy":
@@ -354,7 +355,7 @@ class MySQLDialect(Dialect):
 
         def work(cursor):
             for query in queries:
-                cursor.execute(*self.driver_statement(conn, _copy_query(query)))
+                cursor.execute(*self.driver_statement(conn, copy_query(query)))
                 lines = [row[0] for row in cursor.fetchall()]
                 if None in lines:
                     # a line MySQL could not build (longer than max_allowed_packet: its
@@ -626,81 +627,3 @@ def _read_datetime(text):
     except ValueError:
         pass
     return converters.convert_datetime(text)
-
-
-# -- MySQL rows spelled as PostgreSQL COPY text ("copy") -------------------------------
-# Each spelling gives the text PostgreSQL reads as the value the Python path would write
-# (what PyMySQL reads, converted and sent by psycopg2), or SQL NULL for a NULL value.
-
-def _copy_escaped(expr):
-    """A string in COPY's text form: backslash, newline, carriage return and tab escaped;
-    as the bytes of its utf8mb4 form, whatever the column's character set."""
-    from sqlalchemy.dialects import mysql
-
-    # REGEXP_REPLACE on bytes: MariaDB's REPLACE takes time quadratic in the number of
-    # replacements (100,000 backslashes: 1.4 s; 400,000: 23 s), and so does REGEXP_REPLACE
-    # on a utf8mb4 string (160,000: 11 s); on bytes it is linear (9,000,000: 1 s).  No
-    # byte of a multi-byte UTF-8 character is an ASCII byte, so bytes are safe here.
-    # Patterns and replacements are in regular-expression syntax: "\\\\" is one backslash.
-    text = sa.cast(sa.cast(expr, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary)
-    for pattern, escaped in (("\\\\", "\\\\\\\\"), ("\\n", "\\\\n"), ("\\r", "\\\\r"), ("\\t", "\\\\t")):
-        text = sa.func.regexp_replace(text, pattern, escaped)
-    return text
-
-
-def _copy_plain(expr):
-    return sa.cast(expr, sa.String)
-
-
-def _copy_flag(expr):
-    return sa.case((expr, "t"), (sa.not_(expr), "f"))
-
-
-def _copy_spelling(source_type, dest_type=None):
-    """How a MySQL value of ``source_type`` is spelled in COPY text (a function of the SQL
-    expression), or None when the text path does not take it; with ``dest_type`` (a
-    PostgreSQL column type), None also when the pair is not exactly equal to what the
-    Python path writes."""
-    from sqlalchemy.dialects import mysql
-
-    if isinstance(source_type, sa.Boolean):
-        return _copy_flag if accepts(dest_type, sa.Boolean) else None
-    if isinstance(source_type, sa.Integer) and not isinstance(source_type, mysql.BIT):
-        return _copy_plain if accepts(dest_type, sa.Integer, never=(sa.Boolean,)) else None
-    if isinstance(source_type, mysql.FLOAT):
-        # at most 6-7 significant digits: the same decimal value read as a float either way
-        return _copy_plain if accepts(dest_type, sa.Float) else None
-    if isinstance(source_type, sa.Float):
-        # MySQL spells a DOUBLE exactly (tested); into a real it would round twice
-        return _copy_plain if accepts(dest_type, sa.Double) else None
-    if isinstance(source_type, sa.Numeric):
-        return _copy_plain if accepts(dest_type, sa.Numeric, never=(sa.Float,)) else None
-    if isinstance(source_type, sa.DateTime):
-        # read in the session's UTC; an aware destination converts on the Python path
-        return _copy_plain if accepts(dest_type, sa.DateTime) and not getattr(dest_type, "timezone", False) else None
-    if isinstance(source_type, sa.Date):
-        return _copy_plain if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
-    if isinstance(source_type, sa.String) and not isinstance(source_type, mysql.SET):
-        return _copy_escaped if accepts(dest_type, sa.String, never=(sa.Enum,)) else None
-    return None
-
-
-def _copy_query(query):
-    """``query`` (labelled columns: see Dialect.copy_out) as one COPY text line per row, in
-    bytes (PyMySQL then decodes one value per row, not one per column)."""
-    rows = query.subquery("pdr_q")
-
-    def spelled(column):
-        spell = _copy_spelling(column.type)
-        if spell is None:
-            raise NotImplementedError(f"no COPY text for MySQL type {column.type!r}")
-        # \N only for a NULL value: a spelling MySQL fails to build (NULL, e.g. past
-        # max_allowed_packet) leaves the whole line NULL, and copy_out refuses it
-        return sa.case((column.is_(None), "\\N"), else_=spell(column))
-
-    parts = []
-    for position, column in enumerate(rows.c):
-        if position:
-            parts.append("\t")
-        parts.append(spelled(column))
-    return sa.select(sa.cast(sa.func.concat(*parts), sa.LargeBinary))

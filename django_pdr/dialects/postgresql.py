@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ..errors import ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, JSONText, json_has_nul, Horizon, TextRows, accepts, bulk_key_name,
-                   column_list, event_key_name, unencodable)
+from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextRows,
+                   bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
+from .crosstext import values_query, values_spelling
 
 
 #: psycopg2's refusal of a string holding NUL (PostgreSQL text cannot hold one).
@@ -483,7 +484,7 @@ END
             # query's DISTINCT and join would fold keys the Python path keeps apart
             return False
         if dest is not None and dest.text_format == "values":
-            return _values_spelling(source_type, dest_type) is not None
+            return values_spelling(source_type, dest_type) is not None
         try:
             src, dst = self._type_text(source_type), self._type_text(dest_type)
         except Exception:  # a type SQLAlchemy cannot render: take the Python path
@@ -507,7 +508,7 @@ END
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
         # driver spells them in (mogrify), as it would for a query.
         if fmt == "values":
-            queries = [_values_query(query) for query in queries]
+            queries = [values_query(query) for query in queries]
         elif fmt != "copy":
             raise NotImplementedError(f"PostgreSQL does not spell rows as {fmt!r}")
         out = []
@@ -615,110 +616,3 @@ END
             return code[:2] in ("22", "23") or code == "54000"
         # psycopg2 refuses NUL in text before sending (a raw ValueError, through SQLAlchemy too)
         return (type(error) is ValueError and str(error) == _NUL_REFUSED) or unencodable(error)
-
-
-# -- PostgreSQL rows spelled as MySQL row literals ("values") ------------------------
-# Each spelling gives the literal the Python path would send for the same value
-# (PyMySQL's escaping of what psycopg2 reads), or SQL NULL for a NULL value.
-
-def _quoted(expr):
-    """A string value as a MySQL string literal (backslash escapes: the destination
-    session is checked to read them so, see MySQLDialect.apply_marked)."""
-    text = sa.func.replace(sa.func.replace(sa.cast(expr, sa.Text), "\\", "\\\\"), "'", "\\'")
-    return sa.literal("'", sa.Text).concat(text).concat(sa.literal("'", sa.Text))
-
-
-def _as_text(expr):
-    return sa.cast(expr, sa.Text)
-
-
-def _not_a_number(text):
-    return sa.or_(*[text == spelled for spelled in ("NaN", "Infinity", "-Infinity")])
-
-
-def _exact(expr):
-    """A numeric as an exact-value literal (NULL, i.e. no literal, for NaN and infinities)."""
-    text = sa.cast(expr, sa.Text)
-    return sa.case((_not_a_number(text), sa.null()), else_=text)
-
-
-def _approximate(expr):
-    """A float as an approximate-value literal: "e0" appended when the text has no
-    exponent, as PyMySQL spells floats (MySQL reads it as a DOUBLE, not a DECIMAL);
-    NULL (no literal) for NaN and infinities, which PyMySQL refuses too."""
-    text = sa.cast(expr, sa.Text)
-    return sa.case((_not_a_number(text), sa.null()), (sa.func.strpos(text, "e") > 0, text),
-                   else_=text.concat(sa.literal("e0", sa.Text)))
-
-
-def _calendar(expr):
-    """A date or timestamp as a quoted literal, NULL (no literal) outside years 1-9999
-    and for infinity: the Python path's driver reads those otherwise (or not at all)."""
-    text = sa.cast(expr, sa.Text)
-    in_range = sa.and_(sa.func.isfinite(expr), sa.func.right(text, 3) != " BC",
-                       sa.func.length(sa.func.split_part(text, "-", 1)) == 4)
-    return sa.case((in_range, _quoted(expr)), else_=sa.null())
-
-
-def _flag(expr):
-    return sa.case((expr, sa.literal("1", sa.Text)), (sa.not_(expr), sa.literal("0", sa.Text)))
-
-
-def _values_spelling(source_type, dest_type=None):
-    """How a PostgreSQL value of ``source_type`` is spelled as a MySQL literal (a function
-    of the SQL expression), or None when the text path does not take it; with
-    ``dest_type`` (a MySQL column type), None also when the pair is not exactly equal
-    to what the Python path writes."""
-    from sqlalchemy.dialects import mysql
-
-    if isinstance(source_type, sa.ARRAY):
-        return None
-    if isinstance(source_type, sa.Boolean):
-        return _flag if accepts(dest_type, sa.Integer, sa.Boolean) else None
-    if isinstance(source_type, sa.Integer):
-        return _as_text if accepts(dest_type, sa.Integer, never=(sa.Boolean,)) else None
-    if isinstance(source_type, sa.Float):
-        return _approximate if accepts(dest_type, sa.Float) else None
-    if isinstance(source_type, sa.Numeric):
-        return _exact if accepts(dest_type, sa.Numeric, never=(sa.Float,)) else None
-    if isinstance(source_type, sa.DateTime):
-        # timestamps without a zone only: an aware value is converted on the Python path
-        if source_type.timezone:
-            return None
-        return _calendar if accepts(dest_type, sa.DateTime) else None
-    if isinstance(source_type, sa.Date):
-        return _calendar if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
-    if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.CHAR, sa.JSON)):
-        # (character(n) reads back padded on the Python path, but casts to text unpadded)
-        return _quoted if accepts(dest_type, sa.String, never=(sa.Enum, mysql.SET)) else None
-    return None
-
-
-def _values_query(query):
-    """``query`` (labelled columns: see Dialect.copy_out) as one MySQL literal per row:
-    "(v1,v2,...)"; with a "pdr_gone" flag, (flag, "(k1,k2,...)" for a gone key, else the
-    row literal)."""
-    rows = query.subquery("pdr_q")
-    gone = rows.c.get("pdr_gone")
-    values = [c for c in rows.c if c.name != "pdr_gone"]
-
-    def literal(column):
-        spell = _values_spelling(column.type)
-        if spell is None:
-            raise NotImplementedError(f"no MySQL literal for PostgreSQL type {column.type!r}")
-        # NULL only for a NULL value: a value without a literal leaves the whole row NULL
-        # ("||" propagates it), and copy_out refuses the batch
-        return sa.case((column.is_(None), sa.literal("NULL", sa.Text)), else_=spell(column))
-
-    def row(columns):
-        text = sa.literal("(", sa.Text)
-        for position, column in enumerate(columns):
-            if position:
-                text = text.concat(sa.literal(",", sa.Text))
-            text = text.concat(literal(column))
-        return text.concat(sa.literal(")", sa.Text))
-
-    if gone is None:
-        return sa.select(row(values))
-    keys = sorted((c for c in values if c.name.startswith("pdr_k")), key=lambda c: int(c.name[5:]))
-    return sa.select(gone, sa.case((gone, row(keys)), else_=row(values)))
