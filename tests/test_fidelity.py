@@ -106,6 +106,6 @@ def test_counters_count_what_landed_and_the_state_shows_dead_letters(make_target
     assert DeadLetter.objects.filter(reflection=reflection).count() == 251
     assert reflection.load_progress["loaded"] == reflection.rows_applied == 27
     assert reflection.status == "error" and "251 row(s) refused by the destination" in reflection.last_error
-    from django_pdr.admin_views import progress_text
+    from django_pdr.admin.views import progress_text
 
     assert progress_text(reflection) == "initial load done (27 rows)"

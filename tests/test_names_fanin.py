@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from django_pdr import worker
 from django_pdr.errors import ConfigurationError
 from django_pdr.models import Reflection
-from django_pdr.preview import preview
+from django_pdr.admin.preview import preview
 from django_pdr.validation import validate
 from tests.targets import rows, watch
 

@@ -19,9 +19,9 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
-from .errors import PdrError
-from .errors import describe as describe_error
-from .models import Database, Reflection, Sample
+from ..errors import PdrError
+from ..errors import describe as describe_error
+from ..models import Database, Reflection, Sample
 
 logger = logging.getLogger("django_pdr.admin")
 
@@ -31,7 +31,7 @@ UNREACHABLE = "unreachable"
 # -- Database ----------------------------------------------------------------
 def check_database(database) -> tuple[bool, str]:
     """Connect to ``database``; record and return (ok, message)."""
-    from .connections import check_connection, describe_failure
+    from ..connections import check_connection, describe_failure
 
     try:
         ok, message = True, check_connection(database)
@@ -67,7 +67,7 @@ def test_connection_view(model_admin, request, object_id):
 
 def tables_json(model_admin, request):
     """``{"tables": [{"value", "label"}]}`` of the database ``?database=ID`` (or ``{"error": ...}``)."""
-    from .introspect import list_tables
+    from ..introspect import list_tables
 
     user = request.user
     if not (user.has_perm("django_pdr.add_sourcetable") or user.has_perm("django_pdr.change_sourcetable")
@@ -89,7 +89,7 @@ def live_lag(reflection) -> dict:
     """Pending events (counted now on the source) and seconds behind, for display.
 
     Falls back to the copy the worker stored when the source cannot be read."""
-    from .engine.runner import pending_events
+    from ..engine.runner import pending_events
 
     try:
         pending = pending_events(reflection)

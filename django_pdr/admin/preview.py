@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from .coerce import row_converter
-from .dialects import get_dialect
-from .errors import ConfigurationError, NoPrimaryKey
-from .connections import connect
-from .mapping import Mapping
-from .schema import check_destination_names, destination_table, reflect_table
+from ..coerce import row_converter
+from ..dialects import get_dialect
+from ..connections import connect
+from ..errors import ConfigurationError, NoPrimaryKey
+from ..mapping import Mapping
+from ..schema import check_destination_names, destination_table, reflect_table
 
 #: Most rows a preview shows.
 MAX_ROWS = 200

@@ -8,9 +8,9 @@ from django import forms
 from django.utils.translation import gettext_lazy as _
 from django_ace import AceWidget
 
-from .dialects import KINDS
-from .errors import PdrError
-from .models import Database, Reflection, SourceTable
+from ..dialects import KINDS
+from ..errors import PdrError
+from ..models import Database, Reflection, SourceTable
 
 def mirror_mapping_json(column_names) -> str:
     """The JSON of the exact-mirror mapping (what an empty mapping means)."""
@@ -19,7 +19,7 @@ def mirror_mapping_json(column_names) -> str:
 
 def table_choices(database):
     """(choices, error message) of the tables of ``database`` for a picker."""
-    from .introspect import list_tables
+    from ..introspect import list_tables
 
     try:
         tables = list_tables(database)
@@ -115,7 +115,7 @@ class SourceTableForm(forms.ModelForm):
             self.fields["pick"].widget.choices = [("", _("choose a database first"))]
 
     def clean(self):
-        from .introspect import TableRef
+        from ..introspect import TableRef
 
         data = super().clean()
         if "table" not in self.fields:
@@ -207,7 +207,7 @@ class ReflectionForm(forms.ModelForm):
             return None
 
     def clean(self):
-        from .introspect import TableRef
+        from ..introspect import TableRef
 
         data = super().clean()
         if "destination_table" not in self.fields:
@@ -243,7 +243,7 @@ class ReflectionForm(forms.ModelForm):
             except ValueError as exc:
                 self.add_error("mapping", _("The mapping is not valid JSON: %s.") % exc)
                 return
-        from .validation import validate
+        from ..validation import validate
 
         statement = (data.get("statement") or "").strip()
         candidate = SimpleNamespace(
@@ -265,7 +265,7 @@ class ReflectionForm(forms.ModelForm):
             return
         if destination is None or statement:
             return
-        from .introspect import table_columns
+        from ..introspect import table_columns
 
         try:
             existing = table_columns(destination, data.get("destination_schema") or None,

@@ -15,11 +15,11 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
-from . import admin_views as views
-from .errors import ConnectionFailed, PdrError, TableNotFound
-from .errors import describe as describe_error
+from ..errors import ConnectionFailed, PdrError, TableNotFound
+from ..errors import describe as describe_error
+from ..models import Database, DeadLetter, Reflection, SourceTable
+from . import views
 from .forms import DatabaseForm, ReflectionForm, SourceTableForm
-from .models import Database, DeadLetter, Reflection, SourceTable
 
 
 class _PdrAdmin(admin.ModelAdmin):
@@ -139,7 +139,7 @@ class SourceTableAdmin(_PdrAdmin):
 
     @admin.display(description=_("capture"))
     def capture_status(self, obj):
-        from .capture import status
+        from ..capture import status
 
         try:
             state = status(obj)
@@ -182,25 +182,25 @@ class SourceTableAdmin(_PdrAdmin):
 
     @admin.action(description=_("Install capture triggers"))
     def install(self, request, queryset):
-        from .capture import install
+        from ..capture import install
 
         self._pdr_capture(request, queryset, "installed", install)
 
     @admin.action(description=_("Uninstall capture triggers (drops the event table)"))
     def uninstall(self, request, queryset):
-        from .capture import uninstall
+        from ..capture import uninstall
 
         self._pdr_capture(request, queryset, "removed", uninstall)
 
     @admin.action(description=_("Reinstall capture triggers"))
     def reinstall(self, request, queryset):
-        from .capture import install
+        from ..capture import install
 
         self._pdr_capture(request, queryset, "reinstalled", lambda s: install(s, force=True))
 
     # deleting removes capture first, or refuses with the reason
     def _pdr_remove_capture(self, request, source) -> bool:
-        from .capture import uninstall
+        from ..capture import uninstall
 
         try:
             uninstall(source)
