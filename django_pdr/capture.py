@@ -22,6 +22,9 @@ from .schema import drift, reflect_table
 logger = logging.getLogger("django_pdr.capture")
 
 INSTALLED, OUTDATED, MISSING, PARTIAL = "installed", "outdated", "missing", "partial"
+#: What ``install`` did: created capture where there was none, replaced (mended or upgraded)
+#: what was there, or found it current and changed nothing.
+CREATED, REPLACED, UNCHANGED = "created", "replaced", "unchanged"
 
 
 @dataclass
@@ -165,34 +168,65 @@ def _unregister(conn, capture: CapturePlan):
         table.drop(conn)
 
 
-def capturing(conn, capture: CapturePlan) -> str | None:
-    """None when every change of the source table is captured now; else what is missing
-    (for a message: "the triggers ... are missing", "the event table ... is missing")."""
-    triggers = _existing_triggers(conn, capture)
-    missing = [t for t in capture.names.row_triggers if t not in triggers]
-    if missing:
-        return (f"trigger(s) {', '.join(missing)} are missing or disabled on "
-                f"{capture.source.fullname!r}")
-    if not _event_table_exists(conn, capture):
-        return f"event table {capture.event.name!r} is missing"
-    return None
+NOT_INSTALLED = "not installed"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What is installed now for one source table (read by ``inspect``)."""
+
+    capture: CapturePlan
+    triggers: frozenset  # our triggers that exist and fire
+    has_events: bool
+    registered: Registration | None
+
+    @property
+    def missing(self) -> str | None:
+        """None when every change of the source table is captured now; else what is
+        missing, in words."""
+        absent = [t for t in self.capture.names.row_triggers if t not in self.triggers]
+        if absent:
+            return (f"trigger(s) {', '.join(absent)} are missing or disabled on "
+                    f"{self.capture.source.fullname!r}")
+        if not self.has_events:
+            return f"event table {self.capture.event.name!r} is missing"
+        return None
+
+    @property
+    def needs(self) -> tuple[str, str] | None:
+        """(kind, detail) of what ``install`` would mend — kind NOT_INSTALLED, PARTIAL or
+        OUTDATED, detail in words — or None when the installed capture is current.  The installed
+        fingerprint is the one in the source database's registry."""
+        missing = self.missing
+        if missing and self.registered is None:
+            return NOT_INSTALLED, ""
+        if missing:
+            return PARTIAL, missing
+        if self.registered is None:
+            return OUTDATED, "installed by an earlier release (no registry row)"
+        if (self.registered.fingerprint != self.capture.fingerprint
+                or len(self.triggers) < len(self.capture.names.triggers)):
+            return OUTDATED, "installed by another release or with other settings"
+        return None
+
+
+def inspect(conn, capture: CapturePlan) -> Installed:
+    """What is installed for ``capture``, read in ``conn``'s transaction (the caller ends it)."""
+    return Installed(capture, frozenset(_existing_triggers(conn, capture)), _event_table_exists(conn, capture),
+                     registration(conn, capture))
 
 
 def status(source_table) -> str:
-    """INSTALLED, OUTDATED (installed SQL differs from what would be installed now),
-    PARTIAL (some objects missing) or MISSING."""
+    """INSTALLED, OUTDATED (installed SQL differs from what would be installed now, or the
+    table's structure changed), PARTIAL (some objects missing) or MISSING."""
     with connect(source_table.database) as conn:
         capture = plan(conn, source_table)
-        triggers = _existing_triggers(conn, capture)
-        has_events = _event_table_exists(conn, capture)
-        registered = registration(conn, capture)
-    if not triggers and not has_events:
+        state = inspect(conn, capture)
+    if not state.triggers and not state.has_events:
         return MISSING
-    if not set(capture.names.row_triggers) <= triggers or not has_events:
-        return PARTIAL
-    fingerprint = registered.fingerprint if registered else source_table.installed_fingerprint
-    if fingerprint != capture.fingerprint or len(triggers) < len(capture.names.triggers):
-        return OUTDATED
+    needs = state.needs
+    if needs is not None:
+        return OUTDATED if needs[0] == OUTDATED else PARTIAL
     added, removed = drift(source_table, capture.source)
     if added or removed:
         return OUTDATED  # the table's structure changed: see pdr-sync-schema
@@ -200,23 +234,13 @@ def status(source_table) -> str:
 
 
 def needed(source_table) -> str | None:
-    """What ``install`` would do now, in words ("not installed", "outdated: ...", "partial:
-    ..."), or None when the installed capture is current.  The installed fingerprint is read
-    from the source database's registry."""
+    """What ``install`` would mend now, in words, or None (see ``Installed.needs``)."""
     with connect(source_table.database) as conn:
-        capture = plan(conn, source_table)
-        missing = capturing(conn, capture)
-        registered = registration(conn, capture)
-        complete = len(_existing_triggers(conn, capture)) == len(capture.names.triggers)
-    if registered is None and missing:
-        return "not installed"
-    if missing:
-        return f"partial: {missing}"
-    if registered is None:
-        return "outdated: installed by an earlier release (no registry row)"
-    if registered.fingerprint != capture.fingerprint or not complete:
-        return "outdated: installed by another release or with other settings"
-    return None
+        needs = inspect(conn, plan(conn, source_table)).needs
+    if needs is None:
+        return None
+    kind, detail = needs
+    return f"{kind}: {detail}" if detail else kind
 
 
 def statements(source_table) -> list[str]:
@@ -227,13 +251,14 @@ def statements(source_table) -> list[str]:
 
 
 def install(source_table, *, force: bool = False) -> str:
-    """Create the event table and triggers; return INSTALLED.  Idempotent.
+    """Create the event table and triggers; return CREATED, REPLACED or UNCHANGED.  Idempotent:
+    a second call finds the capture current and returns UNCHANGED (``force`` replaces it anyway).
 
     Capture that never stopped (every row trigger in place, the event table and its
     registry row present) is replaced in place and keeps its incarnation, where the
     engine replaces triggers atomically.  Otherwise changes may have gone uncaptured
     (or the event table is new and its ids start again): a new incarnation makes every
-    reflection of the table resync (see ``reflect``).
+    reflection of the table resync (see ``engine.positions``).
 
     Raises CaptureError (nothing left behind) when the engine refuses."""
     database = source_table.database
@@ -288,8 +313,10 @@ def install(source_table, *, force: bool = False) -> str:
                 logger.warning("capture on %s was not complete (or its event table is new): new incarnation "
                                "%s; its reflections resync", source_table, incarnation)
             logger.info("installed capture on %s (event table %s)", source_table, capture.event.name)
+            outcome = REPLACED if (had_events or triggers) else CREATED
         else:
             incarnation, purged = registered.incarnation, registered.purged_through
+            outcome = UNCHANGED
     source_table.key_columns = capture.key_names
     source_table.columns = [{"name": c.name, "type": str(c.type.compile(dialect=conn.dialect)),
                              "nullable": bool(c.nullable)} for c in capture.source.columns]
@@ -302,7 +329,7 @@ def install(source_table, *, force: bool = False) -> str:
     if source_table.pk:
         source_table.save(update_fields=["key_columns", "columns", "event_table", "installed_fingerprint",
                                          "installed_at", "incarnation", "purged_through", "capture_warnings"])
-    return INSTALLED
+    return outcome
 
 
 def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool, registered):

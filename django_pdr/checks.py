@@ -8,6 +8,7 @@ django_pdr.W002    ``django.contrib.admin`` is not installed
 django_pdr.W003    a configured Database's driver cannot be imported (database check)
 django_pdr.W004    a configured Database has a kind this version does not support (database check)
 django_pdr.W005    a source table has changes its capture cannot see (database check)
+django_pdr.W006    ``PGCRYPTO_DEFAULT_KEY`` is weak (short, or a documentation placeholder)
 =================  ======================================================================
 
 W003, W004 and W005 read django-pdr's tables, so, like Django's own database checks,
@@ -26,9 +27,18 @@ from django.db import DatabaseError, router, transaction
 
 
 
+#: W006: shorter keys are guessable; token_urlsafe(32) gives 43 characters
+MIN_KEY_LENGTH = 32
+#: W006: values django-pdr's documentation has shown as placeholders
+PLACEHOLDER_KEYS = {
+    "a long random string, kept apart from secret_key",
+    "change me", "changeme", "secret", "your-key-here",
+}
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs=None, **kwargs):
-    """E001, W001, W002, E002: settings django-pdr depends on."""
+    """E001, W001, W006, W002, E002: settings django-pdr depends on."""
     messages = []
     if not apps.is_installed("django_ace"):
         messages.append(Error(
@@ -50,6 +60,17 @@ def check_settings(app_configs=None, **kwargs):
             hint="Use a different, dedicated value; otherwise rotating SECRET_KEY makes every "
                  "stored password unreadable.",
             id="django_pdr.W001",
+        ))
+    elif isinstance(key, str) and (key.strip().lower() in PLACEHOLDER_KEYS or len(key) < MIN_KEY_LENGTH):
+        why = ("is the placeholder from django-pdr's documentation"
+               if key.strip().lower() in PLACEHOLDER_KEYS else
+               f"has {len(key)} characters (fewer than {MIN_KEY_LENGTH})")
+        messages.append(Warning(
+            f"PGCRYPTO_DEFAULT_KEY {why}: it does not protect the stored database credentials.",
+            hint='Set it to a random value of its own, e.g. the output of python -c "import secrets; '
+                 'print(secrets.token_urlsafe(32))", read from the environment, before saving the first '
+                 "Database (changing it later makes stored passwords unreadable: re-enter them).",
+            id="django_pdr.W006",
         ))
     if not apps.is_installed("django.contrib.admin"):
         messages.append(Warning(

@@ -15,7 +15,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from .dialects.base import JSONText, RawValue
+from .dialects.base import JSONText
 
 
 def _naive_utc(value):
@@ -127,8 +127,6 @@ def converter_for(type_):
     """A function converting a Python value for a destination column of ``type_``, or None."""
     if isinstance(type_, JSONText):
         return _json_text
-    if isinstance(type_, RawValue):
-        return None
     if isinstance(type_, sa.JSON):
         return _json
     if isinstance(type_, sa.Uuid) and getattr(type_, "as_uuid", True):

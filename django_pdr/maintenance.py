@@ -37,7 +37,7 @@ def purge(source_table) -> int:
 
     The registry row in the source database (``capture.registration``) records the
     purged floor in the same transaction as each delete: a reader that missed purged
-    events sees the new floor right after (see ``reflect``)."""
+    events sees the new floor right after (see ``engine.positions``)."""
     chunk = int(conf.get("PURGE_CHUNK"))
     deleted = 0
     with get_engine(source_table.database).connect() as conn:
@@ -50,21 +50,22 @@ def purge(source_table) -> int:
         source_table.purged_through = floor
         horizon = purge_horizon(source_table, registered.incarnation)
         event, registry = capture.event, capture.registry
-        mine = sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
-                       registry.c.purged_through == floor)
+
+        def still(low):  # the registry row as this purge left it (not reinstalled or purged meanwhile)
+            return sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
+                           registry.c.purged_through == low)
+
         low = floor
         while low < horizon:
             high = min(horizon, low + chunk)
             with begin(conn):
                 # the registry row first (locked until the commit): reinstalled or purged by
                 # another worker meanwhile, this purge stops
-                if not conn.execute(sa.update(registry).where(mine).values(purged_through=high)).rowcount:
+                if not conn.execute(sa.update(registry).where(still(low)).values(purged_through=high)).rowcount:
                     break
                 result = conn.execute(sa.delete(event).where(event.c.pdr_id > low, event.c.pdr_id <= high))
             deleted += max(result.rowcount or 0, 0)
             low = high
-            mine = sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
-                           registry.c.purged_through == low)
             type(source_table).objects.filter(pk=source_table.pk).update(purged_through=low)
     source_table.purged_through = low
     if deleted:

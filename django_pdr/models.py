@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import uuid
 
+import sqlalchemy as sa
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, router
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from pgcrypto import fields as encrypted
@@ -35,6 +36,10 @@ class Database(models.Model):
     options = models.JSONField(
         _("driver options"), default=dict, blank=True,
         help_text=_('Extra driver options added to the connection URL, e.g. {"sslmode": "require"}.'))
+    create_file = models.BooleanField(
+        _("create the file if it does not exist"), default=False,
+        help_text=_("SQLite only. Leave this off for an existing database: a path that does not exist "
+                    "is then an error, not a new empty file. Turn it on for a new destination file."))
     last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_check_ok = models.BooleanField(null=True, blank=True, editable=False)
     last_check_message = models.TextField(blank=True, editable=False)
@@ -47,6 +52,36 @@ class Database(models.Model):
     def __str__(self):
         return self.name
 
+    @classmethod
+    def from_url(cls, name: str, url: str, **fields) -> "Database":
+        """A validated, saved ``Database`` from a SQLAlchemy URL, e.g.
+        ``Database.from_url("shop", "postgresql://pdr:secret@db1:5432/shop")`` or
+        ``Database.from_url("reporting", "sqlite:////srv/reporting.sqlite3", create_file=True)``.
+
+        The user and password go into the encrypted fields, query arguments into ``options``;
+        ``fields`` sets any other field.  Raises ValidationError (nothing saved) on a bad URL
+        or a name already taken."""
+        from .dialects import kind_for_url
+
+        try:
+            parsed = sa.engine.make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            raise ValidationError({"url": _("Not a database URL (%(error)s).") % {"error": exc}}) from None
+        kind = kind_for_url(parsed)
+        if kind is None:
+            raise ValidationError({"kind": _("No supported database kind for a %(scheme)r URL: use one of "
+                                             "%(kinds)s.") % {"scheme": parsed.drivername,
+                                                              "kinds": ", ".join(KINDS)}})
+        database = cls(name=name, kind=kind, host=parsed.host or "", port=parsed.port,
+                       database=parsed.database or "", username=parsed.username or "",
+                       password=parsed.password or "",
+                       options={k: v if isinstance(v, str) else list(v) for k, v in parsed.query.items()})
+        for field, value in fields.items():
+            setattr(database, field, value)
+        database.full_clean()
+        database.save()
+        return database
+
     def clean(self):
         if self.kind not in KINDS:
             raise ValidationError({"kind": _("Choose a supported kind.")})
@@ -54,8 +89,12 @@ class Database(models.Model):
             if not self.database:
                 raise ValidationError({"database": _("Give the path of the %(kind)s database file.")
                                        % {"kind": self.get_kind_display()}})
-        elif not self.database:
-            raise ValidationError({"database": _("Give the name of the database on the server.")})
+        else:
+            if not self.database:
+                raise ValidationError({"database": _("Give the name of the database on the server.")})
+            if self.create_file:
+                raise ValidationError({"create_file": _("Only a database file (SQLite) can be created "
+                                                        "by django-pdr: create the database on the server.")})
 
     def describe(self) -> str:
         """Where this database is, without any credential (safe for logs and errors)."""
@@ -128,10 +167,43 @@ class SourceTable(models.Model):
         self.key_columns = info.key_columns
         self.columns = info.column_summary
 
-    def install(self):
+    @classmethod
+    def add(cls, database, table: str, schema: str = "") -> "SourceTable":
+        """Validate, install capture and save, all or nothing: ``SourceTable.add(shop, "orders")``.
+
+        The primary key is discovered from the live table (ValidationError without one, or
+        for a table already added); capture is installed before the row is saved, and removed
+        again if the save fails, so a failure leaves neither a row nor triggers behind."""
+        from django.db import transaction
+
+        source = cls(database=database, schema=schema, table=table)
+        source.full_clean()
+        outcome = source.install()
+        try:
+            with transaction.atomic(using=router.db_for_write(cls)):
+                source.save()
+        except BaseException:
+            if outcome == "created":  # capture that was there before stays
+                source.uninstall()
+            raise
+        return source
+
+    def install(self, force: bool = False) -> str:
+        """Install (or mend, or upgrade) capture on this table: the event table, its triggers
+        and the registry row in the source database.  Returns what it did: "created",
+        "replaced" or "unchanged" (current already; ``force=True`` replaces it anyway).
+        Raises CaptureError, with nothing left behind, when the engine refuses."""
         from .capture import install
 
-        return install(self)
+        return install(self, force=force)
+
+    @property
+    def capture_status(self) -> str:
+        """The capture as installed in the source database now: "installed", "outdated",
+        "partial" or "missing" (one query to the source database per read)."""
+        from .capture import status
+
+        return status(self)
 
     def uninstall(self):
         from .capture import uninstall

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .connections import connect
+from .connections import begin, connect
 from .dialects import get_dialect
 from .errors import ConfigurationError, NameRefused, NoPrimaryKey, TableNotFound
 
@@ -45,6 +45,20 @@ def reflect_table(conn, schema: str | None, name: str, database_label: str) -> s
             column.type.asdecimal = False
     refined = get_dialect(conn).refine_reflected(conn, table)
     return table if refined is None else refined
+
+
+def create_table(conn, table: sa.Table) -> None:
+    """CREATE TABLE ``table`` unless it exists, in a transaction of its own.  Another worker
+    (or ``pdr-verify``) creating it at the same moment is not an error: ``checkfirst`` alone
+    leaves a window between its check and its CREATE."""
+    try:
+        with begin(conn):
+            table.create(conn, checkfirst=True)
+    except sa.exc.DBAPIError:
+        exists = sa.inspect(conn).has_table(table.name, schema=table.schema)
+        conn.rollback()
+        if not exists:
+            raise
 
 
 def discover_source(database, schema: str | None, table: str) -> SourceInfo:

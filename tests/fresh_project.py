@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -118,19 +119,22 @@ def readme_instructions() -> dict:
     apps = re.findall(r'^\s*"([\w.]+)",\s*$', settings_block, re.M)
     key_line = next((line.strip() for line in settings_block.splitlines()
                      if line.strip().startswith("PGCRYPTO_DEFAULT_KEY")), None)
-    if apps != ["django_ace", "django_pdr"] or not key_line:
+    imports = [line.strip() for line in settings_block.splitlines() if line.strip().startswith("import ")]
+    key_env = re.search(r'os\.environ\["(\w+)"\]', key_line or "")
+    if apps != ["django_ace", "django_pdr"] or not key_line or not key_env:
         raise Failure(f"README settings snippet changed: apps {apps}, key line {key_line!r}")
-    for needed in ("pip install django-pdr", "python manage.py migrate", "python manage.py pdr-reflect"):
+    for needed in ('pip install "django-pdr>=2"', "python manage.py migrate", "python manage.py createsuperuser",
+                   "python manage.py pdr-reflect"):
         if needed not in section:
             raise Failure(f"README quick start no longer says {needed!r}")
     # The API the ORM snippet uses is the API this test uses (step 7).
-    for call in ("Database.objects.create(", 'kind="sqlite"', "SourceTable(database=", ".full_clean()",
-                 ".save()", ".install()", "Reflection.objects.create(source=", "destination=",
-                 "destination_table="):
+    for call in ("Database.from_url(", '"sqlite:////', "create_file=True", "SourceTable.add(",
+                 "Reflection(source=", "destination=", "destination_table=", ".full_clean()", ".save()"):
         if call not in orm_block:
             raise Failure(f"README ORM snippet no longer uses {call!r}: update tests/fresh_project.py")
     url_lines = [line.strip() for line in urls_block.splitlines() if line.strip()]
-    return {"apps": apps, "key_line": key_line, "url_lines": url_lines}
+    return {"apps": apps, "key_line": key_line, "imports": imports, "key_env": key_env.group(1),
+            "url_lines": url_lines}
 
 
 # -- the test --------------------------------------------------------------------------------
@@ -244,7 +248,8 @@ def run_all(runner: Runner, workdir: Path, args):
             raise Failure("startproject's settings.py has no INSTALLED_APPS list")
         added = "".join(f'    "{app}",\n' for app in readme["apps"])
         settings = settings[:match.end(1)] + added + settings[match.end(1):]
-        settings += "\n" + readme["key_line"] + "\n"
+        settings += "\n" + "".join(line + "\n" for line in readme["imports"]) + readme["key_line"] + "\n"
+        runner.env[readme["key_env"]] = secrets.token_urlsafe(32)  # as README says: generated, in the environment
         settings_path.write_text(settings, encoding="utf-8")
         urls = (project / PROJECT / "urls.py").read_text(encoding="utf-8")
         def compact(text):  # startproject: 'quotes', the list over lines, a trailing comma
@@ -259,6 +264,10 @@ def run_all(runner: Runner, workdir: Path, args):
         out = manage("migrate", "--noinput").stdout
         if "django_pdr" not in out:
             raise Failure(f"migrate did not apply django_pdr's migrations:\n{out}")
+
+    with runner.step("README step 4: manage.py createsuperuser"):
+        runner.env["DJANGO_SUPERUSER_PASSWORD"] = secrets.token_urlsafe(16)
+        manage("createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com")
 
     with runner.step("manage.py check (no issue at all)"):
         proc = manage("check")
@@ -300,17 +309,16 @@ def run_all(runner: Runner, workdir: Path, args):
         code = textwrap.dedent(f"""
             from django_pdr.models import Database, SourceTable, Reflection
 
-            src = Database.objects.create(name="shop", kind="sqlite", database={str(source_db)!r})
-            dst = Database.objects.create(name="reporting", kind="sqlite", database={str(dest_db)!r})
-            orders = SourceTable(database=src, table="orders")
-            orders.full_clean()   # discovers the primary key; refuses a table without one
-            orders.save()
-            orders.install()      # event table + triggers in the source database
-            Reflection.objects.create(source=orders, destination=dst, destination_table="orders")
-            print("key", orders.key_columns)
+            shop = Database.from_url("shop", "sqlite:///" + {str(source_db)!r})
+            reporting = Database.from_url("reporting", "sqlite:///" + {str(dest_db)!r}, create_file=True)
+            orders = SourceTable.add(shop, "orders")  # finds the primary key, installs capture, saves
+            mirror = Reflection(source=orders, destination=reporting, destination_table="orders")
+            mirror.full_clean()                        # checks the mapping against both tables
+            mirror.save()
+            print("key", orders.key_columns, orders.capture_status)
         """)
         out = manage("shell", "-c", code).stdout
-        if "key ['id']" not in out:
+        if "key ['id'] installed" not in out:
             raise Failure(f"the primary key was not discovered:\n{out}")
         write_source(source_db,
                      "INSERT INTO orders VALUES (4, 'Barbara', 99.99, '2024-02-01', 'after install')",

@@ -4,7 +4,7 @@ import os
 import tempfile
 
 SECRET_KEY = "django-pdr-tests-not-secret"
-PGCRYPTO_DEFAULT_KEY = "django-pdr-tests-credential-key"
+PGCRYPTO_DEFAULT_KEY = "django-pdr-tests-credential-key-not-a-secret"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"

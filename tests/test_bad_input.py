@@ -77,7 +77,7 @@ def test_missing_sqlite_file(tmp_path, make_target):
     st = SourceTable(database=database, table="t")
     with pytest.raises(ValidationError) as info:
         st.full_clean()
-    assert "Cannot connect to nofile" in str(info.value) and "file path" in str(info.value)
+    assert "Cannot connect to nofile" in str(info.value) and "file exists" in str(info.value)
 
 
 def test_failed_install_leaves_nothing(make_target, monkeypatch):

@@ -60,15 +60,15 @@ SABOTAGE = """
 import sys
 from django_pdr import demo
 
-configure = demo.Demo.configure_replication
+configure = demo.configure
 
-def sabotaged(self):
-    configure(self)
-    reflection = self.reflections[1]
-    reflection.delete_policy = "ignore"  # destination 2 keeps deleted rows: not a mirror
-    reflection.save()
+def sabotaged(paths):
+    orders, reflections = configure(paths)
+    reflections[1].active = False  # destination 2 is never written: not a mirror
+    reflections[1].save()
+    return orders, reflections
 
-demo.Demo.configure_replication = sabotaged
+demo.configure = sabotaged
 sys.exit(demo.main(sys.argv[1:]))
 """
 

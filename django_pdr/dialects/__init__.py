@@ -11,7 +11,7 @@ from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
 
 __all__ = ["CAPTURE_VERSION", "CHECKPOINT_TABLE", "REGISTRY_TABLE", "CaptureNames", "Dialect", "event_key_name",
-           "get_dialect", "dialect_for_kind", "KINDS"]
+           "get_dialect", "dialect_for_kind", "kind_for_url", "KINDS"]
 
 _CLASSES = [PostgreSQLDialect, MySQLDialect, SQLiteDialect]
 
@@ -44,3 +44,13 @@ def dialect_for_kind(kind: str) -> type[Dialect]:
         return KINDS[kind]
     except KeyError:
         raise NotImplementedError(f"unknown database kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def kind_for_url(url) -> str | None:
+    """The ``Database.kind`` of a SQLAlchemy URL ("mariadb+pymysql://…" → "mysql"), or None.
+    Only the backend counts: django-pdr connects with its own driver for each kind."""
+    backend = url.get_backend_name()
+    for kind, cls in KINDS.items():
+        if backend in cls.names:
+            return kind
+    return None

@@ -1,6 +1,8 @@
 """SQLite: row-level triggers; one writer at a time, so ids commit in order."""
 from __future__ import annotations
 
+import urllib.parse
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
@@ -19,7 +21,8 @@ class SQLiteDialect(Dialect):
     max_identifier_length = 128  # no real limit; keep names readable
     max_parameters = 30000  # SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32
 
-    unreachable_hint = "check that the file path exists and is readable and writable by this process"
+    unreachable_hint = ("check that the file exists and is readable and writable by this process; "
+                        "for a new destination file, turn on 'Create the file if it does not exist'")
 
     @classmethod
     def identifier_problem(cls, name):
@@ -29,7 +32,13 @@ class SQLiteDialect(Dialect):
 
     @classmethod
     def make_url(cls, database):
-        return sa.engine.URL.create(cls.driver, database=database.database or None)
+        """An existing file is opened read-write, never created (``mode=rw``): a mistyped path
+        is an error, not a new empty database.  ``Database.create_file`` allows creating it."""
+        path = database.database or None
+        if path is None or getattr(database, "create_file", False):
+            return sa.engine.URL.create(cls.driver, database=path)
+        return sa.engine.URL.create(cls.driver, database="file:" + urllib.parse.quote(path),
+                                    query={"mode": "rw", "uri": "true"})
 
     @classmethod
     def connect_args(cls, timeout):

@@ -57,6 +57,17 @@ class PartnerLookup:
         return {tuple(k) for k in found} | {tuple(str(v) for v in k) for k in found}
 
 
+def _halves(upserts, deletes, removals):
+    """Two or three smaller parts of a batch's rows: by kind, or one kind halved."""
+    kinds = [list(upserts), list(deletes), list(removals)]
+    present = [i for i in (1, 2, 0) if kinds[i]]  # gone keys first, as _apply writes them
+    if len(present) > 1:
+        return [[rows if i == j else [] for j, rows in enumerate(kinds)] for i in present]
+    (i,) = present
+    middle = len(kinds[i]) // 2
+    return [[half if j == i else [] for j in range(3)] for half in (kinds[i][:middle], kinds[i][middle:])]
+
+
 class Applying:
     """Python-path writes, refused rows and the source rows of a batch's keys.
 
@@ -80,36 +91,35 @@ class Applying:
         refuses for a data error (``Dialect.classify_error``) go to dead letters and the
         rest is applied, in the same transaction (savepoints); any other error aborts the
         batch (retried later with back-off).  Returns the number of rows written."""
-        items = ([(key, [row], [], []) for key, row in upserts] + [(key, [], [key], []) for key in deletes]
-                 + [(key, [], [], [key]) for key in removals])
         with begin(dst):
             self.checkpoint.fence(dst, expected)
             if truncate:
                 self._truncate(dst)
-            bad = self._apply_isolating(dst, items)
+            bad = self._apply_isolating(dst, upserts, deletes, removals)
             for key, exc in bad:
                 self._dead_letter(key, exc)
             if bad and loading:
                 new_state["loaded"] -= len(bad)  # the initial load counts the rows that landed
             self.checkpoint.write(dst, new_state)
-        return len(items) - len(bad)
+        return len(upserts) + len(deletes) + len(removals) - len(bad)
 
-    def _apply_isolating(self, dst, items) -> list[tuple]:
-        """Apply ``items`` ((key, upserts, deletes, removals) per key) in savepoints; return
-        (key, error) of the rows refused for a data error (found by halving the items)."""
-        if not items:
+    def _apply_isolating(self, dst, upserts, deletes=(), removals=()) -> list[tuple]:
+        """Apply rows (as ``_commit`` takes them) in a savepoint; return (key, error) of the
+        rows refused for a data error, found by halving the rows in further savepoints."""
+        count = len(upserts) + len(deletes) + len(removals)
+        if not count:
             return []
         savepoint = dst.begin_nested()
         try:
-            self._apply(dst, *[[x for item in items for x in item[i]] for i in (1, 2, 3)])
+            self._apply(dst, [row for _, row in upserts], deletes, removals)
         except Exception as exc:
             if self.dst_dialect.classify_error(exc) != DATA or getattr(exc, "connection_invalidated", False):
                 raise  # the whole transaction is rolled back by the caller
             savepoint.rollback()
-            if len(items) == 1:
-                return [(items[0][0], exc)]
-            middle = len(items) // 2
-            return self._apply_isolating(dst, items[:middle]) + self._apply_isolating(dst, items[middle:])
+            if count == 1:
+                return [(upserts[0][0] if upserts else (list(deletes) + list(removals))[0], exc)]
+            return [refused for part in _halves(upserts, deletes, removals)
+                    for refused in self._apply_isolating(dst, *part)]
         savepoint.commit()
         return []
 

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from django.utils import timezone
 
 from .. import conf
+from ..schema import create_table
 
 
 class StaleCheckpoint(Exception):
@@ -45,8 +46,7 @@ class Checkpoint:
         self._where = self.table.c.reflection == self.uid
 
     def create(self, dst):
-        with dst.begin():
-            self.table.create(dst, checkfirst=True)
+        create_table(dst, self.table)
 
     def read(self, dst) -> dict | None:
         """The stored state (None before the first write), in a read of its own."""

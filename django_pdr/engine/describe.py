@@ -11,15 +11,15 @@ import time
 
 import sqlalchemy as sa
 
-from ..capture import capturing, registration
+from ..capture import NOT_INSTALLED, OUTDATED, inspect
 from ..capture import plan as capture_plan
 from ..coerce import row_converter
-from ..connections import begin
 from ..dialects import get_dialect
 from ..dialects.base import RawValue, event_key_name
 from ..errors import CaptureMissing, CaptureOutdated, ConfigurationError
 from ..mapping import Mapping
-from ..schema import check_destination_names, drift, fan_in_part, merged_destination_table, reflect_table
+from ..schema import (check_destination_names, create_table, drift, fan_in_part, merged_destination_table,
+                      reflect_table)
 from .checkpoint import Checkpoint
 from .textpath import MARK_COLUMN
 from .visibility import EventReader
@@ -53,17 +53,17 @@ class Describing:
         """Reflect the source, make sure capture and the destination exist."""
         st = self.source_table
         capture = capture_plan(src, st)
-        registered = registration(src, capture)
-        missing = capturing(src, capture)
-        # the worker changes no schema: capture is installed by pdr-install or the admin
-        if registered is None and missing:
+        needs = inspect(src, capture).needs
+        # the worker changes no schema: capture is installed by pdr-install or the admin (a
+        # partial capture is reported by every pass: Reconciling._check_capture)
+        if needs and needs[0] == NOT_INSTALLED:
             raise CaptureMissing(
                 f"Capture is not installed on {st}: run manage.py pdr-install (or Install capture in the "
                 f"admin); the reflection then loads the destination.")
-        if missing is None and (registered is None or registered.fingerprint != capture.fingerprint):
+        if needs and needs[0] == OUTDATED:
             raise CaptureOutdated(
-                f"Capture on {st} is outdated (installed by another release of django-pdr, or with other "
-                f"settings): run manage.py pdr-install, then restart the workers.")
+                f"Capture on {st} is outdated ({needs[1]}): run manage.py pdr-install, then restart the "
+                f"workers.")
         src.rollback()
         self.capture = capture
         self.src_dialect = capture.dialect
@@ -87,8 +87,7 @@ class Describing:
             table = merged_destination_table([part for _, part in sorted(parts, key=lambda item: item[0])],
                                              self.dst_dialect, schema, r.destination_table)
             check_destination_names(self.dst_dialect, table.schema, table.name, table.c.keys())
-            with begin(dst):
-                table.create(dst, checkfirst=True)  # another worker may have created it meanwhile
+            create_table(dst, table)  # another worker may create it at the same moment
             logger.info("%s: created destination table %s", r, table.fullname)
             exists = True
         if exists and not self.statement:

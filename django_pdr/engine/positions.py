@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from .. import conf
-from ..capture import capturing, registration
+from ..capture import inspect, registration
 from ..errors import CaptureMissing, ConfigurationError
 from .visibility import Position
 
@@ -32,12 +32,11 @@ class Reconciling:
     def _check_capture(self, src):
         """The registry row of the event table, after checking that every change of the
         source table is being captured; CaptureMissing (an error) when not."""
-        capture = self.capture
-        missing = capturing(src, capture)
-        registered = registration(src, capture)
+        state = inspect(src, self.capture)
         src.rollback()
+        registered, missing = state.registered, state.missing
         if missing is None and registered is None:
-            missing = f"the capture of {capture.source.fullname!r} is not registered (it was removed)"
+            missing = f"the capture of {self.capture.source.fullname!r} is not registered (it was removed)"
         if missing:
             raise CaptureMissing(
                 f"Capture missing on {self.source_table}: {missing}. Changes made since then are not "

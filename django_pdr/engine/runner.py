@@ -126,7 +126,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
                 # commits before read an older row than this retry writes
                 self.checkpoint.fence(dst, state)
                 upserts, deletes, removals = self.keyed_rows(src, [key])
-                refused = self._apply_isolating(dst, [(key, [row for _, row in upserts], deletes, removals)])
+                refused = self._apply_isolating(dst, upserts, deletes, removals)
             if refused:
                 resolve(letter, error=describe_error(refused[0][1]))
                 continue
