@@ -44,6 +44,9 @@ DEFAULTS = {
     # purged (a destination restored from a backup).  "resync": reload the destination;
     # "error": stop with an error until a resync is requested.
     "ON_CAPTURE_RESET": "resync",
+    # Bearer token that may read django_pdr.metrics.view without a staff login ("": none;
+    # Prometheus then needs a staff session).  Keep it out of version control.
+    "METRICS_TOKEN": "",
 }
 
 #: Allowed values of the settings that take one of a few words.

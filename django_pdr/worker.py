@@ -24,6 +24,7 @@ from django.utils import timezone
 from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
+from .metrics import STATS
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
 from .engine.describe import forget_descriptions
@@ -147,6 +148,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 logger.info("reflection %s is held by another worker; skipped", reflection.pk)
                 result.held.append(reflection)
                 continue
+            STATS.reflection_passes += 1
+            started = time.monotonic()
             try:
                 outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
             except (LeaseLost, StaleCheckpoint) as exc:
@@ -157,9 +160,13 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 message = describe_error(exc)
                 delay = backoff_seconds(reflection.failures)
                 logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
-                             message, delay, exc_info=logger.isEnabledFor(logging.DEBUG))
+                             message, delay, exc_info=logger.isEnabledFor(logging.DEBUG),
+                             extra={"reflection": reflection.pk, "source": str(reflection.source),
+                                    "destination": f"{reflection.destination.name}:{reflection.destination_table}",
+                                    "error": message, "retry_in": delay})
                 reflection.record_error(message, delay)
                 result.failed.append((reflection, message))
+                STATS.failures += 1
                 continue
             if outcome.caught_up:
                 release(owner, [reflection.pk])  # idle: let any worker take it next time
@@ -168,9 +175,16 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.
                 result.unfinished.append(reflection)
             result.events += outcome.events
             result.rows += outcome.rows
+            STATS.events += outcome.events
+            STATS.rows += outcome.rows
             if outcome.events or outcome.loaded:
                 logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
-                            outcome.rows, "" if outcome.caught_up else " (more pending)")
+                            outcome.rows, "" if outcome.caught_up else " (more pending)",
+                            extra={"reflection": reflection.pk, "source": str(reflection.source),
+                                   "destination": f"{reflection.destination.name}:{reflection.destination_table}",
+                                   "events": outcome.events, "rows": outcome.rows, "loaded": outcome.loaded,
+                                   "seconds": round(time.monotonic() - started, 3),
+                                   "caught_up": outcome.caught_up})
             if outcome.events or outcome.position_changed:
                 _purge_due.add(reflection.source.pk)
             _purge_if_due(reflection.source, purge_interval)
@@ -221,6 +235,8 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
             # pass, and it tries every selected reflection, even one waiting out a back-off
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
                                purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")))
+            STATS.passes += 1
+            STATS.last_pass_at = time.time()
             if interval is None:
                 # one-shot: keep going until every reflection has caught up (a pass
                 # yields after a while so that reflections take turns)

@@ -345,7 +345,6 @@ def run_all(runner: Runner, workdir: Path, args):
             from django.test.utils import setup_test_environment
             from django_pdr.models import Reflection
             setup_test_environment()
-            User.objects.create_superuser("admin", "admin@example.com", "pw-fresh-project")
             client = Client()
             client.force_login(User.objects.get(username="admin"))
             r = Reflection.objects.get()

@@ -1,4 +1,6 @@
 from django.contrib import admin
 from django.urls import path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+import django_pdr.metrics
+
+urlpatterns = [path("admin/", admin.site.urls), path("pdr/metrics", django_pdr.metrics.view)]

@@ -22,11 +22,26 @@ class Command(BaseCommand):
                             metavar="ID", help="only this reflection (repeatable)")
         parser.add_argument("--retry-dead-letters", action="store_true",
                             help="re-apply the rows the destination rejected (after fixing the cause)")
+        parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                            help="json: one JSON object per line (reflection, source, destination, event "
+                                 "and row counts, durations)")
+        parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                            help="serve Prometheus metrics on this port (needs django-pdr[metrics])")
+        parser.add_argument("--metrics-address", default="", metavar="ADDRESS",
+                            help="address of the metrics server (default: all interfaces)")
 
     def handle(self, *args, interval=None, reflections=None, verbosity=1, **options):
         if interval is not None and interval < 0:
             raise CommandError("--interval must be zero or more seconds.")
-        self._configure_logging(verbosity, options.get("no_color"))
+        self._configure_logging(verbosity, options.get("log_format") or "text")
+        if options.get("metrics_port") is not None:
+            from django_pdr import metrics
+            from django_pdr.errors import ConfigurationError
+
+            try:
+                metrics.serve(options["metrics_port"], options.get("metrics_address") or "")
+            except (ConfigurationError, OSError) as exc:
+                raise CommandError(f"Cannot serve metrics on port {options['metrics_port']}: {exc}")
         if options.get("retry_dead_letters"):
             from django_pdr.deadletters import request_retry
 
@@ -49,11 +64,14 @@ class Command(BaseCommand):
             names = "; ".join(f"reflection {r.pk}: {message}" for r, message in result.failed)
             raise CommandError(f"{len(result.failed)} reflection(s) failed: {names}")
 
-    def _configure_logging(self, verbosity, no_color):
+    def _configure_logging(self, verbosity, log_format):
+        from django_pdr.logformat import formatter
+
         logger = logging.getLogger("django_pdr")
-        if not any(getattr(h, "_pdr_command", False) for h in logger.handlers):
+        handler = next((h for h in logger.handlers if getattr(h, "_pdr_command", False)), None)
+        if handler is None:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             handler._pdr_command = True
             logger.addHandler(handler)
+        handler.setFormatter(formatter(log_format))
         logger.setLevel(LEVELS.get(verbosity, logging.INFO))
