@@ -289,6 +289,10 @@ class Dialect:
         """True when an existing trigger must be dropped before it is created again."""
         return False
 
+    #: True when CREATE/DROP TABLE run inside a transaction (and roll back with it); False
+    #: when DDL commits the transaction at once (MySQL/MariaDB).
+    transactional_ddl = True
+
     @property
     def replaces_triggers_atomically(self) -> bool:
         """True when installed triggers are replaced with no moment in which a committed

@@ -149,6 +149,8 @@ class MySQLDialect(Dialect):
     def replace_needs_drop(self):
         return not self.is_mariadb  # MySQL 8 has no CREATE OR REPLACE TRIGGER
 
+    transactional_ddl = False  # CREATE/DROP TABLE commit at once
+
     @property
     def replaces_triggers_atomically(self):
         # MariaDB's CREATE OR REPLACE TRIGGER is atomic; MySQL drops then creates, and

@@ -1,6 +1,15 @@
 """The initial load (and a resync): key-ordered chunks of the source's current rows,
-each committed with its checkpoint; the first clears the destination (fan-in: only this
-reflection's columns).
+each committed with its checkpoint.
+
+A destination that already holds rows (a resync) stays whole while it reloads: the
+chunks go to a *shadow* table (the mapped columns and the key, nothing else), and one
+last destination transaction replaces the rows of the destination with the shadow's
+(DELETE, then INSERT … SELECT) and moves the checkpoint on.  Readers see the old rows
+until that commit, then the new ones (MVCC on PostgreSQL and InnoDB; SQLite's readers
+see one or the other).  The destination table itself is kept, with its indexes, grants,
+triggers, views and extra columns.  An empty destination (the first load) is loaded in
+place, as are tables a custom statement writes and fan-in tables (which only lose this
+reflection's columns, set to NULL).
 """
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ import sqlalchemy as sa
 
 from .. import keycodec
 from ..connections import begin
+from ..schema import create_table, reflect_table
 from .positions import STREAM
 from .textpath import TextPathFailed
 from .visibility import Position
@@ -52,30 +62,34 @@ class Loading:
     def _load_state(self, state, count, last):
         new_state = dict(state)
         new_state["loaded"] = state.get("loaded", 0) + count
+        if last is None and state.get("shadow"):
+            return dict(new_state, swap=True)  # committed with the last chunk: the swap follows
         if last is None:
             return {"phase": STREAM, "pos": state["pos"], "loaded": new_state["loaded"], "inc": self.incarnation}
         new_state["after"] = keycodec.encode_key(last)
         return new_state
 
     def load_chunk_once(self, src, dst, state: dict, expected: dict | None) -> dict:
-        """Copy the next key-ordered chunk of source rows; return the new state."""
+        """Copy the next key-ordered chunk of source rows (or swap the shadow in); return the
+        new state."""
+        if state.get("swap"):
+            return self._swap_in(src, dst, state, expected)
         after = keycodec.decode_key(state.get("after"))
-        if after is None:
-            # A (re)load starts from a clean slate: rows deleted at the source while no
-            # checkpoint existed must not survive it.  A table shared with other
-            # reflections (fan-in) only loses this reflection's own columns.
-            with begin(dst):
-                self.checkpoint.fence(dst, expected)
-                if self.statement:
-                    pass  # a custom statement owns its target: nothing to clear
-                elif self.partners:
-                    values = {c: None for c in self.mapping.value_columns}
-                    if values:
-                        dst.execute(sa.update(self.dest).values(**values))
-                else:
-                    dst.execute(sa.delete(self.dest))
-                self.checkpoint.write(dst, state)
-            expected = state
+        if after is None and not state.get("shadow"):
+            state, expected = self._start_load(dst, state, expected)
+        shadow = self._shadow_dml() if state.get("shadow") else None
+        saved = self.dest, self.dest_key_columns
+        if shadow is not None:  # the appliers write the shadow table for this chunk
+            self.dest, self.dest_key_columns = shadow, [shadow.c[n] for n in self.mapping.dest_key]
+        try:
+            new_state = self._load_one_chunk(src, dst, state, expected, after)
+        finally:
+            self.dest, self.dest_key_columns = saved
+        if new_state.get("swap"):  # the source is exhausted: swap the shadow in
+            return self._swap_in(src, dst, new_state, new_state)
+        return new_state
+
+    def _load_one_chunk(self, src, dst, state, expected, after):
         text = self._load_text(src, after) if self._use_text() else None
         if text is not None:
             count, last, rows_text = text
@@ -91,3 +105,74 @@ class Loading:
         if last is None:  # the load is complete: its events follow from the start position
             self._confirm_capture(src, Position.from_json(state["pos"]))
         return new_state
+
+    def _start_load(self, dst, state, expected):
+        """Before the first chunk: start from a clean slate — rows deleted at the source while no
+        checkpoint existed must not survive the load.  A destination with rows is left as it is
+        until the swap (the chunks go to a new shadow table); a table shared with other
+        reflections (fan-in) only loses this reflection's own columns."""
+        shadow = None
+        if not self.statement and not self.partners:
+            has_rows = dst.execute(sa.select(sa.literal(1)).select_from(self.dest).limit(1)).first() is not None
+            dst.rollback()
+            if has_rows:
+                shadow = self._shadow_ddl(dst)
+                self._drop_shadow(dst)  # a shadow of an earlier, interrupted resync
+                create_table(dst, shadow)
+        state = dict(state, shadow=shadow.name) if shadow is not None else state
+        with begin(dst):
+            self.checkpoint.fence(dst, expected)
+            if shadow is not None or self.statement:
+                pass  # the shadow replaces the rows at the end; a custom statement owns its target
+            elif self.partners:
+                values = {c: None for c in self.mapping.value_columns}
+                if values:
+                    dst.execute(sa.update(self.dest).values(**values))
+            else:
+                dst.execute(sa.delete(self.dest))
+            self.checkpoint.write(dst, state)
+        return state, state
+
+    def _shadow_name(self) -> str:
+        return f"pdr_shadow_{self.reflection.uid.hex[:12]}"
+
+    def _shadow_ddl(self, dst) -> sa.Table:
+        """The shadow table to create: the mapped columns with the destination's own types (as
+        reflected: ``self.dest`` may carry binding types, such as raw SQLite values), and the key."""
+        live = reflect_table(dst, self.dest.schema, self.dest.name, self.reflection.destination.describe())
+        dst.rollback()
+        key = set(self.mapping.dest_key)
+        columns = [sa.Column(n, live.c[n].type, primary_key=n in key, autoincrement=False, nullable=n not in key)
+                   for n in self.mapping.dest_columns]
+        return sa.Table(self._shadow_name(), sa.MetaData(), *columns, schema=self.dest.schema)
+
+    def _shadow_dml(self) -> sa.Table:
+        """The shadow as the appliers write it: the destination's binding types, the shadow's name."""
+        return sa.Table(self._shadow_name(), sa.MetaData(),
+                        *[sa.Column(n, self.dest.c[n].type, primary_key=n in self.mapping.dest_key)
+                          for n in self.mapping.dest_columns], schema=self.dest.schema)
+
+    def _drop_shadow(self, dst):
+        with begin(dst):
+            self._shadow_dml().drop(dst, checkfirst=True)
+
+    def _swap_in(self, src, dst, state: dict, expected: dict) -> dict:
+        """One destination transaction: the destination's rows become the shadow's, and the
+        checkpoint moves on to streaming; then the shadow is dropped (in the same transaction
+        where DDL is transactional)."""
+        self._confirm_capture(src, Position.from_json(state["pos"]))
+        shadow = self._shadow_dml()
+        names = list(self.mapping.dest_columns)
+        done = {"phase": STREAM, "pos": state["pos"], "loaded": state.get("loaded", 0), "inc": self.incarnation}
+        with begin(dst):
+            self.checkpoint.fence(dst, expected)
+            dst.execute(sa.delete(self.dest))
+            dst.execute(sa.insert(self.dest).from_select(names, sa.select(*[shadow.c[n] for n in names])))
+            self.checkpoint.write(dst, done)
+            if self.dst_dialect.transactional_ddl:
+                shadow.drop(dst)
+        if not self.dst_dialect.transactional_ddl:
+            self._drop_shadow(dst)  # a crash before this leaves it to the next resync's clean-up
+        logger.info("%s: resync complete: the destination's rows replaced by the %d rows loaded",
+                    self.reflection, done["loaded"])
+        return done
