@@ -18,6 +18,13 @@ DEFAULTS = {
     # Seconds a failed reflection waits before its next try; doubles up to the cap.
     "RETRY_BACKOFF": 1.0,
     "RETRY_BACKOFF_MAX": 60.0,
+    # Seconds a reflection with a backlog works before the worker turns to the others (a
+    # running worker then probes every source again and serves quiet tables first).
+    "TIME_SLICE": 1.0,
+    # A running worker skips reflections whose event tables hold nothing new (one probe
+    # per source database per round); each still gets a full pass (capture, checkpoint and
+    # dead letters checked) at least this often, in seconds.
+    "FULL_PASS_INTERVAL": 30.0,
     # Name of the checkpoint table PDR creates in each destination database.
     "CHECKPOINT_TABLE": "pdr_checkpoint",
     # Seconds a connection may take to open before the database counts as unreachable.

@@ -148,7 +148,8 @@ class Mapping:
     @classmethod
     def from_reflection(cls, reflection, source_columns: list[str], source_key: list[str]) -> "Mapping":
         return cls.parse(reflection.mapping, source_columns, source_key,
-                         label=f"The mapping of reflection {reflection.pk or '(new)'}")
+                         label=(f"The mapping of reflection {reflection.pk}" if isinstance(reflection.pk, int)
+                                else "The mapping"))
 
     def restrict_to(self, dest_columns) -> "Mapping":
         """For a mirror: keep the source columns the destination has (a column added to the

@@ -25,6 +25,7 @@ from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
 from .metrics import STATS
+from .scheduling import Scheduler, probe_all
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
 from .engine.describe import forget_descriptions
@@ -44,6 +45,8 @@ class RoundResult:
     failed: list = field(default_factory=list)
     unfinished: list = field(default_factory=list)
     held: list = field(default_factory=list)  # claimed by another worker
+    deferred: list = field(default_factory=list)  # busy, left to the next round (scheduler)
+    skipped: int = 0  # idle, not opened (scheduler)
     events: int = 0
     rows: int = 0
 
@@ -130,26 +133,47 @@ def _purge_if_due(source_table, interval: float):
         logger.warning("purging events of %s failed: %s", source_table, describe_error(exc))
 
 
-def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = 30.0,
-              owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True) -> RoundResult:
-    """One pass over every due reflection this worker can claim.  Applied events are
-    purged after the pass, or at most every ``purge_interval`` seconds per source.
-    ``backoff`` False: reflections waiting out a back-off after an error are tried too."""
+def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = None,
+              owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
+              scheduler: Scheduler | None = None) -> RoundResult:
+    """One pass over every due reflection this worker can claim, each for at most
+    ``max_seconds_each`` (default ``PDR["TIME_SLICE"]``).  Applied events are purged after
+    the pass, or at most every ``purge_interval`` seconds per source.  ``backoff`` False:
+    reflections waiting out a back-off after an error are tried too.  With a ``scheduler``
+    (a running worker), idle reflections are skipped, quiet ones go first and the round
+    ends after one busy slice (see scheduling.py)."""
     result = RoundResult()
     single = owner is None
     if single:
         forget_descriptions()  # a stand-alone round describes the tables afresh
     owner = owner or new_worker_id()
+    if max_seconds_each is None:
+        max_seconds_each = float(conf.get("TIME_SLICE"))
+    reflections = due_reflections(ids, backoff=backoff)
+    busy = set()
+    if scheduler is not None:
+        from .models import DeadLetter
+
+        retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
+        quiet, busy_list, result.skipped = scheduler.plan(reflections, probe_all(reflections), retrying)
+        reflections, busy = quiet + busy_list, {r.pk for r in busy_list}
+    busy_served = False
     try:
-        for reflection in due_reflections(ids, backoff=backoff):
+        for reflection in reflections:
             if stop():
                 break
+            if reflection.pk in busy and busy_served:
+                result.deferred.append(reflection)  # the next round comes at once, after a new probe
+                continue
             if not acquire(reflection, owner):
                 logger.info("reflection %s is held by another worker; skipped", reflection.pk)
                 result.held.append(reflection)
                 continue
             STATS.reflection_passes += 1
             started = time.monotonic()
+            if scheduler is not None:
+                scheduler.ran(reflection, busy=reflection.pk in busy)
+                busy_served = busy_served or reflection.pk in busy
             try:
                 outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
             except (LeaseLost, StaleCheckpoint) as exc:
@@ -229,12 +253,16 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     owner = new_worker_id()
     forget_descriptions()
     waker = Waker()
+    # a running worker skips idle reflections between full passes; a one-shot run checks all
+    scheduler = None if interval is None else Scheduler(float(conf.get("FULL_PASS_INTERVAL")),
+                                                         int(conf.get("BATCH_SIZE")))
     try:
         while True:
             # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
             # pass, and it tries every selected reflection, even one waiting out a back-off
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
-                               purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")))
+                               purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")),
+                               scheduler=scheduler)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
             if interval is None:
@@ -252,7 +280,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
                 return total
             if stop_event.is_set():
                 return result
-            if result.events == 0:
+            if result.events == 0 and not result.deferred:
                 # idle: sleep until a source notifies a commit, or the interval ends
                 waker.wait(source_databases(ids), interval, stop_event)
             else:

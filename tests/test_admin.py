@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from django_pdr import capture
+from django_pdr import capture, deadletters
 from django_pdr.dialects import get_dialect
 from tests.targets import watch
 from django_pdr.models import Database, DeadLetter, Reflection, Sample, SourceTable
@@ -92,6 +92,38 @@ def test_database_add_sqlite_drops_server_fields(admin_client, tmp_path):
     assert (db.database, db.host, db.port, db.username, db.password) == (path, "", None, "", "")
 
 
+def test_mistyped_sqlite_path_fails_the_connection_test_and_creates_nothing(admin_client, tmp_path):
+    typo = tmp_path / "shpo.sqlite3"
+    response = admin_client.post(url("database_add"), {"name": "typo", "kind": "sqlite", "database": str(typo),
+                                                       "options": "{}"})
+    assert response.status_code == 302, page(response)
+    db = Database.objects.get(name="typo")
+    assert db.create_file is False
+    response = admin_client.post(url("database_test_connection", db.pk), follow=True)
+    errors = [m for m in shown_messages(response) if m.startswith("Cannot connect to typo")]
+    assert errors and "Create the file" in errors[0], shown_messages(response)
+    assert not typo.exists()
+
+    # creating a new destination file is the explicit, labelled choice
+    assert "Create the file if it does not exist" in page(admin_client.get(url("database_change", db.pk)))
+    response = admin_client.post(url("database_change", db.pk), {
+        "name": "typo", "kind": "sqlite", "database": str(typo), "create_file": "on", "options": "{}"})
+    assert response.status_code == 302, page(response)
+    db.refresh_from_db()
+    assert db.create_file is True
+    response = admin_client.post(url("database_test_connection", db.pk), follow=True)
+    assert any("Connected" in m for m in shown_messages(response)), shown_messages(response)
+    assert typo.exists()
+
+
+def test_create_file_is_ignored_for_a_server(admin_client):
+    response = admin_client.post(url("database_add"), {
+        "name": "pg", "kind": "postgresql", "database": "shop", "host": "db1", "create_file": "on",
+        "options": "{}"})
+    assert response.status_code == 302, page(response)
+    assert Database.objects.get(name="pg").create_file is False
+
+
 def test_database_form_requires_path_for_sqlite(admin_client):
     response = admin_client.post(url("database_add"), {"name": "f", "kind": "sqlite", "database": "",
                                                        "options": "{}"})
@@ -144,7 +176,8 @@ def test_view_only_user_never_sees_password(client, unreachable):
 def test_connection_action_success(admin_client, source):
     response = admin_client.post(url("database_changelist"), {
         "action": "test_connection", "_selected_action": [source.db.pk]}, follow=True)
-    assert any(m.startswith("src: Connected") for m in shown_messages(response)), shown_messages(response)
+    assert any(m.startswith("Database src: Connected") for m in shown_messages(response)), \
+        shown_messages(response)
     source.db.refresh_from_db()
     assert source.db.last_check_ok is True and source.db.last_checked_at is not None
     text = page(admin_client.get(url("database_changelist")))
@@ -188,7 +221,7 @@ def test_source_add_form_lists_live_tables(admin_client, source):
     text = page(admin_client.get(url("sourcetable_add", database=source.db.pk)))
     assert "main.items" in text and "main.no_key" in text
     text = page(admin_client.get(url("sourcetable_add")))
-    assert "choose a database first" in text
+    assert "Choose a database first" in text
 
 
 def test_source_add_installs_capture(admin_client, source):
@@ -303,16 +336,44 @@ def test_source_bulk_delete_removes_capture(admin_client, source, items):
 
 
 def test_source_delete_refused_when_used(admin_client, reflection, source):
+    """Deleting a source table a reflection reads says why not and what to do (not Django's
+    generic "protected related objects" page), and deletes nothing."""
     items = reflection.source
-    response = admin_client.post(url("sourcetable_delete", items.pk), {"post": "yes"})
-    assert response.status_code == 200
-    assert "protected" in page(response)
+    reflection_link = url("reflection_change", reflection.pk)
+    for response in (admin_client.get(url("sourcetable_delete", items.pk)),
+                     admin_client.post(url("sourcetable_delete", items.pk), {"post": "yes"}),
+                     admin_client.post(url("sourcetable_changelist"), {
+                         "action": "delete_selected", "_selected_action": [items.pk], "post": "yes"})):
+        assert response.status_code == 200
+        text = page(response)
+        assert "protected related objects" not in text
+        assert "cannot be deleted" in text and 'id="pdr-delete-protected"' in text
+        assert "First delete the reflections listed (or change each to read another source table)" in text
+        assert reflection_link in text and "Yes, I’m sure" not in text
     assert SourceTable.objects.filter(pk=items.pk).exists()
     assert items.event_table in tables_of(source)
-    response = admin_client.post(url("sourcetable_changelist"), {
-        "action": "delete_selected", "_selected_action": [items.pk], "post": "yes"})
-    assert "protected" in page(response)
     assert capture.status(items) == capture.INSTALLED
+
+
+def test_database_delete_refused_when_used(admin_client, reflection, source, dest):
+    """A database still read by a source table, or written by a reflection, cannot be deleted:
+    the page says which objects use it and what to do."""
+    for database, used_by in ((source.db, url("sourcetable_change", reflection.source_id)),
+                              (dest.db, url("reflection_change", reflection.pk))):
+        for response in (admin_client.get(url("database_delete", database.pk)),
+                         admin_client.post(url("database_changelist"), {
+                             "action": "delete_selected", "_selected_action": [database.pk], "post": "yes"})):
+            text = page(response)
+            assert "protected related objects" not in text
+            assert "cannot be deleted" in text and used_by in text
+            assert "A database cannot be deleted while source tables are read from it" in text
+        assert Database.objects.filter(pk=database.pk).exists()
+    # unused, it is deleted as usual
+    idle = Database.objects.create(name="idle", kind="sqlite", database="/nonexistent/idle.sqlite3")
+    text = page(admin_client.get(url("database_delete", idle.pk)))
+    assert "Are you sure" in text and "cannot be deleted" not in text
+    admin_client.post(url("database_delete", idle.pk), {"post": "yes"})
+    assert not Database.objects.filter(pk=idle.pk).exists()
 
 
 def test_source_delete_refused_when_unreachable(admin_client, items):
@@ -331,8 +392,7 @@ def test_source_delete_refused_when_unreachable(admin_client, items):
 def reflection_form(items, dest, **fields):
     return {"source": items.pk, "destination": dest.db.pk, "destination_pick": "", "destination_schema": "",
             "destination_table": "items_copy", "active": "on", "mapping": "", "delete_policy": "delete",
-            "batch_size": "", "dead_letters-TOTAL_FORMS": "0", "dead_letters-INITIAL_FORMS": "0",
-            "dead_letters-MIN_NUM_FORMS": "0", "dead_letters-MAX_NUM_FORMS": "1000", **fields}
+            "batch_size": "", **fields}
 
 
 def test_reflection_add_form_prefills_mirror(admin_client, items, dest):
@@ -477,22 +537,69 @@ def test_resync_action_and_button(admin_client, reflection):
     assert admin_client.get(url("reflection_resync", reflection.pk)).status_code == 405
 
 
-def test_dead_letters_inline_and_retry(admin_client, reflection):
-    DeadLetter.objects.create(reflection=reflection, key=["7"], key_hash="h", error="value too long")
+def dead_letter_rows(text):
+    """The rows of the reflection page's dead-letter table."""
+    table = re.search(r'<table class="pdr-dead-letters">(.*?)</table>', text, re.S)
+    return re.findall(r"<tr>(.*?)</tr>", table.group(1), re.S)[1:] if table else []
+
+
+def test_dead_letters_summary_and_retry(admin_client, reflection, items, dest):
+    """The reflection page shows a count, the latest few and a link to the filtered list
+    (not every dead letter inline); the list has search, filters and the bulk retry."""
+    other = Reflection.objects.create(source=items, destination=dest.db, destination_table="other_copy")
+    for i in range(12):
+        deadletters.record(reflection, (i,), f"value too long for column name (row {i})")
+    deadletters.record(other, (99,), "another reflection's rejected row")
     change = url("reflection_change", reflection.pk)
     text = page(admin_client.get(change))
-    assert "value too long" in text and "Retry dead-lettered rows" in text
+    assert "12 dead-lettered rows." in text and "The latest 5:" in text
+    shown = dead_letter_rows(text)
+    assert len(shown) == 5 and "(row 11)" in shown[0] and "(row 7)" in shown[4]  # the latest first
+    assert "(row 6)" not in text and "another reflection" not in text
+    assert 'dead_letters-TOTAL_FORMS' not in text  # no inline of every row
+    assert "Retry dead-lettered rows" in text
+    listing = url("deadletter_changelist") + f"?reflection__id__exact={reflection.pk}"
+    assert f'href="{listing}"' in text
+
+    # the filtered list: this reflection's rows only, searchable, with filters
+    response = admin_client.get(listing)
+    assert response.status_code == 200  # a lookup the list does not allow redirects to ?e=1
+    listed = page(response)
+    assert "12 dead-lettered rows" in listed and "another reflection" not in listed
+    assert 'id="changelist-search"' in listed and 'id="changelist-filter"' in listed
+    assert "By retry requested" in listed and "By reflection" in listed
+    found = page(admin_client.get(listing + "&q=row+3"))
+    assert "(row 3)" in found and "(row 4)" not in found
+
+    # bulk retry from the list: the rows the worker retries next (deadletters.requested)
+    picked = list(DeadLetter.objects.filter(reflection=reflection).order_by("pk")[:3])
+    response = admin_client.post(listing, {"action": "retry", "_selected_action": [d.pk for d in picked]},
+                                 follow=True)
+    assert "3 dead-lettered row(s) will be retried by pdr-reflect." in shown_messages(response)
+    assert {d.pk for d in deadletters.requested(reflection)} == {d.pk for d in picked}
+
+    # the reflection's button and action request every row of that reflection (and no other)
+    DeadLetter.objects.update(retry_requested=False)
     response = admin_client.post(url("reflection_retry", reflection.pk), follow=True)
-    assert "1 dead-lettered row(s)" in shown_messages(response)[0]
-    assert DeadLetter.objects.get().retry_requested
+    assert "12 dead-lettered row(s)" in shown_messages(response)[0]
+    assert len(deadletters.requested(reflection)) == 12 and not deadletters.requested(other)
     DeadLetter.objects.update(retry_requested=False)
     admin_client.post(url("reflection_changelist"), {"action": "retry_dead_letters",
                                                      "_selected_action": [reflection.pk]})
-    assert DeadLetter.objects.get().retry_requested
-    DeadLetter.objects.update(retry_requested=False)
-    admin_client.post(url("deadletter_changelist"), {"action": "retry",
-                                                     "_selected_action": [DeadLetter.objects.get().pk]})
-    assert DeadLetter.objects.get().retry_requested
+    assert len(deadletters.requested(reflection)) == 12 and not deadletters.requested(other)
+
+
+def test_dead_letter_key_shown_as_in_the_source(admin_client, reflection):
+    deadletters.record(reflection, ("Ab-7",), "rejected")
+    text = page(admin_client.get(url("reflection_change", reflection.pk)))
+    assert '<td class="pdr-key">Ab-7</td>' in text
+    assert "Ab-7" in page(admin_client.get(url("deadletter_changelist")))
+
+
+def test_no_dead_letters(admin_client, reflection):
+    text = page(admin_client.get(url("reflection_change", reflection.pk)))
+    assert "None: the destination has accepted every row." in text
+    assert "Retry dead-lettered rows" not in text
 
 
 def test_dashboard(admin_client, reflection):
@@ -548,3 +655,80 @@ def test_postgresql_source_through_the_admin(admin_client, make_target, dest):
     assert "9.99" in text
     response = admin_client.post(url("database_test_connection", db.pk), follow=True)
     assert "Connected (server version" in shown_messages(response)[0]
+
+
+# -- Wording: labels, names, help ------------------------------------------------------
+def labels_of(text):
+    main = text.split('id="content-main"', 1)[1]
+    return [re.sub(r"\s+", " ", label).strip()
+            for label in re.findall(r"<label[^>]*>([^<]+)</label>", main) if label.strip()]
+
+
+def test_labels_are_sentence_case(admin_client, reflection, source):
+    """Every label of the admin's forms starts with a capital ("Password:", not "password:")."""
+    pages = [url("database_add"), url("database_change", source.db.pk), url("sourcetable_add"),
+             url("sourcetable_add", database=source.db.pk), url("sourcetable_change", reflection.source_id),
+             url("reflection_add"), url("reflection_change", reflection.pk)]
+    seen = set()
+    for address in pages:
+        for label in labels_of(page(admin_client.get(address))):
+            seen.add(label)
+            assert label[0].isupper(), f"{address}: label {label!r}"
+    assert {"Password:", "Clear the stored password", "Database name or SQLite file path:", "Table:",
+            "Table name:"} <= seen, seen
+
+
+def test_messages_show_names_as_typed(admin_client, make_target):
+    """The admin capitalises the first letter of each message: no message may start with a
+    name the user typed ("gui_src" must not become "Gui_src")."""
+    target = make_target("sqlite")
+    target.execute(ITEMS)
+    database = target.model("gui_src")
+    response = admin_client.post(url("database_test_connection", database.pk), follow=True)
+    shown = page(response).split('class="messagelist"', 1)[1].split("</ul>", 1)[0]
+    assert "gui_src" in shown and "Gui_src" not in shown
+    response = admin_client.post(url("database_changelist"), {
+        "action": "test_connection", "_selected_action": [database.pk]}, follow=True)
+    shown = page(response).split('class="messagelist"', 1)[1].split("</ul>", 1)[0]
+    assert "gui_src" in shown and "Gui_src" not in shown
+    st = watch(database, "items")
+    for action in ("install", "reinstall", "uninstall"):
+        response = admin_client.post(url("sourcetable_changelist"), {
+            "action": action, "_selected_action": [st.pk]}, follow=True)
+        shown = page(response).split('class="messagelist"', 1)[1].split("</ul>", 1)[0]
+        assert "gui_src: items" in shown and "Gui_src" not in shown, shown
+
+
+def test_read_only_pages_show_no_input_help(admin_client, client, reflection):
+    """The source table's change page (every field read-only) and a view-only reflection
+    show what is configured, without the add form's instructions."""
+    text = page(admin_client.get(url("sourcetable_change", reflection.source_id)))
+    main = text.split('id="content-main"', 1)[1]
+    for instruction in ("Or type", "or type", "Leave blank", "Filled in when", "Tables of the chosen"):
+        assert instruction not in main, instruction
+    assert {"Schema:", "Table:"} <= set(labels_of(text))
+    # the add page keeps its help
+    add = page(admin_client.get(url("sourcetable_add")))
+    assert "Leave blank for the connection" in add and "Filled in when you pick a table" in add
+
+    user = User.objects.create_user("viewer", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_reflection"))
+    client.force_login(user)
+    main = page(client.get(url("reflection_change", reflection.pk))).split('id="content-main"', 1)[1]
+    assert "Destination pick" not in main and "Pick an existing table" not in main
+
+
+def test_mapping_messages_and_help_are_plain(admin_client, items, dest, reflection):
+    """A mapping error on the reflection form says "The mapping …", never "The mapping of
+    reflection (new) names …"; the help says what the mapping is."""
+    response = admin_client.post(url("reflection_add"), reflection_form(
+        items, dest, destination_table="new_copy", mapping='{"columns": {"id": "id", "x": "nope"}}'))
+    text = page(response).replace("&quot;", '"')
+    assert "The mapping names source columns that do not exist: nope." in text
+    assert "(new)" not in text and "of reflection" not in text
+    response = admin_client.post(url("reflection_change", reflection.pk), reflection_form(
+        items, dest, mapping='{"columns": {"name": "name"}}'))
+    text = page(response).replace("&quot;", '"')
+    assert "The mapping must map every source primary-key column by name (missing: id)" in text
+    assert "of reflection" not in text
+    assert "Which source column fills each destination column" in text

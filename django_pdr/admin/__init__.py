@@ -10,20 +10,26 @@ from functools import update_wrapper
 
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected
+from django.contrib.admin.utils import unquote
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from .. import keycodec
 from ..errors import ConnectionFailed, PdrError, TableNotFound
 from ..errors import describe as describe_error
 from ..models import Database, DeadLetter, Reflection, SourceTable
 from . import views
-from .forms import DatabaseForm, ReflectionForm, SourceTableForm
+from .forms import DatabaseForm, ReflectionForm, SourceTableForm, SourceTableViewForm
 
 
 class _PdrAdmin(admin.ModelAdmin):
     """Shared helpers (prefixed ``_pdr`` so user subclasses don't collide)."""
+
+    # a database or source table still in use: say what to do instead of Django's "protected objects"
+    delete_confirmation_template = "django_pdr/admin/delete_confirmation.html"
+    delete_selected_confirmation_template = "django_pdr/admin/delete_selected_confirmation.html"
 
     class Media:
         css = {"all": ("django_pdr/admin.css",)}
@@ -52,7 +58,7 @@ class DatabaseAdmin(_PdrAdmin):
     readonly_fields = ("last_checked_at", "reachability", "last_check_message")
 
     def get_fields(self, request, obj=None):
-        fields = ["name", "kind", "database", "host", "port", "username", "password"]
+        fields = ["name", "kind", "database", "create_file", "host", "port", "username", "password"]
         if obj is not None and self.has_change_permission(request, obj):
             fields.append("clear_password")
         fields.append("options")
@@ -112,6 +118,8 @@ class SourceTableAdmin(_PdrAdmin):
         return list(self._pdr_shown)
 
     def get_form(self, request, obj=None, **kwargs):
+        if obj is not None:  # the change page shows the table, it is not edited: no input help
+            kwargs["form"] = SourceTableViewForm
         form = super().get_form(request, obj, **kwargs)
         if "pick" in form.base_fields:
             form.base_fields["pick"].widget.attrs["data-url"] = self._pdr_tables_url()
@@ -173,12 +181,14 @@ class SourceTableAdmin(_PdrAdmin):
         for source in queryset.select_related("database"):
             try:
                 func(source)
+            # each message starts with words of ours (the library's messages do too): the admin
+            # capitalises a message's first letter, and a name must appear exactly as the user typed it
             except PdrError as exc:
                 messages.error(request, str(exc))
             except Exception as exc:  # an engine error the library did not classify
-                messages.error(request, f"{source}: {describe_error(exc)}")
+                messages.error(request, f"Source table {source}: {describe_error(exc)}")
             else:
-                messages.success(request, f"{source}: capture {verb}.")
+                messages.success(request, f"Source table {source}: capture {verb}.")
 
     @admin.action(description=_("Install capture triggers"))
     def install(self, request, queryset):
@@ -205,14 +215,15 @@ class SourceTableAdmin(_PdrAdmin):
         try:
             uninstall(source)
         except TableNotFound as exc:
-            messages.warning(request, f"{source}: {exc} Its event table, if any, was not removed.")
+            messages.warning(request, f"Source table {source}: {exc} Its event table, if any, was not "
+                                      f"removed.")
         except (ConnectionFailed, PdrError) as exc:
-            messages.error(request, f"{source} was not deleted: its capture triggers could not be removed. "
-                                    f"{exc}")
+            messages.error(request, f"Source table {source} was not deleted: its capture triggers could "
+                                    f"not be removed. {exc}")
             return False
         except Exception as exc:
-            messages.error(request, f"{source} was not deleted: its capture triggers could not be removed. "
-                                    f"{describe_error(exc)}")
+            messages.error(request, f"Source table {source} was not deleted: its capture triggers could "
+                                    f"not be removed. {describe_error(exc)}")
             return False
         return True
 
@@ -244,28 +255,11 @@ class SourceTableAdmin(_PdrAdmin):
 
 
 # -- Reflection -----------------------------------------------------------------
-class DeadLetterInline(admin.TabularInline):
-    model = DeadLetter
-    extra = 0
-    can_delete = False
-    fields = ("key", "error", "attempts", "first_seen", "last_seen", "retry_requested")
-    readonly_fields = fields
-    verbose_name_plural = _("dead-lettered rows (the destination rejected them; later changes of the same "
-                            "key wait behind them)")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Reflection)
 class ReflectionAdmin(_PdrAdmin):
     form = ReflectionForm
     change_form_template = "django_pdr/admin/reflection_change_form.html"
     change_list_template = "django_pdr/admin/reflection_change_list.html"
-    inlines = [DeadLetterInline]
     list_display = ("__str__", "active", "state", "progress", "last_applied_at", "pending", "lag",
                     "short_error")
     list_filter = ("active", "status", "destination")
@@ -275,8 +269,25 @@ class ReflectionAdmin(_PdrAdmin):
                     "events_applied", "rows_applied", "last_error", "last_error_at", "failures",
                     "next_attempt_at")
 
-    def get_inlines(self, request, obj):
-        return self.inlines if obj is not None else []
+    #: how many dead letters the reflection page shows (the rest: the dead-letter list)
+    dead_letters_shown = 5
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        reflection = self.get_object(request, unquote(object_id))
+        if reflection is not None:
+            extra_context = {**(extra_context or {}),
+                             "pdr_dead_letters": self._pdr_dead_letters(request, reflection)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _pdr_dead_letters(self, request, reflection):
+        """The reflection page's dead-letter summary: a count, the latest few, a link to the rest."""
+        letters = reflection.dead_letters.all()
+        count = letters.count()
+        latest = list(letters.order_by("-last_seen", "-pk")[:self.dead_letters_shown]) if count else []
+        list_admin = self.admin_site._registry.get(DeadLetter)
+        allowed = list_admin is not None and list_admin.has_view_or_change_permission(request)
+        return {"count": count, "latest": [(dead_letter_key(d), d) for d in latest], "shown": len(latest),
+                "list_url": views.dead_letters_url(self.admin_site, reflection) if allowed else ""}
 
     def get_fieldsets(self, request, obj=None):
         config = ["source", "destination", "destination_pick", "destination_schema", "destination_table",
@@ -284,6 +295,8 @@ class ReflectionAdmin(_PdrAdmin):
         custom = (_("Custom statement (instead of the upsert)"),
                   {"fields": ["statement", "delete_statement"], "classes": ["collapse"] if obj is None or not
                    (obj.statement or obj.delete_statement) else []})
+        if obj is not None and not self.has_change_permission(request, obj):
+            config.remove("destination_pick")  # an input aid, nothing to show on a read-only page
         if obj is None:
             return [(None, {"fields": config}), custom]
         return [(None, {"fields": config}), custom,
@@ -353,23 +366,52 @@ class ReflectionAdmin(_PdrAdmin):
         messages.success(request, f"{count} dead-lettered row(s) will be retried by pdr-reflect.")
 
 
+def dead_letter_key(letter) -> str:
+    """A dead letter's source key as typed in the source (values joined by commas)."""
+    try:
+        values = keycodec.decode_key(letter.key)
+    except (TypeError, ValueError, AttributeError):
+        return str(letter.key)
+    return ", ".join("NULL" if v is None else str(v) for v in values or ())
+
+
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ("reflection", "key", "short_error", "attempts", "last_seen", "retry_requested")
-    list_filter = ("retry_requested",)
-    readonly_fields = ("reflection", "key", "error", "attempts", "first_seen", "last_seen", "retry_requested")
-    exclude = ("key_hash",)
+class DeadLetterAdmin(_PdrAdmin):
+    list_display = ("reflection", "source_key", "short_error", "attempts", "last_seen", "retry_asked")
+    list_display_links = ("source_key",)
+    list_filter = ("retry_requested", "reflection", "reflection__destination")
+    list_select_related = ("reflection__source__database", "reflection__destination")
+    search_fields = ("error", "key")
+    search_help_text = _("Search the error messages and the keys of the rejected rows.")
+    ordering = ("-last_seen", "-pk")
+    readonly_fields = ("reflection", "source_key", "error", "attempts", "first_seen", "last_seen",
+                       "retry_requested")
+    fields = readonly_fields
     actions = ["retry"]
+    list_per_page = 50
+
+    def get_list_display(self, request):
+        if request.GET.get("reflection__id__exact"):  # the list of one reflection (its page links here)
+            return tuple(f for f in self.list_display if f != "reflection")
+        return self.list_display
 
     def has_add_permission(self, request):
         return False
+
+    @admin.display(description=_("source key"))
+    def source_key(self, obj):
+        return dead_letter_key(obj)
 
     @admin.display(description=_("error"))
     def short_error(self, obj):
         return obj.error if len(obj.error) <= 120 else obj.error[:120] + "…"
 
+    @admin.display(description=_("retry asked"), boolean=True, ordering="retry_requested")
+    def retry_asked(self, obj):
+        return obj.retry_requested
+
     @admin.action(description=_("Retry (pdr-reflect re-applies the current source row)"),
                   permissions=["change"])
     def retry(self, request, queryset):
         count = queryset.update(retry_requested=True)
-        messages.success(request, f"{count} row(s) will be retried by pdr-reflect.")
+        messages.success(request, f"{count} dead-lettered row(s) will be retried by pdr-reflect.")

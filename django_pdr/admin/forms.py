@@ -12,6 +12,7 @@ from ..dialects import KINDS
 from ..errors import PdrError
 from ..models import Database, Reflection, SourceTable
 
+
 def mirror_mapping_json(column_names) -> str:
     """The JSON of the exact-mirror mapping (what an empty mapping means)."""
     return json.dumps({"columns": {c: c for c in column_names}}, indent=2, ensure_ascii=False)
@@ -48,15 +49,15 @@ def _database_from(form, field):
 
 class DatabaseForm(forms.ModelForm):
     password = forms.CharField(
-        label=_("password"), required=False, strip=False,
+        label=_("Password"), required=False, strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text=_("Write-only: never shown again. Leave blank to keep the stored password."))
-    clear_password = forms.BooleanField(label=_("clear the stored password"), required=False)
+    clear_password = forms.BooleanField(label=_("Clear the stored password"), required=False)
 
     class Meta:
         model = Database
-        fields = ("name", "kind", "database", "host", "port", "username", "password", "options")
-        labels = {"database": _("database name or SQLite file path")}
+        fields = ("name", "kind", "database", "create_file", "host", "port", "username", "password", "options")
+        labels = {"database": _("Database name or SQLite file path")}
 
     class Media:
         js = ("django_pdr/admin.js",)
@@ -77,7 +78,9 @@ class DatabaseForm(forms.ModelForm):
         if data.get("kind") in KINDS and KINDS[data["kind"]].file_based:
             # a file has no server credentials: drop whatever the hidden fields held
             data.update(host="", port=None, username="", password="")
-        elif data.get("clear_password"):
+            return data
+        data["create_file"] = False  # hidden for a server, whose database django-pdr never creates
+        if data.get("clear_password"):
             data["password"] = ""
         elif not data.get("password"):
             data["password"] = self.instance.password or ""
@@ -86,14 +89,16 @@ class DatabaseForm(forms.ModelForm):
 
 class SourceTableForm(forms.ModelForm):
     pick = forms.CharField(
-        label=_("table"), required=False,
+        label=_("Table"), required=False,
         widget=forms.Select(attrs={"data-pdr-table-picker": "database"}),
         help_text=_("Tables of the chosen database (django-pdr's own tables are hidden)."))
 
     class Meta:
         model = SourceTable
         fields = ("database", "pick", "schema", "table")
-        labels = {"table": _("or type the table name")}
+        labels = {"table": _("Table name")}
+        help_texts = {"table": _("Filled in when you pick a table above; or type the name of a table "
+                                 "that is not listed.")}
 
     class Media:
         js = ("django_pdr/admin.js",)
@@ -112,7 +117,7 @@ class SourceTableForm(forms.ModelForm):
             if error:
                 self.fields["pick"].help_text = error
         else:
-            self.fields["pick"].widget.choices = [("", _("choose a database first"))]
+            self.fields["pick"].widget.choices = [("", _("Choose a database first"))]
 
     def clean(self):
         from ..introspect import TableRef
@@ -143,6 +148,25 @@ class SourceTableForm(forms.ModelForm):
             self.add_error(None, str(exc))
         except Exception as exc:  # an engine error the library did not classify
             self.add_error(None, _("Could not install capture: %s") % exc)
+
+
+class SourceTableViewForm(forms.ModelForm):
+    """The source table's change page: every field is read-only, so no input help is shown."""
+
+    class Meta:
+        model = SourceTable
+        fields = ()
+        labels = {"schema": _("Schema"), "table": _("Table")}
+        help_texts = {"schema": "", "table": ""}
+
+    class Media:
+        css = {"all": ("django_pdr/admin.css",)}
+
+
+MAPPING_HELP = _(
+    'Which source column fills each destination column, as JSON: {"columns": {"destination_column": '
+    '"source_column", …}}. A column can also be an SQL expression or a constant, and a "filter" can leave '
+    "rows out (see docs/transforms.md). Leave it empty to copy every source column under its own name.")
 
 
 class ReflectionForm(forms.ModelForm):
@@ -178,22 +202,13 @@ class ReflectionForm(forms.ModelForm):
             if error:
                 self.fields["destination_pick"].help_text = error
         else:
-            self.fields["destination_pick"].widget.choices = [("", _("choose a destination first"))]
+            self.fields["destination_pick"].widget.choices = [("", _("Choose a destination first"))]
         source = self._source()
         if "mapping" in self.fields:
-            if source is not None and source.columns:
-                default = mirror_mapping_json([c["name"] for c in source.columns])
-                self.fields["mapping"].help_text = _(
-                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. "
-                    "Empty means an exact "
-                    "mirror of every source column, i.e. %s") % " ".join(default.split())
-                if not self.is_bound and not self.instance.pk and not self.initial.get("mapping"):
-                    self.initial["mapping"] = default
-            else:
-                self.fields["mapping"].help_text = _(
-                    "JSON: {\"columns\": {\"destination_column\": \"source_column\", ...}}. "
-                    "Empty means an exact "
-                    "mirror of every source column.")
+            self.fields["mapping"].help_text = MAPPING_HELP
+            if source is not None and source.columns and not self.is_bound and not self.instance.pk \
+                    and not self.initial.get("mapping"):
+                self.initial["mapping"] = mirror_mapping_json([c["name"] for c in source.columns])
 
     def _source(self):
         value = self.data.get(self.add_prefix("source")) if self.is_bound else self.initial.get("source")
@@ -256,7 +271,9 @@ class ReflectionForm(forms.ModelForm):
                 candidate.statement = candidate.delete_statement = ""
             mapping = validate(candidate)
         except PdrError as exc:
-            message = str(exc)
+            # the library names the reflection ("The mapping of reflection 7 …", "(new)" before it is
+            # saved); on the reflection's own form, "The mapping" is what the user is looking at
+            message = str(exc).replace(f"The mapping of reflection {candidate.pk}", "The mapping")
             field = getattr(exc, "field", None) or (
                 "mapping" if "mapping" in message else
                 "delete_statement" if "delete statement" in message else

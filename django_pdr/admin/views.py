@@ -49,7 +49,8 @@ def check_database(database) -> tuple[bool, str]:
 def report_connection(request, database):
     ok, message = check_database(database)
     if ok:
-        messages.success(request, f"{database.name}: {message}.")
+        # never a message that starts with a user's name: the admin capitalises a message's first letter
+        messages.success(request, f"Database {database.name}: {message}.")
     else:
         messages.error(request, message)
 
@@ -139,6 +140,12 @@ def _reflection(model_admin, request, object_id, *, change=False):
     if not allowed:
         raise PermissionDenied
     return reflection
+
+
+def dead_letters_url(site, reflection) -> str:
+    """The dead-letter list filtered to ``reflection``."""
+    return (reverse(f"{site.name}:django_pdr_deadletter_changelist")
+            + f"?reflection__id__exact={reflection.pk}")
 
 
 def _change_url(model_admin, reflection):
@@ -295,7 +302,8 @@ def dashboard_view(model_admin, request):
                                                              "lag": reflection.lag_seconds, "live": False}
         rows.append({"r": reflection, "color": PALETTE[index % len(PALETTE)], "pending": lag["pending"],
                      "lag": format_lag(lag["lag"]), "progress": progress_text(reflection),
-                     "url": _change_url(model_admin, reflection)})
+                     "url": _change_url(model_admin, reflection),
+                     "dead_url": dead_letters_url(model_admin.admin_site, reflection)})
     lag_series, rate_series = chart_series(reflections, since, now)
     context = {
         **model_admin.admin_site.each_context(request),

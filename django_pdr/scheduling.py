@@ -1,0 +1,149 @@
+"""Which reflections a running worker serves next, and in what order.
+
+With hundreds of source tables, most of them quiet, a round must neither open every
+event table nor let a few busy tables hold the others back.  Before each round the
+worker *probes* each source database once: the highest event id of every event table
+it serves and the registry rows (incarnation, purged floor), a few queries whatever
+the number of tables.  Then:
+
+- **Skipped**: a replicating reflection whose checkpoint has no open gap, whose
+  cursor is at or above its event table's highest id, with the same incarnation and
+  nothing purged beyond it.  No event can be waiting for it: an id committed later is
+  either above the cursor (the highest id grows) or inside an open gap (there is
+  none).  Every reflection still gets a full pass (capture, checkpoint and dead
+  letters checked) at least every ``PDR["FULL_PASS_INTERVAL"]`` seconds.
+- **Quiet first**: reflections whose backlog (highest id − cursor) fits in one batch
+  run first, smallest first.
+- **One busy slice per round**: reflections with a larger backlog get time slices of
+  ``PDR["TIME_SLICE"]`` seconds, least recently served first, and the round ends
+  after one slice, so the next probe comes at once and a quiet table's change waits
+  for at most one slice.
+
+The probe is an optimisation only: when a source cannot be probed, its reflections
+all run, and their passes report what is wrong.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .capture import registry_table
+from .connections import connect
+from .dialects import get_dialect
+from .engine.visibility import Position
+
+logger = logging.getLogger("django_pdr.worker")
+
+#: Event tables per probe query (one UNION ALL branch each).
+PROBE_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a source database says of one event table."""
+
+    max_id: int  # 0 for an empty event table
+    incarnation: str | None  # None: no registry row
+    purged_through: int
+
+
+def probe(database, source_tables) -> dict:
+    """{source table pk: Probe} for the event tables of ``source_tables`` (all in ``database``)."""
+    installed = [st for st in source_tables if st.event_table]
+    out = {}
+    with connect(database) as conn:
+        dialect = get_dialect(conn)
+        for start in range(0, len(installed), PROBE_CHUNK):
+            part = installed[start:start + PROBE_CHUNK]
+            branches = [sa.select(sa.literal(st.pk).label("st"),
+                                  sa.func.max(sa.table(st.event_table, sa.column("pdr_id"),
+                                                       schema=st.schema or None).c.pdr_id).label("m"))
+                        for st in part]
+            maxima = dict(conn.execute(sa.union_all(*branches) if len(branches) > 1 else branches[0]).all())
+            registered = {}
+            for schema in {st.schema or None for st in part}:
+                registry = registry_table(dialect, schema)
+                names = [st.event_table for st in part if (st.schema or None) == schema]
+                for name, incarnation, purged in conn.execute(
+                        sa.select(registry.c.event_table, registry.c.incarnation, registry.c.purged_through)
+                        .where(registry.c.event_table.in_(names))):
+                    registered[name] = (incarnation, int(purged))
+            for st in part:
+                incarnation, purged = registered.get(st.event_table, (None, 0))
+                out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged)
+        conn.rollback()
+    return out
+
+
+def probe_all(reflections) -> dict:
+    """{source table pk: Probe} for every source database of ``reflections``; a database
+    that cannot be probed is left out (its reflections then all run)."""
+    by_database: dict = {}
+    for r in reflections:
+        database, tables = by_database.setdefault(r.source.database_id, (r.source.database, {}))
+        tables[r.source.pk] = r.source
+    out = {}
+    for database, tables in by_database.values():
+        try:
+            out.update(probe(database, list(tables.values())))
+        except Exception as exc:  # the passes will say what is wrong
+            logger.debug("cannot probe %s: %s", database, exc)
+    return out
+
+
+def backlog(reflection, probes: dict) -> int | None:
+    """Events above the reflection's cursor (None: unknown)."""
+    found = probes.get(reflection.source.pk)
+    if found is None or reflection.status != "running":
+        return None
+    return max(0, found.max_id - Position.from_json(reflection.position or {}).cursor)
+
+
+def idle(reflection, probes: dict) -> bool:
+    """True when no event can be waiting for ``reflection`` (see the module's argument)."""
+    found = probes.get(reflection.source.pk)
+    if found is None or reflection.status != "running" or reflection.resync_requested:
+        return False
+    position = Position.from_json(reflection.position or {})
+    return (not position.gaps and found.max_id <= position.cursor and found.incarnation is not None
+            and found.incarnation == (reflection.position or {}).get("i")
+            and found.purged_through <= position.cursor)
+
+
+class Scheduler:
+    """The order of a running worker's rounds (state kept between rounds)."""
+
+    def __init__(self, full_pass_interval: float, batch_size: int, clock=time.monotonic):
+        self.full_pass_interval = full_pass_interval
+        self.batch_size = batch_size
+        self.clock = clock
+        self.last_full: dict = {}  # reflection pk -> when it last had a pass
+        self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
+
+    def plan(self, reflections, probes: dict, retrying: set) -> tuple[list, list, int]:
+        """(quiet reflections to run, smallest backlog first; busy ones, least recently
+        served first; how many were skipped as idle)."""
+        now = self.clock()
+        quiet, busy, skipped = [], [], 0
+        for r in reflections:
+            due_full = now - self.last_full.get(r.pk, float("-inf")) >= self.full_pass_interval
+            if not due_full and r.pk not in retrying and idle(r, probes):
+                skipped += 1
+                continue
+            size = backlog(r, probes)
+            if size is not None and size > self.batch_size:
+                busy.append(r)
+            else:
+                quiet.append((size or 0, r.pk, r))
+        quiet.sort(key=lambda item: item[:2])
+        busy.sort(key=lambda r: (self.last_served.get(r.pk, float("-inf")), r.pk))
+        return [r for _, _, r in quiet], busy, skipped
+
+    def ran(self, reflection, busy: bool):
+        now = self.clock()
+        self.last_full[reflection.pk] = now
+        if busy:
+            self.last_served[reflection.pk] = now

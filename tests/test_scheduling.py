@@ -1,0 +1,126 @@
+"""A running worker's rounds at scale (issue 18, item 1): idle reflections skipped after one
+probe per source database, quiet tables served before busy ones, one busy slice per round."""
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from django.test.utils import override_settings
+
+from django_pdr import metrics, worker
+from django_pdr.models import Reflection
+from django_pdr.scheduling import Probe, Scheduler, idle, probe
+from tests.targets import KINDS, rows, watch
+
+
+# -- the rules, without a database -------------------------------------------------------
+def fake(pk, cursor=10, gaps=(), inc="A", status="running", resync=False, source=1):
+    position = {"c": cursor, "g": [[lo, hi, None] for lo, hi in gaps], "i": inc}
+    return SimpleNamespace(pk=pk, position=position, status=status, resync_requested=resync,
+                           source=SimpleNamespace(pk=source))
+
+
+@pytest.mark.parametrize("reflection,found,expected", [
+    (fake(1), Probe(10, "A", 0), True),
+    (fake(1), Probe(11, "A", 0), False),  # a new event
+    (fake(1, gaps=[(5, 5)]), Probe(10, "A", 0), False),  # an open gap: its event may commit any time
+    (fake(1), Probe(3, "B", 0), False),  # reinstalled: a new incarnation
+    (fake(1), Probe(10, None, 0), False),  # no registry row: capture removed
+    (fake(1), Probe(10, "A", 12), False),  # purged beyond the cursor (a restored destination)
+    (fake(1, status="error"), Probe(10, "A", 0), False),
+    (fake(1, status="loading"), Probe(10, "A", 0), False),
+    (fake(1, resync=True), Probe(10, "A", 0), False),
+    (fake(1, inc=None), Probe(10, "A", 0), False),  # a checkpoint without an incarnation
+])
+def test_idle_only_when_no_event_can_be_waiting(reflection, found, expected):
+    assert idle(reflection, {1: found}) is expected
+    assert idle(reflection, {}) is False  # not probed: run it
+
+
+def test_plan_skips_idle_orders_quiet_first_and_busy_by_turn():
+    clock = SimpleNamespace(now=100.0)
+    scheduler = Scheduler(full_pass_interval=30, batch_size=1000, clock=lambda: clock.now)
+    reflections = [fake(1, source=1), fake(2, source=2), fake(3, source=3), fake(4, source=4), fake(5, source=5)]
+    probes = {1: Probe(10, "A", 0), 2: Probe(15, "A", 0), 3: Probe(50000, "A", 0), 4: Probe(12, "A", 0),
+              5: Probe(90000, "A", 0)}
+    # the first round: every reflection is due its full pass
+    quiet, busy, skipped = scheduler.plan(reflections, probes, set())
+    assert [r.pk for r in quiet] == [1, 4, 2] and [r.pk for r in busy] == [3, 5] and skipped == 0
+    for r in reflections:
+        scheduler.ran(r, busy=r.pk == 3)
+    clock.now += 1
+    quiet, busy, skipped = scheduler.plan(reflections, probes, set())
+    assert [r.pk for r in quiet] == [4, 2] and skipped == 1  # 1 is idle
+    assert [r.pk for r in busy] == [5, 3]  # 3 had the last slice
+    assert [r.pk for r in scheduler.plan(reflections, probes, {1})[0]][0] == 1  # a dead letter to retry
+    clock.now += 30
+    assert scheduler.plan(reflections, probes, set())[2] == 0  # the full pass is due again
+
+
+# -- the probe, live ---------------------------------------------------------------------
+@pytest.mark.django_db
+@pytest.mark.live
+@pytest.mark.parametrize("kind", KINDS)
+def test_probe_reads_every_event_tables_maximum_and_registry(make_target, kind):
+    target = make_target(kind)
+    database = target.model()
+    tables = []
+    for i in range(3):
+        target.execute(f"CREATE TABLE t{i} (id int PRIMARY KEY)")
+        tables.append(watch(database, f"t{i}"))
+    target.execute("INSERT INTO t1 VALUES (1), (2), (3)", "INSERT INTO t2 VALUES (1)", "DELETE FROM t2")
+    found = probe(database, tables)
+    assert [found[t.pk].max_id for t in tables] == [0, 3, 2]
+    assert [found[t.pk].incarnation for t in tables] == [t.incarnation for t in tables]
+    assert all(found[t.pk].purged_through == 0 for t in tables)
+
+
+# -- a running worker, live --------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+@override_settings(PDR={"BATCH_SIZE": 500, "TIME_SLICE": 0.2, "FULL_PASS_INTERVAL": 30.0})
+def test_a_quiet_tables_change_is_not_held_back_by_a_busy_table(make_target):
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    src_db, dst_db = source.model("src"), dest.model("dst")
+    names = ["busy"] + [f"quiet{i}" for i in range(20)]
+    for name in names:
+        source.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v text)")
+        reflection = Reflection(source=watch(src_db, name), destination=dst_db, destination_table=name)
+        reflection.full_clean()
+        reflection.save()
+    assert not worker.run().failed  # loaded (empty) and running
+
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: worker.run(interval=0.05, stop_event=stop), daemon=True)
+    thread.start()
+    try:
+        rounds = metrics.STATS.passes
+        deadline = time.monotonic() + 30
+        while metrics.STATS.passes < rounds + 2:  # the first round: every table's full pass
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        passes, rounds = metrics.STATS.reflection_passes, metrics.STATS.passes
+        time.sleep(1.0)  # idle rounds: every table is skipped
+        assert metrics.STATS.passes > rounds, "no round ran"
+        assert metrics.STATS.reflection_passes - passes == 0, "idle reflections were opened"
+
+        source.execute("INSERT INTO busy SELECT g, 'x' FROM generate_series(1, 30000) g",
+                       "UPDATE busy SET v = 'y'")  # 60,000 events: many slices of catch-up
+        time.sleep(0.3)
+        source.execute("INSERT INTO quiet7 VALUES (1, 'urgent')")
+        written = time.monotonic()
+        while not rows(dest.engine, "quiet7", ["id"]) and time.monotonic() - written < 20:
+            time.sleep(0.02)
+        latency = time.monotonic() - written
+        busy_done = len([r for r in rows(dest.engine, "busy", ["id"]) if r["v"] == "y"])
+        assert rows(dest.engine, "quiet7", ["id"]) == [{"id": 1, "v": "urgent"}]
+        assert latency < 2.0, latency  # at most one busy slice (0.2 s) and a probe, on a noisy machine
+        assert busy_done < 30000, "the busy table had caught up first: the test proves nothing"
+        deadline = time.monotonic() + 120
+        while len([r for r in rows(dest.engine, "busy", ["id"]) if r["v"] == "y"]) < 30000:
+            assert time.monotonic() < deadline, "the busy table never caught up"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert rows(dest.engine, "busy", ["id"]) == rows(source.engine, "busy", ["id"])
