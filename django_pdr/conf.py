@@ -24,7 +24,7 @@ DEFAULTS = {
     # A running worker skips reflections whose event tables hold nothing new (one probe
     # per source database per round); each still gets a full pass (capture, checkpoint and
     # dead letters checked) at least this often, in seconds.
-    "FULL_PASS_INTERVAL": 30.0,
+    "FULL_PASS_INTERVAL": 300.0,
     # Name of the checkpoint table PDR creates in each destination database.
     "CHECKPOINT_TABLE": "pdr_checkpoint",
     # Seconds a connection may take to open before the database counts as unreachable.

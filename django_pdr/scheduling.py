@@ -11,7 +11,8 @@ the number of tables.  Then:
   nothing purged beyond it.  No event can be waiting for it: an id committed later is
   either above the cursor (the highest id grows) or inside an open gap (there is
   none).  Every reflection still gets a full pass (capture, checkpoint and dead
-  letters checked) at least every ``PDR["FULL_PASS_INTERVAL"]`` seconds.
+  letters checked) about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, these passes
+  spread evenly over the interval.
 - **Quiet first**: reflections whose backlog (highest id − cursor) fits in one batch
   run first, smallest first.
 - **One busy slice per round**: reflections with a larger backlog get time slices of
@@ -25,6 +26,7 @@ all run, and their passes report what is wrong.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -122,22 +124,36 @@ class Scheduler:
         self.clock = clock
         self.last_full: dict = {}  # reflection pk -> when it last had a pass
         self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
+        self.last_plan: float | None = None
 
     def plan(self, reflections, probes: dict, retrying: set) -> tuple[list, list, int]:
         """(quiet reflections to run, smallest backlog first; busy ones, least recently
-        served first; how many were skipped as idle)."""
+        served first; how many were skipped as idle).
+
+        Idle reflections due their periodic full pass are spread over the interval (a share
+        of them per round, the longest unchecked first): checking them all at once would
+        hold every other table back for as long."""
         now = self.clock()
-        quiet, busy, skipped = [], [], 0
+        quiet, busy, skipped, due = [], [], 0, []
         for r in reflections:
-            due_full = now - self.last_full.get(r.pk, float("-inf")) >= self.full_pass_interval
-            if not due_full and r.pk not in retrying and idle(r, probes):
-                skipped += 1
+            if r.pk in self.last_full and r.pk not in retrying and idle(r, probes):
+                if now - self.last_full[r.pk] >= self.full_pass_interval:
+                    due.append(r)
+                else:
+                    skipped += 1
                 continue
             size = backlog(r, probes)
             if size is not None and size > self.batch_size:
                 busy.append(r)
             else:
                 quiet.append((size or 0, r.pk, r))
+        if due:
+            elapsed = now - self.last_plan if self.last_plan is not None else self.full_pass_interval
+            share = math.ceil(len(reflections) * min(elapsed, self.full_pass_interval) / self.full_pass_interval)
+            due.sort(key=lambda r: (self.last_full[r.pk], r.pk))
+            quiet += [(0, r.pk, r) for r in due[:share]]
+            skipped += len(due[share:])
+        self.last_plan = now
         quiet.sort(key=lambda item: item[:2])
         busy.sort(key=lambda r: (self.last_served.get(r.pk, float("-inf")), r.pk))
         return [r for _, _, r in quiet], busy, skipped

@@ -114,6 +114,9 @@ def release(owner: str, ids=None):
     query.update(lease_owner="", lease_expires_at=None)
 
 
+#: Seconds a reflection works per round of a one-shot run (or a round run on its own).
+ONE_SHOT_SLICE = 30.0
+
 #: Source tables (pk) with applied events not purged yet; when each was last purged (monotonic).
 _purge_due: set = set()
 _last_purge: dict = {}
@@ -137,7 +140,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
               owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
               scheduler: Scheduler | None = None) -> RoundResult:
     """One pass over every due reflection this worker can claim, each for at most
-    ``max_seconds_each`` (default ``PDR["TIME_SLICE"]``).  Applied events are purged after
+    ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else ONE_SHOT_SLICE).  Applied events are purged after
     the pass, or at most every ``purge_interval`` seconds per source.  ``backoff`` False:
     reflections waiting out a back-off after an error are tried too.  With a ``scheduler``
     (a running worker), idle reflections are skipped, quiet ones go first and the round
@@ -147,8 +150,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     if single:
         forget_descriptions()  # a stand-alone round describes the tables afresh
     owner = owner or new_worker_id()
-    if max_seconds_each is None:
-        max_seconds_each = float(conf.get("TIME_SLICE"))
+    if max_seconds_each is None:  # a one-shot run yields to its other reflections less often
+        max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
     reflections = due_reflections(ids, backoff=backoff)
     busy = set()
     if scheduler is not None:

@@ -1,5 +1,6 @@
 """Settings for the test suite.  The Django database is SQLite unless
 PDR_TEST_DJANGO_DB=postgresql|mysql picks one of the live test servers."""
+import json
 import os
 import tempfile
 
@@ -60,7 +61,9 @@ else:
                  or os.path.join(tempfile.gettempdir(), f"pdr-test-django-{os.getpid()}.sqlite3")},
     }}
 
-PDR = {"LEASE_SECONDS": int(os.environ.get("PDR_TEST_LEASE_SECONDS", "30"))}
+PDR = {"LEASE_SECONDS": int(os.environ.get("PDR_TEST_LEASE_SECONDS", "30")),
+       # more settings for worker processes started by benchmarks, as JSON
+       **json.loads(os.environ.get("PDR_TEST_PDR_JSON") or "{}")}
 
 LOGGING = {
     "version": 1,

@@ -211,10 +211,15 @@ EDITOR_BOXES = """() => Array.from(document.querySelectorAll('.django-ace-widget
           aceWidth: w.editor ? w.editor.renderer.$size.width : null};
 })"""
 
-# every shown editor has been laid out by ACE at its current width (editor.resize() ran)
+# every shown editor has been sized to its row (after a window resize the script does it on
+# the next frame) and laid out by ACE at that width (editor.resize() ran)
 EDITORS_SETTLED = """() => Array.from(document.querySelectorAll('.django-ace-widget'))
-    .filter(w => w.checkVisibility()).every(
-  w => w.editor && Math.abs(w.editor.renderer.$size.width - w.clientWidth) < 1)"""
+    .filter(w => w.checkVisibility()).every(w => {
+  const row = w.closest('.form-row');
+  const rowRight = row.getBoundingClientRect().right - parseFloat(getComputedStyle(row).paddingRight);
+  return w.editor && Math.abs(w.editor.renderer.$size.width - w.clientWidth) < 1
+         && w.getBoundingClientRect().right >= rowRight - 2;
+})"""
 
 
 def assert_editors_fit(page, expect=None, scrollbars=False):

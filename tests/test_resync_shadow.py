@@ -5,7 +5,7 @@ import sqlalchemy as sa
 from django.test.utils import override_settings
 
 from django_pdr import worker
-from django_pdr.engine import load as load_module
+from django_pdr.engine.runner import ReflectionRunner
 from django_pdr.models import Reflection
 from tests.targets import KINDS, rows, watch
 
@@ -37,7 +37,7 @@ def setup_pair(make_target, source_kind, dest_kind, n=95):
 
 def observe_chunks(monkeypatch, dest, seen, fail_after=None):
     """Record the destination's row count, read by another connection, after every load step."""
-    original = load_module.Loading.load_chunk_once
+    original = ReflectionRunner.load_chunk_once
 
     def watched(self, src, dst, state, expected):
         new_state = original(self, src, dst, state, expected)
@@ -46,7 +46,7 @@ def observe_chunks(monkeypatch, dest, seen, fail_after=None):
             raise RuntimeError("worker killed mid-resync")
         return new_state
 
-    monkeypatch.setattr(load_module.Loading, "load_chunk_once", watched)
+    monkeypatch.setattr(ReflectionRunner, "load_chunk_once", watched)
 
 
 @pytest.mark.parametrize("dest_kind", KINDS)

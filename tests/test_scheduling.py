@@ -124,3 +124,24 @@ def test_a_quiet_tables_change_is_not_held_back_by_a_busy_table(make_target):
         stop.set()
         thread.join(30)
     assert rows(dest.engine, "busy", ["id"]) == rows(source.engine, "busy", ["id"])
+
+
+def test_periodic_full_passes_are_spread_over_the_interval():
+    clock = SimpleNamespace(now=0.0)
+    scheduler = Scheduler(full_pass_interval=100, batch_size=1000, clock=lambda: clock.now)
+    reflections = [fake(pk, source=pk) for pk in range(1, 101)]
+    probes = {pk: Probe(10, "A", 0) for pk in range(1, 101)}
+    quiet, _, _ = scheduler.plan(reflections, probes, set())
+    assert len(quiet) == 100  # never checked by this worker: all at once, at start
+    for r in quiet:
+        scheduler.ran(r, busy=False)
+    per_round = []
+    for second in range(1, 251):  # a round every second
+        clock.now = float(second)
+        quiet, _, _ = scheduler.plan(reflections, probes, set())
+        for r in quiet:
+            scheduler.ran(r, busy=False)
+        per_round.append(len(quiet))
+    assert max(per_round) <= 2 and sum(per_round[:99]) == 0  # none due before the interval
+    assert sum(per_round) >= 150  # every reflection checked again about every 100 s
+    assert all(clock.now - t <= 100 + 2 for t in scheduler.last_full.values())

@@ -29,7 +29,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     log, stop_event = [], threading.Event()
     rounds = list(events_per_round)
 
-    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True):
+    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None):
         log.append(("round", purge_interval))
         result = RoundResult()
         result.events = rounds.pop(0)
