@@ -13,8 +13,9 @@ the number of tables.  Then:
   none).  Every reflection still gets a full pass (capture, checkpoint and dead
   letters checked) about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, these passes
   spread evenly over the interval.
-- **Quiet first**: reflections whose backlog (highest id − cursor) fits in one batch
-  run first, smallest first.
+- **Quiet first**: reflections whose backlog (highest id − cursor) is small (at most
+  QUIET_BACKLOG events, or one batch if smaller: a pass of a few milliseconds) run
+  first, smallest first.
 - **One busy slice per round**: reflections with a larger backlog get time slices of
   ``PDR["TIME_SLICE"]`` seconds, least recently served first, and the round ends
   after one slice, so the next probe comes at once and a quiet table's change waits
@@ -29,6 +30,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 
@@ -41,6 +43,8 @@ logger = logging.getLogger("django_pdr.worker")
 
 #: Event tables per probe query (one UNION ALL branch each).
 PROBE_CHUNK = 200
+#: Largest backlog (events) served in the quiet lane, before every busy table.
+QUIET_BACKLOG = 1000
 
 
 @dataclass(frozen=True)
@@ -52,26 +56,44 @@ class Probe:
     purged_through: int
 
 
+#: Probe statements by (database, tables): built once, so that a round compiles nothing.
+_STATEMENTS: dict = {}
+
+
+def _statements(dialect, database, part) -> tuple:
+    """(the UNION ALL of every event table's highest id, the registry reads) for ``part``."""
+    key = (database.pk, database.modified_at, tuple((st.pk, st.schema, st.event_table) for st in part))
+    found = _STATEMENTS.get(key)
+    if found is None:
+        branches = [sa.select(sa.literal(st.pk).label("st"),
+                              sa.func.max(sa.table(st.event_table, sa.column("pdr_id"),
+                                                   schema=st.schema or None).c.pdr_id).label("m"))
+                    for st in part]
+        registries = []
+        for schema in {st.schema or None for st in part}:
+            registry = registry_table(dialect, schema)
+            names = [st.event_table for st in part if (st.schema or None) == schema]
+            registries.append(sa.select(registry.c.event_table, registry.c.incarnation, registry.c.purged_through)
+                              .where(registry.c.event_table.in_(names)))
+        if len(_STATEMENTS) > 1000:
+            _STATEMENTS.clear()
+        found = _STATEMENTS[key] = (sa.union_all(*branches) if len(branches) > 1 else branches[0], registries)
+    return found
+
+
 def probe(database, source_tables) -> dict:
     """{source table pk: Probe} for the event tables of ``source_tables`` (all in ``database``)."""
-    installed = [st for st in source_tables if st.event_table]
+    installed = sorted((st for st in source_tables if st.event_table), key=lambda st: st.pk)
     out = {}
     with connect(database) as conn:
         dialect = get_dialect(conn)
         for start in range(0, len(installed), PROBE_CHUNK):
             part = installed[start:start + PROBE_CHUNK]
-            branches = [sa.select(sa.literal(st.pk).label("st"),
-                                  sa.func.max(sa.table(st.event_table, sa.column("pdr_id"),
-                                                       schema=st.schema or None).c.pdr_id).label("m"))
-                        for st in part]
-            maxima = dict(conn.execute(sa.union_all(*branches) if len(branches) > 1 else branches[0]).all())
+            maxima_query, registry_queries = _statements(dialect, database, part)
+            maxima = dict(conn.execute(maxima_query).all())
             registered = {}
-            for schema in {st.schema or None for st in part}:
-                registry = registry_table(dialect, schema)
-                names = [st.event_table for st in part if (st.schema or None) == schema]
-                for name, incarnation, purged in conn.execute(
-                        sa.select(registry.c.event_table, registry.c.incarnation, registry.c.purged_through)
-                        .where(registry.c.event_table.in_(names))):
+            for query in registry_queries:
+                for name, incarnation, purged in conn.execute(query):
                     registered[name] = (incarnation, int(purged))
             for st in part:
                 incarnation, purged = registered.get(st.event_table, (None, 0))
@@ -80,15 +102,28 @@ def probe(database, source_tables) -> dict:
     return out
 
 
+def candidates(query) -> list:
+    """The reflections of ``query`` with only what planning reads (no model instances:
+    a round over a thousand idle reflections builds none)."""
+    fields = ("pk", "status", "position", "resync_requested", "source_id", "source__schema",
+              "source__event_table", "source__database_id")
+    return [SimpleNamespace(pk=pk, status=status, position=position, resync_requested=resync,
+                            source=SimpleNamespace(pk=st, schema=schema, event_table=event_table,
+                                                   database_id=database))
+            for pk, status, position, resync, st, schema, event_table, database in query.values_list(*fields)]
+
+
 def probe_all(reflections) -> dict:
     """{source table pk: Probe} for every source database of ``reflections``; a database
     that cannot be probed is left out (its reflections then all run)."""
+    from .models import Database
+
     by_database: dict = {}
     for r in reflections:
-        database, tables = by_database.setdefault(r.source.database_id, (r.source.database, {}))
-        tables[r.source.pk] = r.source
+        by_database.setdefault(r.source.database_id, {})[r.source.pk] = r.source
     out = {}
-    for database, tables in by_database.values():
+    for database in Database.objects.filter(pk__in=list(by_database)):
+        tables = by_database[database.pk]
         try:
             out.update(probe(database, list(tables.values())))
         except Exception as exc:  # the passes will say what is wrong
@@ -120,7 +155,7 @@ class Scheduler:
 
     def __init__(self, full_pass_interval: float, batch_size: int, clock=time.monotonic):
         self.full_pass_interval = full_pass_interval
-        self.batch_size = batch_size
+        self.quiet_backlog = min(batch_size, QUIET_BACKLOG)
         self.clock = clock
         self.last_full: dict = {}  # reflection pk -> when it last had a pass
         self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
@@ -143,7 +178,7 @@ class Scheduler:
                     skipped += 1
                 continue
             size = backlog(r, probes)
-            if size is not None and size > self.batch_size:
+            if size is not None and size > self.quiet_backlog:
                 busy.append(r)
             else:
                 quiet.append((size or 0, r.pk, r))

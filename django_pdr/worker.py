@@ -25,7 +25,7 @@ from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
 from .metrics import STATS
-from .scheduling import Scheduler, probe_all
+from .scheduling import Scheduler, candidates, probe_all
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
 from .engine.describe import forget_descriptions
@@ -57,14 +57,23 @@ def backoff_seconds(failures: int) -> float:
     return min(cap, base * (2 ** max(0, failures)))
 
 
-def due_reflections(ids=None, backoff: bool = True):
+def due_query(ids=None, backoff: bool = True):
     """Active reflections (of ``ids``), without those waiting out a back-off (``backoff``)."""
-    query = Reflection.objects.filter(active=True).select_related("source__database", "destination")
+    query = Reflection.objects.filter(active=True)
     if backoff:
         query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
     if ids:
         query = query.filter(pk__in=ids)
-    return list(query.order_by("id"))
+    return query.order_by("id")
+
+
+def due_reflections(ids=None, backoff: bool = True):
+    """``due_query`` as model instances, with their source table and databases."""
+    # the credentials are read (and decrypted) only where a connection is made: an engine is
+    # cached per database, so a round over many reflections decrypts nothing
+    return list(due_query(ids, backoff).select_related("source__database", "destination")
+                .defer(*[f"{path}__{name}" for path in ("source__database", "destination")
+                         for name in ("username", "password")]))
 
 
 def _dead_local_owner(owner: str) -> bool:
@@ -152,14 +161,19 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     owner = owner or new_worker_id()
     if max_seconds_each is None:  # a one-shot run yields to its other reflections less often
         max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
-    reflections = due_reflections(ids, backoff=backoff)
     busy = set()
-    if scheduler is not None:
+    if scheduler is None:
+        reflections = due_reflections(ids, backoff=backoff)
+    else:
         from .models import DeadLetter
 
+        light = candidates(due_query(ids, backoff=backoff))
         retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
-        quiet, busy_list, result.skipped = scheduler.plan(reflections, probe_all(reflections), retrying)
-        reflections, busy = quiet + busy_list, {r.pk for r in busy_list}
+        quiet, busy_list, result.skipped = scheduler.plan(light, probe_all(light), retrying)
+        order = [r.pk for r in quiet + busy_list]
+        loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
+        reflections = [loaded[pk] for pk in order if pk in loaded]
+        busy = {r.pk for r in busy_list}
     busy_served = False
     try:
         for reflection in reflections:
