@@ -21,10 +21,11 @@ DEFAULTS = {
     # Seconds a reflection with a backlog works before the worker turns to the others (a
     # running worker then probes every source again and serves quiet tables first).
     "TIME_SLICE": 1.0,
-    # A running worker skips reflections whose event tables hold nothing new (one probe
-    # per source database per round); each still gets a full pass (capture, checkpoint and
-    # dead letters checked) at least this often, in seconds.
-    "FULL_PASS_INTERVAL": 300.0,
+    # A running worker skips reflections whose event tables hold nothing new and whose
+    # triggers are in place (one probe per source database per round); each still gets a
+    # full pass (destination checkpoint read, tables described afresh) about this often, in
+    # seconds, spread over the interval.
+    "FULL_PASS_INTERVAL": 3600.0,
     # Name of the checkpoint table PDR creates in each destination database.
     "CHECKPOINT_TABLE": "pdr_checkpoint",
     # Seconds a connection may take to open before the database counts as unreachable.

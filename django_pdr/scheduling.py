@@ -3,16 +3,18 @@
 With hundreds of source tables, most of them quiet, a round must neither open every
 event table nor let a few busy tables hold the others back.  Before each round the
 worker *probes* each source database once: the highest event id of every event table
-it serves and the registry rows (incarnation, purged floor), a few queries whatever
-the number of tables.  Then:
+it serves, the registry rows (incarnation, purged floor) and the triggers that exist and
+fire, a few queries whatever the number of tables.  Then:
 
-- **Skipped**: a replicating reflection whose checkpoint has no open gap, whose
-  cursor is at or above its event table's highest id, with the same incarnation and
-  nothing purged beyond it.  No event can be waiting for it: an id committed later is
+- **Skipped**: a replicating reflection whose capture triggers are all in place, whose
+  checkpoint has no open gap, whose cursor is at or above its event table's highest
+  id, with the same incarnation and nothing purged beyond it.  No event can be waiting for it: an id committed later is
   either above the cursor (the highest id grows) or inside an open gap (there is
-  none).  Every reflection still gets a full pass (capture, checkpoint and dead
-  letters checked) about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, these passes
-  spread evenly over the interval.
+  none).  A dropped or disabled trigger or a reinstalled capture makes it run at
+  once (and fail or resync as a pass does).  Every reflection still gets a full pass
+  about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, spread evenly over the interval:
+  it also reads the destination's checkpoint (a destination restored from a backup)
+  and describes the tables afresh.
 - **Quiet first**: reflections whose backlog (highest id − cursor) is small (at most
   QUIET_BACKLOG events, or one batch if smaller: a pass of a few milliseconds) run
   first, smallest first.
@@ -54,6 +56,7 @@ class Probe:
     max_id: int  # 0 for an empty event table
     incarnation: str | None  # None: no registry row
     purged_through: int
+    capturing: bool = False  # every row trigger exists and fires
 
 
 #: Probe statements by (database, tables): built once, so that a round compiles nothing.
@@ -87,6 +90,8 @@ def probe(database, source_tables) -> dict:
     out = {}
     with connect(database) as conn:
         dialect = get_dialect(conn)
+        default_schema = sa.inspect(conn).default_schema_name  # as capture.plan resolves it
+        live: dict = {}  # schema -> names of the triggers that exist and fire
         for start in range(0, len(installed), PROBE_CHUNK):
             part = installed[start:start + PROBE_CHUNK]
             maxima_query, registry_queries = _statements(dialect, database, part)
@@ -97,7 +102,12 @@ def probe(database, source_tables) -> dict:
                     registered[name] = (incarnation, int(purged))
             for st in part:
                 incarnation, purged = registered.get(st.event_table, (None, 0))
-                out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged)
+                schema = st.schema or default_schema
+                if schema not in live:
+                    live[schema] = {row[0] for row in conn.execute(dialect.schema_triggers_query(schema))}
+                expected = dialect.capture_names(schema, st.table).row_triggers
+                out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged,
+                                   capturing=set(expected) <= live[schema])
         conn.rollback()
     return out
 
@@ -105,12 +115,13 @@ def probe(database, source_tables) -> dict:
 def candidates(query) -> list:
     """The reflections of ``query`` with only what planning reads (no model instances:
     a round over a thousand idle reflections builds none)."""
-    fields = ("pk", "status", "position", "resync_requested", "source_id", "source__schema",
+    fields = ("pk", "status", "position", "resync_requested", "source_id", "source__schema", "source__table",
               "source__event_table", "source__database_id")
     return [SimpleNamespace(pk=pk, status=status, position=position, resync_requested=resync,
-                            source=SimpleNamespace(pk=st, schema=schema, event_table=event_table,
+                            source=SimpleNamespace(pk=st, schema=schema, table=table, event_table=event_table,
                                                    database_id=database))
-            for pk, status, position, resync, st, schema, event_table, database in query.values_list(*fields)]
+            for pk, status, position, resync, st, schema, table, event_table, database
+            in query.values_list(*fields)]
 
 
 def probe_all(reflections) -> dict:
@@ -145,7 +156,8 @@ def idle(reflection, probes: dict) -> bool:
     if found is None or reflection.status != "running" or reflection.resync_requested:
         return False
     position = Position.from_json(reflection.position or {})
-    return (not position.gaps and found.max_id <= position.cursor and found.incarnation is not None
+    return (found.capturing and not position.gaps and found.max_id <= position.cursor
+            and found.incarnation is not None
             and found.incarnation == (reflection.position or {}).get("i")
             and found.purged_through <= position.cursor)
 

@@ -28,7 +28,7 @@ from .metrics import STATS
 from .scheduling import Scheduler, candidates, probe_all
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
-from .engine.describe import forget_descriptions
+from .engine.describe import forget_descriptions, forget_stale_descriptions
 from .engine.runner import LeaseLost, ReflectionRunner
 from .wakeup import Waker
 
@@ -126,19 +126,41 @@ def release(owner: str, ids=None):
 #: Seconds a reflection works per round of a one-shot run (or a round run on its own).
 ONE_SHOT_SLICE = 30.0
 
-#: Source tables (pk) with applied events not purged yet; when each was last purged (monotonic).
-_purge_due: set = set()
+#: A running worker purges a source table's applied events once this many wait (and
+#: PURGE_INTERVAL has passed since its last purge), or once the first of them has waited
+#: PURGE_AFTER_SECONDS: a quiet table's single change does not cost a purge (a write
+#: transaction on the source) of its own at once.  A one-shot run purges after each pass.
+PURGE_AFTER_EVENTS = 1000
+PURGE_AFTER_SECONDS = 60.0
+
+#: Source tables with applied events not purged yet: pk -> [source table, events, since
+#: (monotonic)]; when each was last purged.
+_purge_due: dict = {}
 _last_purge: dict = {}
 
 
-def _purge_if_due(source_table, interval: float):
-    if source_table.pk not in _purge_due:
+def _note_applied(source_table, events: int):
+    entry = _purge_due.get(source_table.pk)
+    if entry is None:
+        _purge_due[source_table.pk] = [source_table, events, time.monotonic()]
+    else:
+        entry[0] = source_table
+        entry[1] += events
+
+
+def _purge_if_due(pk, interval: float):
+    entry = _purge_due.get(pk)
+    if entry is None:
         return
+    source_table, waiting, since = entry
     now = time.monotonic()
-    if now - _last_purge.get(source_table.pk, float("-inf")) < interval:
-        return
-    _purge_due.discard(source_table.pk)
-    _last_purge[source_table.pk] = now
+    if interval > 0:
+        if now - _last_purge.get(pk, float("-inf")) < interval:
+            return
+        if waiting < PURGE_AFTER_EVENTS and now - since < PURGE_AFTER_SECONDS:
+            return
+    del _purge_due[pk]
+    _last_purge[pk] = now
     try:
         purge(source_table)
     except Exception as exc:  # purging is housekeeping: never fail the pass for it
@@ -227,8 +249,12 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                                    "seconds": round(time.monotonic() - started, 3),
                                    "caught_up": outcome.caught_up})
             if outcome.events or outcome.position_changed:
-                _purge_due.add(reflection.source.pk)
-            _purge_if_due(reflection.source, purge_interval)
+                _note_applied(reflection.source, outcome.events)
+            _purge_if_due(reflection.source.pk, purge_interval)
+        if purge_interval > 0:  # those whose reflections did not run (idle, or deferred)
+            for pk in list(_purge_due):
+                if not stop():
+                    _purge_if_due(pk, purge_interval)
     finally:
         if single:
             release(owner)
@@ -282,6 +308,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
                                scheduler=scheduler)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
+            forget_stale_descriptions()
             if interval is None:
                 # one-shot: keep going until every reflection has caught up (a pass
                 # yields after a while so that reflections take turns)

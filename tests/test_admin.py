@@ -596,6 +596,13 @@ def test_dead_letter_key_shown_as_in_the_source(admin_client, reflection):
     assert "Ab-7" in page(admin_client.get(url("deadletter_changelist")))
 
 
+def test_dead_letter_page_is_read_only_without_save_buttons(admin_client, reflection):
+    letter = deadletters.record(reflection, ("Ab-7",), "rejected")
+    text = page(admin_client.get(url("deadletter_change", letter.pk)))
+    assert "rejected" in text
+    assert 'name="_save"' not in text and 'name="_continue"' not in text and 'name="_addanother"' not in text
+
+
 def test_no_dead_letters(admin_client, reflection):
     text = page(admin_client.get(url("reflection_change", reflection.pk)))
     assert "None: the destination has accepted every row." in text

@@ -7,13 +7,18 @@ from types import SimpleNamespace
 import pytest
 from django.test.utils import override_settings
 
-from django_pdr import metrics, worker
+from django_pdr import capture, metrics, worker
 from django_pdr.models import Reflection
-from django_pdr.scheduling import Probe, Scheduler, idle, probe
+from django_pdr.scheduling import Probe as _Probe
+from django_pdr.scheduling import Scheduler, idle, probe
 from tests.targets import KINDS, rows, watch
 
 
 # -- the rules, without a database -------------------------------------------------------
+def Probe(max_id, incarnation, purged, capturing=True):  # noqa: N802 (the dataclass, triggers in place)
+    return _Probe(max_id, incarnation, purged, capturing)
+
+
 def fake(pk, cursor=10, gaps=(), inc="A", status="running", resync=False, source=1):
     position = {"c": cursor, "g": [[lo, hi, None] for lo, hi in gaps], "i": inc}
     return SimpleNamespace(pk=pk, position=position, status=status, resync_requested=resync,
@@ -26,6 +31,7 @@ def fake(pk, cursor=10, gaps=(), inc="A", status="running", resync=False, source
     (fake(1, gaps=[(5, 5)]), Probe(10, "A", 0), False),  # an open gap: its event may commit any time
     (fake(1), Probe(3, "B", 0), False),  # reinstalled: a new incarnation
     (fake(1), Probe(10, None, 0), False),  # no registry row: capture removed
+    (fake(1), Probe(10, "A", 0, capturing=False), False),  # a trigger dropped or disabled
     (fake(1), Probe(10, "A", 12), False),  # purged beyond the cursor (a restored destination)
     (fake(1, status="error"), Probe(10, "A", 0), False),
     (fake(1, status="loading"), Probe(10, "A", 0), False),
@@ -73,6 +79,18 @@ def test_probe_reads_every_event_tables_maximum_and_registry(make_target, kind):
     assert [found[t.pk].max_id for t in tables] == [0, 3, 2]
     assert [found[t.pk].incarnation for t in tables] == [t.incarnation for t in tables]
     assert all(found[t.pk].purged_through == 0 for t in tables)
+    assert all(found[t.pk].capturing for t in tables)
+    # a trigger dropped (or, on PostgreSQL, disabled): that table is not capturing
+    with target.engine.connect() as conn:
+        trigger = sorted(conn.execute(capture.plan(conn, tables[1]).dialect.schema_triggers_query(
+            capture.plan(conn, tables[1]).schema)).scalars())
+    name = next(n for n in trigger if n.startswith(tables[1].event_table[:-3]) and n.endswith("_upd"))
+    if kind == "postgresql":
+        target.execute(f'ALTER TABLE t1 DISABLE TRIGGER "{name}"')
+    else:
+        target.execute(f"DROP TRIGGER {name}")
+    found = probe(database, tables)
+    assert [found[t.pk].capturing for t in tables] == [True, False, True]
 
 
 # -- a running worker, live --------------------------------------------------------------

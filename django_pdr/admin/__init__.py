@@ -390,6 +390,12 @@ class DeadLetterAdmin(_PdrAdmin):
     actions = ["retry"]
     list_per_page = 50
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # every field is read-only (change permission is there for the Retry action): no Save buttons
+        extra_context = {**(extra_context or {}), "show_save": False, "show_save_and_continue": False,
+                         "show_save_and_add_another": False}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def get_list_display(self, request):
         if request.GET.get("reflection__id__exact"):  # the list of one reflection (its page links here)
             return tuple(f for f in self.list_display if f != "reflection")

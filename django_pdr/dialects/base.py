@@ -307,6 +307,11 @@ class Dialect:
         """A query returning the names of our triggers that exist now."""
         raise NotImplementedError(f"{self.label}: trigger discovery is not implemented")
 
+    def schema_triggers_query(self, schema):
+        """A query returning the names of every trigger of ``schema`` that exists and fires
+        (one query for all the tables a worker probes; the caller keeps ours)."""
+        raise NotImplementedError(f"{self.label}: trigger discovery is not implemented")
+
     # -- wake-ups ------------------------------------------------------------
     #: The capture triggers notify listeners (PostgreSQL LISTEN/NOTIFY); others are polled.
     supports_notify = False

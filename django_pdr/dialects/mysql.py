@@ -167,6 +167,10 @@ class MySQLDialect(Dialect):
             "WHERE TRIGGER_SCHEMA = :schema AND EVENT_OBJECT_TABLE = :table"
         ).bindparams(schema=schema, table=table_name)
 
+    def schema_triggers_query(self, schema):
+        return sa.text("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :schema"
+                       ).bindparams(schema=schema)
+
     # -- visibility ----------------------------------------------------------
     def transaction_horizon(self, conn, event_table):
         # A locking read gives this transaction an id (above every id handed out before),

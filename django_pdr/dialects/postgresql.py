@@ -299,6 +299,13 @@ END
             "WHERE n.nspname = :schema AND c.relname = :table AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'O')"
         ).bindparams(schema=schema, table=table_name)
 
+    def schema_triggers_query(self, schema):
+        return sa.text(
+            "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND NOT t.tgisinternal AND t.tgenabled IN ('A', 'O')"
+        ).bindparams(schema=schema)
+
     def is_system_schema(self, name):
         return super().is_system_schema(name) or name.lower().startswith("pg_")
 

@@ -85,6 +85,10 @@ class SQLiteDialect(Dialect):
             f"SELECT name FROM {master} WHERE type = 'trigger' AND tbl_name = :table"
         ).bindparams(table=table_name)
 
+    def schema_triggers_query(self, schema):
+        master = self.qualified(schema, "sqlite_master") if schema else "sqlite_master"
+        return sa.text(f"SELECT name FROM {master} WHERE type = 'trigger'")
+
     # SQLite has one writer at a time: event ids become visible in id order,
     # so the base class's "no open transactions" answer is exact.
 

@@ -44,6 +44,15 @@ def forget_descriptions():
     _PREPARED.clear()
 
 
+def forget_stale_descriptions():
+    """Drop the descriptions too old to be used again (PREPARE_TTL): a worker serving many
+    idle reflections keeps only those of the active ones in memory."""
+    now = time.monotonic()
+    for pk, entry in list(_PREPARED.items()):
+        if now - entry[1] >= PREPARE_TTL:
+            _PREPARED.pop(pk, None)
+
+
 class Describing:
     """The description of a reflection's tables (``prepare``), cached per configuration.
 
