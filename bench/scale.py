@@ -150,12 +150,20 @@ class Scale(Bench):
     def idle(self, args, procs):
         proc = procs[0]
         self.wait_rounds(procs)
+        # the first round is a full pass of every reflection: its CPU per pass prices the
+        # periodic full passes (N per FULL_PASS_INTERVAL) that a short window leaves out
+        first = _cpu_seconds(proc.pid) / max(1.0, self.worker_counter(proc, "pdr_worker_reflection_passes") or 1)
         cpu0, (x0, q0), t0 = _cpu_seconds(proc.pid), self.source_activity(), time.monotonic()
         time.sleep(args.idle_seconds)
         cpu1, (x1, q1), t1 = _cpu_seconds(proc.pid), self.source_activity(), time.monotonic()
         seconds = t1 - t0
         out = {"cpu_pct": 100 * (cpu1 - cpu0) / seconds, "pg_xacts_per_s": (x1 - x0 - 1) / seconds,
-               "my_questions_per_s": (q1 - q0 - 2) / seconds, "rss_mb": rss_mb(proc.pid), "seconds": seconds}
+               "my_questions_per_s": (q1 - q0 - 2) / seconds, "rss_mb": rss_mb(proc.pid), "seconds": seconds,
+               "full_pass_cpu_ms": first * 1000}
+        from django_pdr import conf
+
+        count = args.pg_tables + args.my_tables
+        out["full_passes_cpu_pct"] = 100 * count * first / float(conf.get("FULL_PASS_INTERVAL"))
         log(f"idle: {out['cpu_pct']:.1f}% of a core, {out['pg_xacts_per_s']:.1f} PostgreSQL source transactions/s, "
             f"{out['my_questions_per_s']:.1f} MariaDB queries/s, RSS {out['rss_mb']:.0f} MB over {seconds:.0f} s")
         return out
@@ -310,6 +318,8 @@ def main():
     print(f"  idle, 1 worker ({i['seconds']:.0f} s, {spread}): "
           f"{i['cpu_pct']:.1f}% of a core, {i['pg_xacts_per_s']:.1f} PG transactions/s, "
           f"{i['my_questions_per_s']:.1f} MariaDB queries/s, RSS {i['rss_mb']:.0f} MB")
+    print(f"    a full pass costs {i['full_pass_cpu_ms']:.0f} ms of CPU (the first round's average): the periodic "
+          f"full passes add {i['full_passes_cpu_pct']:.1f}% of a core on average")
     for key, label in (("load_1", "1 worker"), ("load_3", "3 workers")):
         r = results[key]
         print(f"  {label}: quiet-table commit→visible p50 {r['p50_s']:.3f} s, p99 {r['p99_s']:.3f} s, "

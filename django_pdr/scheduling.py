@@ -172,6 +172,7 @@ class Scheduler:
         self.last_full: dict = {}  # reflection pk -> when it last had a pass
         self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
         self.last_plan: float | None = None
+        self.credit = 0.0  # periodic full passes owed (see plan)
 
     def plan(self, reflections, probes: dict, retrying: set) -> tuple[list, list, int]:
         """(quiet reflections to run, smallest backlog first; busy ones, least recently
@@ -194,12 +195,18 @@ class Scheduler:
                 busy.append(r)
             else:
                 quiet.append((size or 0, r.pk, r))
+        # N reflections every interval: N × elapsed / interval passes now, fractions carried
+        # over while some are due (none due: nothing owed)
+        elapsed = now - self.last_plan if self.last_plan is not None else 0.0
         if due:
-            elapsed = now - self.last_plan if self.last_plan is not None else self.full_pass_interval
-            share = math.ceil(len(reflections) * min(elapsed, self.full_pass_interval) / self.full_pass_interval)
+            self.credit += len(reflections) * elapsed / self.full_pass_interval
+            share = min(math.floor(self.credit), len(due))
+            self.credit -= share
             due.sort(key=lambda r: (self.last_full[r.pk], r.pk))
             quiet += [(0, r.pk, r) for r in due[:share]]
-            skipped += len(due[share:])
+            skipped += len(due) - share
+        else:
+            self.credit = 0.0
         self.last_plan = now
         quiet.sort(key=lambda item: item[:2])
         busy.sort(key=lambda r: (self.last_served.get(r.pk, float("-inf")), r.pk))
