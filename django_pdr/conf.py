@@ -20,7 +20,7 @@ DEFAULTS = {
     "RETRY_BACKOFF_MAX": 60.0,
     # Seconds a reflection with a backlog works before the worker turns to the others (a
     # running worker then probes every source again and serves quiet tables first).
-    "TIME_SLICE": 1.0,
+    "TIME_SLICE": 0.5,
     # A running worker skips reflections whose event tables hold nothing new and whose
     # triggers are in place (one probe per source database per round); each still gets a
     # full pass (destination checkpoint read, tables described afresh) about this often, in

@@ -47,6 +47,11 @@ logger = logging.getLogger("django_pdr.worker")
 PROBE_CHUNK = 200
 #: Largest backlog (events) served in the quiet lane, before every busy table.
 QUIET_BACKLOG = 1000
+#: Seconds between two reads of a source schema's triggers (a dropped trigger is noticed
+#: this much later on an idle table; a table with events runs its full checks anyway).
+TRIGGER_CHECK_SECONDS = 10.0
+#: (database pk, modified, schema) -> (when read, names of the triggers that exist and fire)
+_TRIGGERS: dict = {}
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,14 @@ def probe(database, source_tables) -> dict:
                 incarnation, purged = registered.get(st.event_table, (None, 0))
                 schema = st.schema or default_schema
                 if schema not in live:
-                    live[schema] = {row[0] for row in conn.execute(dialect.schema_triggers_query(schema))}
+                    key = (database.pk, database.modified_at, schema)  # an edited database: read again
+                    cached = _TRIGGERS.get(key)
+                    if cached is None or time.monotonic() - cached[0] >= TRIGGER_CHECK_SECONDS:
+                        if len(_TRIGGERS) > 1000:
+                            _TRIGGERS.clear()
+                        cached = _TRIGGERS[key] = (
+                            time.monotonic(), {row[0] for row in conn.execute(dialect.schema_triggers_query(schema))})
+                    live[schema] = cached[1]
                 expected = dialect.capture_names(schema, st.table).row_triggers
                 out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged,
                                    capturing=set(expected) <= live[schema])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from django.test.utils import override_settings
 
-from django_pdr import capture, metrics, worker
+from django_pdr import capture, metrics, scheduling, worker
 from django_pdr.models import Reflection
 from django_pdr.scheduling import Probe as _Probe
 from django_pdr.scheduling import Scheduler, idle, probe
@@ -67,7 +67,7 @@ def test_plan_skips_idle_orders_quiet_first_and_busy_by_turn():
 @pytest.mark.django_db
 @pytest.mark.live
 @pytest.mark.parametrize("kind", KINDS)
-def test_probe_reads_every_event_tables_maximum_and_registry(make_target, kind):
+def test_probe_reads_every_event_tables_maximum_and_registry(make_target, monkeypatch, kind):
     target = make_target(kind)
     database = target.model()
     tables = []
@@ -75,6 +75,7 @@ def test_probe_reads_every_event_tables_maximum_and_registry(make_target, kind):
         target.execute(f"CREATE TABLE t{i} (id int PRIMARY KEY)")
         tables.append(watch(database, f"t{i}"))
     target.execute("INSERT INTO t1 VALUES (1), (2), (3)", "INSERT INTO t2 VALUES (1)", "DELETE FROM t2")
+    monkeypatch.setattr(scheduling, "TRIGGER_CHECK_SECONDS", 0.0)  # read the triggers at every probe
     found = probe(database, tables)
     assert [found[t.pk].max_id for t in tables] == [0, 3, 2]
     assert [found[t.pk].incarnation for t in tables] == [t.incarnation for t in tables]

@@ -32,6 +32,9 @@ _PREPARED: dict = {}
 
 
 PREPARE_TTL = 60.0
+#: Descriptions kept at most (the least recently used go first): a worker serving many
+#: reflections keeps those it is working on, not one per idle table.
+PREPARED_MAX = 200
 
 
 _DESCRIBED = ("capture", "src_dialect", "source", "source_key", "reader", "mapping", "removed_columns",
@@ -197,4 +200,7 @@ class Describing:
             return
         self.prepare(src, dst)
         described = {name: getattr(self, name) for name in _DESCRIBED}
+        _PREPARED.pop(self.reflection.pk, None)
+        while len(_PREPARED) >= PREPARED_MAX:
+            _PREPARED.pop(next(iter(_PREPARED)))  # dicts keep insertion order: the oldest first
         _PREPARED[self.reflection.pk] = (self._config_key(), time.monotonic(), described)
