@@ -58,13 +58,10 @@ class Health:
 
 
 def _measure_live(reflection) -> tuple[int, float | None]:
-    from .capture import has_key_arrays
-    from .engine.visibility import EventReader
+    from .engine.runner import event_reader
 
     with connect(reflection.source.database) as src:
-        plan = capture.plan(src, reflection.source)
-        reader = EventReader(plan.dialect, plan.event, len(plan.key_names), arrays=has_key_arrays(src, plan))
-        return measure(reflection, src, reader)
+        return measure(reflection, src, event_reader(src, reflection.source))
 
 
 def check(reflection, limits: Thresholds, capture_states: dict) -> Health:

@@ -63,26 +63,21 @@ class ReflectionCollector:
         from .models import DeadLetter, Reflection
 
         labels = ["reflection", "source", "destination"]
-        families = {
-            "pending": GaugeMetricFamily("pdr_reflection_pending_events",
-                                         "Events captured and not yet applied (as last measured)", labels=labels),
-            "lag": GaugeMetricFamily("pdr_reflection_lag_seconds",
-                                     "Age of the oldest pending event (as last measured)", labels=labels),
-            "events": CounterMetricFamily("pdr_reflection_events_applied",
-                                          "Events applied to the destination", labels=labels),
-            "rows": CounterMetricFamily("pdr_reflection_rows_applied",
-                                        "Rows written to the destination (loads included)", labels=labels),
-            "failures": GaugeMetricFamily("pdr_reflection_consecutive_failures",
-                                          "Failed passes since the last successful one", labels=labels),
-            "dead": GaugeMetricFamily("pdr_reflection_dead_letters",
-                                      "Rows the destination refused, set aside", labels=labels),
-            "success": GaugeMetricFamily("pdr_reflection_last_success_timestamp_seconds",
-                                         "When the reflection last applied changes (Unix time)", labels=labels),
-            "active": GaugeMetricFamily("pdr_reflection_active", "1 when the reflection is active",
-                                        labels=labels),
-            "status": GaugeMetricFamily("pdr_reflection_status", "1 for the reflection's current status",
-                                        labels=[*labels, "status"]),
-        }
+        families = {key: kind(name, text, labels=labels) for key, kind, name, text in (
+            ("pending", GaugeMetricFamily, "pdr_reflection_pending_events",
+             "Events captured and not yet applied (as last measured)"),
+            ("lag", GaugeMetricFamily, "pdr_reflection_lag_seconds", "Age of the oldest pending event (as last measured)"),
+            ("events", CounterMetricFamily, "pdr_reflection_events_applied", "Events applied to the destination"),
+            ("rows", CounterMetricFamily, "pdr_reflection_rows_applied",
+             "Rows written to the destination (loads included)"),
+            ("failures", GaugeMetricFamily, "pdr_reflection_consecutive_failures",
+             "Failed passes since the last successful one"),
+            ("dead", GaugeMetricFamily, "pdr_reflection_dead_letters", "Rows the destination refused, set aside"),
+            ("success", GaugeMetricFamily, "pdr_reflection_last_success_timestamp_seconds",
+             "When the reflection last applied changes (Unix time)"),
+            ("active", GaugeMetricFamily, "pdr_reflection_active", "1 when the reflection is active"))}
+        families["status"] = GaugeMetricFamily("pdr_reflection_status", "1 for the reflection's current status",
+                                               labels=[*labels, "status"])
         dead = {row["reflection"]: row["n"]
                 for row in DeadLetter.objects.order_by().values("reflection").annotate(n=Count("id"))}
         query = Reflection.objects.select_related("source__database", "destination").order_by("id")

@@ -11,10 +11,11 @@ fire, a few queries whatever the number of tables.  Then:
   id, with the same incarnation and nothing purged beyond it.  No event can be waiting for it: an id committed later is
   either above the cursor (the highest id grows) or inside an open gap (there is
   none).  A dropped or disabled trigger or a reinstalled capture makes it run at
-  once (and fail or resync as a pass does).  Every reflection still gets a full pass
-  about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, spread evenly over the interval:
-  it also reads the destination's checkpoint (a destination restored from a backup)
-  and describes the tables afresh.
+  once (and fail or resync as a pass does), and so does a destination whose checkpoint
+  holds another position than the recorded one (restored from a backup: ``checkpoints``,
+  one query per destination every CHECK_SECONDS).  Every reflection still gets a full
+  pass about every ``PDR["FULL_PASS_INTERVAL"]`` seconds, spread evenly over the
+  interval, which describes its tables afresh.
 - **Quiet first**: reflections whose backlog (highest id − cursor) is small (at most
   QUIET_BACKLOG events, or one batch if smaller: a pass of a few milliseconds) run
   first, smallest first.
@@ -28,6 +29,7 @@ all run, and their passes report what is wrong.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -50,6 +52,11 @@ QUIET_BACKLOG = 1000
 #: Seconds between two reads of a source schema's triggers (a dropped trigger is noticed
 #: this much later on an idle table; a table with events runs its full checks anyway).
 TRIGGER_CHECK_SECONDS = 10.0
+#: Seconds between two reads of a destination's checkpoints (a destination restored from a
+#: backup is noticed this much later on an idle table).
+CHECK_SECONDS = 10.0
+#: (database pk, modified, schema) -> (when read, {reflection uid: stored state})
+_CHECKPOINTS: dict = {}
 #: (database pk, modified, schema) -> (when read, names of the triggers that exist and fire)
 _TRIGGERS: dict = {}
 
@@ -66,6 +73,16 @@ class Probe:
 
 #: Probe statements by (database, tables): built once, so that a round compiles nothing.
 _STATEMENTS: dict = {}
+
+
+def _cached(cache: dict, key, seconds: float, read):
+    """``read()``, kept in ``cache`` under ``key`` for ``seconds``."""
+    found = cache.get(key)
+    if found is None or time.monotonic() - found[0] >= seconds:
+        if len(cache) > 1000:
+            cache.clear()
+        found = cache[key] = (time.monotonic(), read())
+    return found[1]
 
 
 def _statements(dialect, database, part) -> tuple:
@@ -108,15 +125,10 @@ def probe(database, source_tables) -> dict:
             for st in part:
                 incarnation, purged = registered.get(st.event_table, (None, 0))
                 schema = st.schema or default_schema
-                if schema not in live:
-                    key = (database.pk, database.modified_at, schema)  # an edited database: read again
-                    cached = _TRIGGERS.get(key)
-                    if cached is None or time.monotonic() - cached[0] >= TRIGGER_CHECK_SECONDS:
-                        if len(_TRIGGERS) > 1000:
-                            _TRIGGERS.clear()
-                        cached = _TRIGGERS[key] = (
-                            time.monotonic(), {row[0] for row in conn.execute(dialect.schema_triggers_query(schema))})
-                    live[schema] = cached[1]
+                if schema not in live:  # keyed by modified_at too: an edited database is read again
+                    live[schema] = _cached(
+                        _TRIGGERS, (database.pk, database.modified_at, schema), TRIGGER_CHECK_SECONDS,
+                        lambda: set(conn.execute(dialect.schema_triggers_query(schema)).scalars()))
                 expected = dialect.capture_names(schema, st.table).row_triggers
                 out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged,
                                    capturing=set(expected) <= live[schema])
@@ -127,13 +139,49 @@ def probe(database, source_tables) -> dict:
 def candidates(query) -> list:
     """The reflections of ``query`` with only what planning reads (no model instances:
     a round over a thousand idle reflections builds none)."""
-    fields = ("pk", "status", "position", "resync_requested", "source_id", "source__schema", "source__table",
-              "source__event_table", "source__database_id")
-    return [SimpleNamespace(pk=pk, status=status, position=position, resync_requested=resync,
+    fields = ("pk", "uid", "status", "position", "resync_requested", "destination_id", "destination_schema",
+              "source_id", "source__schema", "source__table", "source__event_table", "source__database_id")
+    return [SimpleNamespace(pk=pk, uid=uid, status=status, position=position, resync_requested=resync,
+                            destination_id=destination, destination_schema=dest_schema,
                             source=SimpleNamespace(pk=st, schema=schema, table=table, event_table=event_table,
                                                    database_id=database))
-            for pk, status, position, resync, st, schema, table, event_table, database
+            for pk, uid, status, position, resync, destination, dest_schema, st, schema, table, event_table, database
             in query.values_list(*fields)]
+
+
+def checkpoints(reflections) -> dict:
+    """{reflection pk: the position its destination's checkpoint holds, as the Django copy
+    spells it} for every destination of ``reflections``, one query per destination table
+    of checkpoints (read at most every CHECK_SECONDS).  A destination restored from a backup
+    holds an older position than the copy: that reflection is not idle."""
+    from .engine.checkpoint import checkpoint_table
+    from .models import Database
+
+    by_place: dict = {}
+    for r in reflections:
+        by_place.setdefault((r.destination_id, r.destination_schema or None), []).append(r)
+    out = {}
+    databases = {d.pk: d for d in Database.objects.filter(pk__in={k[0] for k in by_place})}
+    for (database_pk, schema), members in by_place.items():
+        database = databases.get(database_pk)
+        if database is None:
+            continue
+        def read(database=database, schema=schema):
+            with connect(database) as conn:
+                table = checkpoint_table(get_dialect(conn), schema)
+                return dict(conn.execute(sa.select(table.c.reflection, table.c.state)).all())
+
+        try:
+            stored = _cached(_CHECKPOINTS, (database.pk, database.modified_at, schema), CHECK_SECONDS, read)
+        except Exception as exc:  # not read: those reflections run
+            logger.debug("cannot read the checkpoints of %s: %s", database, exc)
+            continue
+        for r in members:
+            state = stored.get(str(r.uid))
+            state = json.loads(state) if state else None
+            if state and state.get("phase") == "stream":
+                out[r.pk] = dict(state.get("pos", {}), i=state.get("inc"))
+    return out
 
 
 def probe_all(reflections) -> dict:
@@ -162,10 +210,14 @@ def backlog(reflection, probes: dict) -> int | None:
     return max(0, found.max_id - Position.from_json(reflection.position or {}).cursor)
 
 
-def idle(reflection, probes: dict) -> bool:
-    """True when no event can be waiting for ``reflection`` (see the module's argument)."""
+def idle(reflection, probes: dict, stored: dict | None = None) -> bool:
+    """True when no event can be waiting for ``reflection`` (see the module's argument).
+    ``stored``: the positions the destinations' checkpoints hold (``checkpoints``); when
+    given, a reflection whose destination holds another position than the copy is not idle."""
     found = probes.get(reflection.source.pk)
     if found is None or reflection.status != "running" or reflection.resync_requested:
+        return False
+    if stored is not None and stored.get(reflection.pk) != (reflection.position or {}):
         return False
     position = Position.from_json(reflection.position or {})
     return (found.capturing and not position.gaps and found.max_id <= position.cursor
@@ -186,7 +238,7 @@ class Scheduler:
         self.last_plan: float | None = None
         self.credit = 0.0  # periodic full passes owed (see plan)
 
-    def plan(self, reflections, probes: dict, retrying: set) -> tuple[list, list, int]:
+    def plan(self, reflections, probes: dict, retrying: set, stored: dict | None = None) -> tuple[list, list, int]:
         """(quiet reflections to run, smallest backlog first; busy ones, least recently
         served first; how many were skipped as idle).
 
@@ -196,7 +248,7 @@ class Scheduler:
         now = self.clock()
         quiet, busy, skipped, due = [], [], 0, []
         for r in reflections:
-            if r.pk in self.last_full and r.pk not in retrying and idle(r, probes):
+            if r.pk in self.last_full and r.pk not in retrying and idle(r, probes, stored):
                 if now - self.last_full[r.pk] >= self.full_pass_interval:
                     due.append(r)
                 else:

@@ -25,7 +25,7 @@ from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
 from .metrics import STATS
-from .scheduling import Scheduler, candidates, probe_all
+from .scheduling import Scheduler, candidates, checkpoints, probe_all
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
 from .engine.describe import forget_descriptions, forget_stale_descriptions
@@ -191,7 +191,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
 
         light = candidates(due_query(ids, backoff=backoff))
         retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
-        quiet, busy_list, result.skipped = scheduler.plan(light, probe_all(light), retrying)
+        quiet, busy_list, result.skipped = scheduler.plan(light, probe_all(light), retrying, checkpoints(light))
         order = [r.pk for r in quiet + busy_list]
         loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
         reflections = [loaded[pk] for pk in order if pk in loaded]

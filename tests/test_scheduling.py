@@ -164,3 +164,74 @@ def test_periodic_full_passes_are_spread_over_the_interval():
     assert max(per_round) <= 2 and sum(per_round[:99]) == 0  # none due before the interval
     assert sum(per_round) >= 150  # every reflection checked again about every 100 s
     assert all(clock.now - t <= 100 + 2 for t in scheduler.last_full.values())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+@override_settings(PDR={"FULL_PASS_INTERVAL": 3600.0})
+def test_operator_breakage_on_idle_tables_is_noticed_by_a_running_worker(make_target, monkeypatch):
+    """What an operator does to an idle table while the worker skips it: restore an old
+    backup of the destination, drop a trigger, reinstall capture.  Each is noticed within
+    seconds, not at the next hourly full pass."""
+    monkeypatch.setattr(scheduling, "CHECK_SECONDS", 0.5)
+    monkeypatch.setattr(scheduling, "TRIGGER_CHECK_SECONDS", 0.5)
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    st = watch(source.model("src"), "t")
+    reflection = Reflection(source=st, destination=dest.model("dst"), destination_table="t")
+    reflection.full_clean()
+    reflection.save()
+    assert not worker.run().failed
+
+    def wait(check, what, seconds=20):
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    # a backup of the destination (rows and checkpoint), taken now
+    with dest.engine.connect() as conn:
+        backup_rows = conn.exec_driver_sql("SELECT id, v FROM t").all()
+        backup_state = conn.exec_driver_sql("SELECT reflection, state FROM pdr_checkpoint").all()
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: worker.run(interval=0.1, stop_event=stop), daemon=True)
+    thread.start()
+    try:
+        source.execute("INSERT INTO t VALUES (3, 'c')", "UPDATE t SET v = 'B' WHERE id = 2")
+        wait(lambda: rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"]), "changes not applied")
+        time.sleep(1.0)  # idle: skipped by the scheduler from here
+
+        # 1. the destination restored from the old backup: found and mended
+        with dest.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM t")
+            for row in backup_rows:
+                conn.exec_driver_sql("INSERT INTO t VALUES (%s, %s)", tuple(row))
+            conn.exec_driver_sql("DELETE FROM pdr_checkpoint")
+            for row in backup_state:
+                conn.exec_driver_sql("INSERT INTO pdr_checkpoint (reflection, state, updated_at) "
+                                     "VALUES (%s, %s, now())", tuple(row))
+        wait(lambda: rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"]),
+             "a destination restored from a backup stayed stale")
+
+        # 2. a trigger dropped: the reflection goes to error (the worker never reinstalls)
+        time.sleep(1.0)
+        name = next(n for n in sorted(source.engine.connect().exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal").scalars()) if n.endswith("_ins"))
+        source.execute(f'DROP TRIGGER "{name}" ON t')
+
+        def in_error():
+            reflection.refresh_from_db()
+            return reflection.status == "error" and "missing" in reflection.last_error
+        wait(in_error, "a dropped trigger on an idle table was not reported")
+
+        # 3. reinstalled capture (a new incarnation): the reflection resyncs and runs again
+        st.refresh_from_db()
+        st.install()
+        source.execute("INSERT INTO t VALUES (4, 'd')")
+        wait(lambda: rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"]),
+             "replication did not resume after the reinstall")
+        reflection.refresh_from_db()
+        wait(lambda: (reflection.refresh_from_db() or reflection.status) == "running", "still in error")
+    finally:
+        stop.set()
+        thread.join(30)

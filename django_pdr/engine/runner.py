@@ -159,13 +159,17 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
                 setattr(r, key, value)
 
 
+def event_reader(src, source_table) -> EventReader:
+    """A reader of ``source_table``'s events on the connection ``src`` (outside a pass)."""
+    capture = capture_plan(src, source_table)
+    return EventReader(capture.dialect, capture.event, len(capture.key_names), arrays=has_key_arrays(src, capture))
+
+
 def pending_events(reflection) -> int | None:
     """Events not yet applied (None when the source cannot be read)."""
     try:
         with connect(reflection.source.database) as src:
-            capture = capture_plan(src, reflection.source)
-            reader = EventReader(capture.dialect, capture.event, len(capture.key_names),
-                                 arrays=has_key_arrays(src, capture))
-            return reader.count_pending(src, Position.from_json(reflection.position or {}))
+            return event_reader(src, reflection.source).count_pending(
+                src, Position.from_json(reflection.position or {}))
     except (ConnectionFailed, TableNotFound, ConfigurationError):
         return None
