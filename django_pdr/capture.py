@@ -5,6 +5,7 @@ and all-or-nothing: on any failure every object it created is removed again.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -42,15 +43,24 @@ class CapturePlan:
     upgrade_event_table: list[str]
     create_triggers: list[str]
     drop_triggers: list[str]
+    #: the event table's storage parameters (``Dialect.event_table_options``); not part of the
+    #: fingerprint: they change how the engine keeps the table, not what is captured
+    options: dict = dataclasses.field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
-        text = "\n".join([f"v{CAPTURE_VERSION}", *self.statements()])
+        text = "\n".join([f"v{CAPTURE_VERSION}", self.create_event_table, *self.upgrade_event_table,
+                          *self.create_triggers])
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def set_options(self, options: dict | None = None) -> list[str]:
+        """Statements setting ``options`` (default: all of them) on the event table."""
+        return self.dialect.set_event_table_options(self.event, self.options if options is None else options)
 
     def statements(self):
         """Every install statement, in order (for display and offline mode)."""
-        return [self.create_event_table, *self.upgrade_event_table, *self.create_triggers]
+        return [self.create_event_table, *self.upgrade_event_table, *self.set_options(),
+                *self.create_triggers]
 
 
 
@@ -80,6 +90,7 @@ def plan(conn, source_table) -> CapturePlan:
         create_triggers=dialect.create_trigger_statements(source, event, names, key_names,
                                                           notify=bool(conf.get("NOTIFY"))),
         drop_triggers=dialect.drop_trigger_statements(source, names),
+        options=dict(dialect.event_table_options),
     )
 
 
@@ -96,6 +107,18 @@ def _event_table_exists(conn, capture: CapturePlan) -> bool:
 def _event_columns_missing(conn, capture: CapturePlan) -> bool:
     columns = sa.inspect(conn).get_columns(capture.event.name, schema=capture.schema)
     return not {c["name"] for c in columns} >= {c.name for c in capture.event.columns}
+
+
+def _options_missing(conn, capture: CapturePlan) -> dict:
+    """The storage parameters of ``capture.options`` the installed event table lacks
+    (a parameter set to another value, by hand, counts as set)."""
+    if not capture.options:
+        return {}
+    row = conn.execute(capture.dialect.event_table_options_query(capture.schema, capture.event.name)).first()
+    if row is None:
+        return dict(capture.options)
+    present = {str(option).split("=", 1)[0] for option in (row[0] or ())}
+    return {name: value for name, value in capture.options.items() if name not in present}
 
 
 def has_key_arrays(conn, capture: CapturePlan) -> bool:
@@ -179,6 +202,7 @@ class Installed:
     triggers: frozenset  # our triggers that exist and fire
     has_events: bool
     registered: Registration | None
+    options_missing: dict = dataclasses.field(default_factory=dict)  # storage parameters not set
 
     @property
     def missing(self) -> str | None:
@@ -210,10 +234,13 @@ class Installed:
         return None
 
 
-def inspect(conn, capture: CapturePlan) -> Installed:
-    """What is installed for ``capture``, read in ``conn``'s transaction (the caller ends it)."""
-    return Installed(capture, frozenset(_existing_triggers(conn, capture)), _event_table_exists(conn, capture),
-                     registration(conn, capture))
+def inspect(conn, capture: CapturePlan, options: bool = False) -> Installed:
+    """What is installed for ``capture``, read in ``conn``'s transaction (the caller ends it);
+    ``options``: the event table's storage parameters too (a worker's pass does not need them)."""
+    has_events = _event_table_exists(conn, capture)
+    return Installed(capture, frozenset(_existing_triggers(conn, capture)), has_events,
+                     registration(conn, capture),
+                     _options_missing(conn, capture) if has_events and options else {})
 
 
 def status(source_table) -> str:
@@ -234,9 +261,13 @@ def status(source_table) -> str:
 
 
 def needed(source_table) -> str | None:
-    """What ``install`` would mend now, in words, or None (see ``Installed.needs``)."""
+    """What ``install`` would mend now, in words, or None (see ``Installed.needs``; also
+    storage parameters of the event table not set yet, which the worker does not need)."""
     with connect(source_table.database) as conn:
-        needs = inspect(conn, plan(conn, source_table)).needs
+        state = inspect(conn, plan(conn, source_table), options=True)
+    needs = state.needs
+    if needs is None and state.options_missing:
+        return f"{OUTDATED}: event table storage parameters not set ({', '.join(state.options_missing)})"
     if needs is None:
         return None
     kind, detail = needs
@@ -269,6 +300,7 @@ def install(source_table, *, force: bool = False) -> str:
         registered = registration(conn, capture)
         # an upgrade locks the event table: only when a column is missing
         upgrade = had_events and bool(capture.upgrade_event_table) and _event_columns_missing(conn, capture)
+        options = _options_missing(conn, capture) if had_events else dict(capture.options)
         blind_spots = capture.dialect.capture_blind_spots(conn, capture.source)  # shown in the admin
         conn.rollback()
         never_stopped = had_events and set(capture.names.row_triggers) <= triggers
@@ -295,6 +327,8 @@ def install(source_table, *, force: bool = False) -> str:
                         conn.exec_driver_sql(capture.create_event_table)
                     for statement in capture.upgrade_event_table if upgrade else ():
                         conn.exec_driver_sql(statement)
+                    for statement in capture.set_options(options):
+                        conn.exec_driver_sql(statement)
                     if triggers and capture.dialect.replace_needs_drop():
                         for statement in capture.drop_triggers:
                             conn.exec_driver_sql(statement)
@@ -317,6 +351,19 @@ def install(source_table, *, force: bool = False) -> str:
         else:
             incarnation, purged = registered.incarnation, registered.purged_through
             outcome = UNCHANGED
+            if options:  # the capture is current; only the event table's storage parameters are set
+                try:
+                    with begin(conn):
+                        for statement in capture.set_options(options):
+                            conn.exec_driver_sql(statement)
+                except Exception as exc:
+                    detail = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+                    raise CaptureError(f"Could not set the storage parameters of event table "
+                                       f"{capture.event.name!r} in {database.describe()}: {detail}."
+                                       ) from None
+                logger.info("set storage parameters %s of event table %s", ", ".join(options),
+                            capture.event.name)
+                outcome = REPLACED
     source_table.key_columns = capture.key_names
     source_table.columns = [{"name": c.name, "type": str(c.type.compile(dialect=conn.dialect)),
                              "nullable": bool(c.nullable)} for c in capture.source.columns]

@@ -13,6 +13,11 @@ from django.core.signals import setting_changed
 DEFAULTS = {
     # Events read, collapsed and applied per destination transaction.
     "BATCH_SIZE": 20000,
+    # Bytes of source rows a batch or load chunk holds at most (about: the lengths of
+    # their text and bytes values): fewer events are read when rows are large (the
+    # largest row seen sets how many), and a read that passes it stops and is redone
+    # shorter.  One row larger than this still goes, alone.
+    "BATCH_BYTES": 32 * 1024 * 1024,
     # Rows per chunk of an initial load or resync.
     "LOAD_CHUNK_SIZE": 10000,
     # Seconds a failed reflection waits before its next try; doubles up to the cap.

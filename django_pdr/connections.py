@@ -26,12 +26,20 @@ def database_url(database) -> sa.engine.URL:
     return dialect_for_kind(database.kind).make_url(database)
 
 
+#: Compiled statements SQLAlchemy keeps per engine (see create_engine).
+QUERY_CACHE_SIZE = 100
+
+
 def create_engine(database) -> sa.Engine:
     cls = dialect_for_kind(database.kind)
     engine = sa.create_engine(
         database_url(database),
         connect_args=cls.connect_args(int(conf.get("CONNECT_TIMEOUT"))),
         pool_pre_ping=True,
+        # compiled statements kept per database (SQLAlchemy's default is 500): a worker
+        # serving a thousand tables would keep 500 large ones; the busy tables' statements
+        # stay in the cache, a quiet table's pass compiles its few again
+        query_cache_size=QUERY_CACHE_SIZE,
         **cls.engine_kwargs(),
     )
     statements = cls.on_connect_statements()

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import sqlalchemy as sa
+from django.utils import timezone
 
 from .capture import registry_table
 from .connections import connect
@@ -55,8 +56,11 @@ TRIGGER_CHECK_SECONDS = 10.0
 #: Seconds between two reads of a destination's checkpoints (a destination restored from a
 #: backup is noticed this much later on an idle table).
 CHECK_SECONDS = 10.0
-#: (database pk, modified, schema) -> (when read, {reflection uid: stored state})
+#: (database pk, modified, schema) -> (when read, (when read, as a datetime), {reflection
+#: uid: position held by its checkpoint, as the Django copy spells it}))
 _CHECKPOINTS: dict = {}
+#: A checkpoint read too early to judge the copy by (see ``checkpoints``).
+UNKNOWN = object()
 #: (database pk, modified, schema) -> (when read, names of the triggers that exist and fire)
 _TRIGGERS: dict = {}
 
@@ -95,14 +99,37 @@ def _statements(dialect, database, part) -> tuple:
                                                    schema=st.schema or None).c.pdr_id).label("m"))
                     for st in part]
         registries = []
-        for schema in {st.schema or None for st in part}:
-            registry = registry_table(dialect, schema)
-            names = [st.event_table for st in part if (st.schema or None) == schema]
-            registries.append(sa.select(registry.c.event_table, registry.c.incarnation, registry.c.purged_through)
-                              .where(registry.c.event_table.in_(names)))
+        for schema in sorted({st.schema or "" for st in part}):
+            # the whole registry (a row per event table of the schema): a statement that
+            # does not change with the tables probed
+            registries.append(_registry_query(dialect, database, schema or None))
         if len(_STATEMENTS) > 1000:
             _STATEMENTS.clear()
         found = _STATEMENTS[key] = (sa.union_all(*branches) if len(branches) > 1 else branches[0], registries)
+    return found
+
+
+def _registry_query(dialect, database, schema):
+    key = ("registry", database.pk, database.modified_at, schema)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        registry = registry_table(dialect, schema)
+        found = _STATEMENTS[key] = sa.select(registry.c.event_table, registry.c.incarnation,
+                                             registry.c.purged_through)
+    return found
+
+
+#: (dialect name, schema, table) -> names of its capture's row triggers
+_EXPECTED: dict = {}
+
+
+def _row_triggers(dialect, schema, table):
+    key = (type(dialect), schema, table)
+    found = _EXPECTED.get(key)
+    if found is None:
+        if len(_EXPECTED) > 10000:
+            _EXPECTED.clear()
+        found = _EXPECTED[key] = frozenset(dialect.capture_names(schema, table).row_triggers)
     return found
 
 
@@ -117,10 +144,10 @@ def probe(database, source_tables) -> dict:
         for start in range(0, len(installed), PROBE_CHUNK):
             part = installed[start:start + PROBE_CHUNK]
             maxima_query, registry_queries = _statements(dialect, database, part)
-            maxima = dict(conn.execute(maxima_query).all())
+            maxima = dict(dialect.run_repeated(conn, maxima_query))
             registered = {}
             for query in registry_queries:
-                for name, incarnation, purged in conn.execute(query):
+                for name, incarnation, purged in dialect.run_repeated(conn, query):
                     registered[name] = (incarnation, int(purged))
             for st in part:
                 incarnation, purged = registered.get(st.event_table, (None, 0))
@@ -129,9 +156,8 @@ def probe(database, source_tables) -> dict:
                     live[schema] = _cached(
                         _TRIGGERS, (database.pk, database.modified_at, schema), TRIGGER_CHECK_SECONDS,
                         lambda: set(conn.execute(dialect.schema_triggers_query(schema)).scalars()))
-                expected = dialect.capture_names(schema, st.table).row_triggers
                 out[st.pk] = Probe(int(maxima.get(st.pk) or 0), incarnation, purged,
-                                   capturing=set(expected) <= live[schema])
+                                   capturing=_row_triggers(dialect, schema, st.table) <= live[schema])
         conn.rollback()
     return out
 
@@ -139,21 +165,23 @@ def probe(database, source_tables) -> dict:
 def candidates(query) -> list:
     """The reflections of ``query`` with only what planning reads (no model instances:
     a round over a thousand idle reflections builds none)."""
-    fields = ("pk", "uid", "status", "position", "resync_requested", "destination_id", "destination_schema",
-              "source_id", "source__schema", "source__table", "source__event_table", "source__database_id")
+    fields = ("pk", "uid", "status", "position", "resync_requested", "last_applied_at", "destination_id",
+              "destination_schema", "source_id", "source__schema", "source__table", "source__event_table",
+              "source__installed_fingerprint", "source__database_id")
     return [SimpleNamespace(pk=pk, uid=uid, status=status, position=position, resync_requested=resync,
-                            destination_id=destination, destination_schema=dest_schema,
+                            last_applied_at=applied, destination_id=destination, destination_schema=dest_schema,
                             source=SimpleNamespace(pk=st, schema=schema, table=table, event_table=event_table,
-                                                   database_id=database))
-            for pk, uid, status, position, resync, destination, dest_schema, st, schema, table, event_table, database
-            in query.values_list(*fields)]
+                                                   installed_fingerprint=fingerprint, database_id=database))
+            for (pk, uid, status, position, resync, applied, destination, dest_schema, st, schema, table,
+                 event_table, fingerprint, database) in query.values_list(*fields)]
 
 
 def checkpoints(reflections) -> dict:
     """{reflection pk: the position its destination's checkpoint holds, as the Django copy
     spells it} for every destination of ``reflections``, one query per destination table
     of checkpoints (read at most every CHECK_SECONDS).  A destination restored from a backup
-    holds an older position than the copy: that reflection is not idle."""
+    holds an older position than the copy: that reflection is not idle.  ``UNKNOWN`` for a
+    reflection whose copy was written after the read (by another worker)."""
     from .engine.checkpoint import checkpoint_table
     from .models import Database
 
@@ -167,21 +195,43 @@ def checkpoints(reflections) -> dict:
         if database is None:
             continue
         def read(database=database, schema=schema):
+            read_at = timezone.now()  # before the read: a copy written later is not judged by it
             with connect(database) as conn:
                 table = checkpoint_table(get_dialect(conn), schema)
-                return dict(conn.execute(sa.select(table.c.reflection, table.c.state)).all())
+                rows = conn.execute(sa.select(table.c.reflection, table.c.state)).all()
+            positions = {}
+            for uid, state in rows:
+                state = json.loads(state) if state else None
+                if state and state.get("phase") == "stream":
+                    positions[uid] = dict(state.get("pos", {}), i=state.get("inc"))
+            return read_at, positions
 
         try:
-            stored = _cached(_CHECKPOINTS, (database.pk, database.modified_at, schema), CHECK_SECONDS, read)
+            read_at, stored = _cached(_CHECKPOINTS, (database.pk, database.modified_at, schema), CHECK_SECONDS,
+                                      read)
         except Exception as exc:  # not read: those reflections run
             logger.debug("cannot read the checkpoints of %s: %s", database, exc)
             continue
         for r in members:
-            state = stored.get(str(r.uid))
-            state = json.loads(state) if state else None
-            if state and state.get("phase") == "stream":
-                out[r.pk] = dict(state.get("pos", {}), i=state.get("inc"))
+            if r.last_applied_at is not None and r.last_applied_at > read_at:
+                # the copy was written after the read (another worker's pass): the next
+                # read tells
+                out[r.pk] = UNKNOWN
+            else:
+                out[r.pk] = stored.get(str(r.uid))
     return out
+
+
+def remember_checkpoint(reflection):
+    """This worker has just written ``reflection``'s checkpoint and its copy (a pass): the
+    position read earlier from its destination is out of date, and must not make the
+    reflection look restored from a backup until the next read."""
+    for (database_pk, _, schema), (_, (_, stored)) in _CHECKPOINTS.items():
+        if database_pk == reflection.destination_id and schema == (reflection.destination_schema or None):
+            if reflection.status == "running":
+                stored[str(reflection.uid)] = dict(reflection.position or {})
+            else:
+                stored.pop(str(reflection.uid), None)
 
 
 def probe_all(reflections) -> dict:
@@ -217,8 +267,10 @@ def idle(reflection, probes: dict, stored: dict | None = None) -> bool:
     found = probes.get(reflection.source.pk)
     if found is None or reflection.status != "running" or reflection.resync_requested:
         return False
-    if stored is not None and stored.get(reflection.pk) != (reflection.position or {}):
-        return False
+    if stored is not None:
+        held = stored.get(reflection.pk)  # None: not read, or no checkpoint (run it)
+        if held is not UNKNOWN and held != (reflection.position or {}):
+            return False
     position = Position.from_json(reflection.position or {})
     return (found.capturing and not position.gaps and found.max_id <= position.cursor
             and found.incarnation is not None
@@ -237,6 +289,7 @@ class Scheduler:
         self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
         self.last_plan: float | None = None
         self.credit = 0.0  # periodic full passes owed (see plan)
+        self.kept_probes: dict = {}  # source database pk -> (when, signature, its probes)
 
     def plan(self, reflections, probes: dict, retrying: set, stored: dict | None = None) -> tuple[list, list, int]:
         """(quiet reflections to run, smallest backlog first; busy ones, least recently
@@ -275,6 +328,37 @@ class Scheduler:
         quiet.sort(key=lambda item: item[:2])
         busy.sort(key=lambda r: (self.last_served.get(r.pk, float("-inf")), r.pk))
         return [r for _, _, r in quiet], busy, skipped
+
+    def probes(self, reflections, quiet_sources=frozenset()) -> dict:
+        """``probe_all`` of ``reflections``, except for the source databases in
+        ``quiet_sources`` (proved quiet by their change notifications since the last probe:
+        see wakeup.Waker.quiet), whose last probe is used again: for at most
+        TRIGGER_CHECK_SECONDS (dropped triggers, a capture reinstalled by hand), and only
+        while their source tables and capture are those it probed."""
+        now = self.clock()
+        by_database: dict = {}
+        for r in reflections:
+            by_database.setdefault(r.source.database_id, []).append(r)
+        out, fresh = {}, []
+        for database, members in by_database.items():
+            signature = frozenset((r.source.pk, r.source.event_table, r.source.installed_fingerprint)
+                                  for r in members)
+            kept = self.kept_probes.get(database)
+            if (database in quiet_sources and kept is not None and kept[1] == signature
+                    and now - kept[0] < TRIGGER_CHECK_SECONDS):
+                out.update(kept[2])
+            else:
+                fresh.append((database, signature, members))
+        if fresh:
+            found = probe_all([r for _, _, members in fresh for r in members])
+            out.update(found)
+            for database, signature, members in fresh:
+                mine = {r.source.pk: found[r.source.pk] for r in members if r.source.pk in found}
+                if len(mine) == len({r.source.pk for r in members}):
+                    self.kept_probes[database] = (now, signature, mine)
+                else:
+                    self.kept_probes.pop(database, None)  # not probed (all of it): never reused
+        return out
 
     def ran(self, reflection, busy: bool):
         now = self.clock()

@@ -29,10 +29,10 @@ def _type_label(type_):
 
 
 def reflect_table(conn, schema: str | None, name: str, database_label: str) -> sa.Table:
-    """Reflect ``schema.name``; raise TableNotFound naming it and what to check."""
-    metadata = sa.MetaData()
+    """Reflect ``schema.name`` (its columns and primary key: all django-pdr reads of a
+    table); raise TableNotFound naming it and what to check."""
     try:
-        table = sa.Table(name, metadata, schema=schema or None, autoload_with=conn)
+        table = _columns_and_key(conn, schema or None, name)
     except sa.exc.NoSuchTableError:
         where = f"{schema}.{name}" if schema else name
         raise TableNotFound(
@@ -45,6 +45,23 @@ def reflect_table(conn, schema: str | None, name: str, database_label: str) -> s
             column.type.asdecimal = False
     refined = get_dialect(conn).refine_reflected(conn, table)
     return table if refined is None else refined
+
+
+def _columns_and_key(conn, schema: str | None, name: str) -> sa.Table:
+    """The table's columns (name, type, nullability, comment) and primary key, in two
+    catalog reads: a full ``autoload`` also reads indexes, foreign keys, unique and check
+    constraints, comments and options (eight), which a pass of a quiet table would pay for."""
+    inspector = sa.inspect(conn)
+    columns = inspector.get_columns(name, schema=schema)
+    key = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    table = sa.Table(name, sa.MetaData(), schema=schema)
+    for column in columns:
+        table.append_column(sa.Column(column["name"], column["type"], nullable=column.get("nullable", True),
+                                      autoincrement=column.get("autoincrement", "auto"),
+                                      comment=column.get("comment")))
+    if key:
+        table.append_constraint(sa.PrimaryKeyConstraint(*key))
+    return table
 
 
 def create_table(conn, table: sa.Table) -> None:

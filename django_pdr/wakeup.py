@@ -42,6 +42,9 @@ class Waker:
         self._listeners: dict = {}  # database pk -> (modified_at, dialect, raw connection)
         self._armed: dict = {}  # database pk -> token of an armed listener
         self._retry = ARM_RETRY_FIRST
+        #: Databases the last ``wait`` proved quiet: this worker held their arm for the
+        #: whole wait and no notification came, so no capturing transaction committed.
+        self.quiet: set = set()
 
     def _refresh(self, databases):
         wanted = {}
@@ -121,6 +124,7 @@ class Waker:
     def wait(self, databases, timeout: float, stop_event: threading.Event | None = None) -> bool:
         """Sleep up to ``timeout`` s; return True when woken by a notification, or at once
         (also True) after arming a listener: the caller must look for work again first."""
+        self.quiet = set()
         self._refresh(databases)
         if not self._listeners:
             if stop_event is not None:
@@ -134,6 +138,7 @@ class Waker:
             timeout = min(timeout, self._retry)
             self._retry *= 2
         by_fd = {raw.fileno(): (pk, dialect, raw) for pk, (_, dialect, raw) in self._listeners.items()}
+        held = {pk for pk, token in self._armed.items() if token == "held"}
         try:
             ready, _, _ = select.select(list(by_fd), [], [], timeout)
         except (OSError, ValueError):
@@ -143,6 +148,7 @@ class Waker:
         woken = False
         for fd in ready:
             pk, dialect, raw = by_fd[fd]
+            held.discard(pk)
             try:
                 woken |= dialect.drain_notifications(raw) > 0
             except Exception:
@@ -152,12 +158,16 @@ class Waker:
         for pk, token in list(self._armed.items()):
             if token == "shared":  # the other worker may have stopped: look at the arm again
                 self._armed.pop(pk)
+        # (a shared arm proves nothing: its holder may have died without a word, and then
+        # writers stopped notifying)
+        self.quiet = {pk for pk in held if self._armed.get(pk) == "held"}
         return woken
 
     def busy(self):
         """The worker found work: disarm, so that writers stop notifying while it works
         (it looks again before it sleeps)."""
         self._retry = ARM_RETRY_FIRST
+        self.quiet = set()
         for pk in list(self._armed):
             self._disarm(pk, wake_others=True)
 

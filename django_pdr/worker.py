@@ -25,7 +25,7 @@ from . import conf
 from .errors import describe as describe_error
 from .maintenance import purge
 from .metrics import STATS
-from .scheduling import Scheduler, candidates, checkpoints, probe_all
+from .scheduling import Scheduler, candidates, checkpoints, remember_checkpoint
 from .models import Database, Reflection
 from .engine.checkpoint import StaleCheckpoint
 from .engine.describe import forget_descriptions, forget_stale_descriptions
@@ -169,13 +169,14 @@ def _purge_if_due(pk, interval: float):
 
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = None,
               owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
-              scheduler: Scheduler | None = None) -> RoundResult:
+              scheduler: Scheduler | None = None, quiet_sources=frozenset()) -> RoundResult:
     """One pass over every due reflection this worker can claim, each for at most
     ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else ONE_SHOT_SLICE).  Applied events are purged after
     the pass, or at most every ``purge_interval`` seconds per source.  ``backoff`` False:
     reflections waiting out a back-off after an error are tried too.  With a ``scheduler``
     (a running worker), idle reflections are skipped, quiet ones go first and the round
-    ends after one busy slice (see scheduling.py)."""
+    ends after one busy slice (see scheduling.py); ``quiet_sources``: source databases
+    known to have committed no change since the last round (their probe is reused)."""
     result = RoundResult()
     single = owner is None
     if single:
@@ -191,7 +192,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
 
         light = candidates(due_query(ids, backoff=backoff))
         retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
-        quiet, busy_list, result.skipped = scheduler.plan(light, probe_all(light), retrying, checkpoints(light))
+        quiet, busy_list, result.skipped = scheduler.plan(light, scheduler.probes(light, quiet_sources), retrying,
+                                                          checkpoints(light))
         order = [r.pk for r in quiet + busy_list]
         loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
         reflections = [loaded[pk] for pk in order if pk in loaded]
@@ -231,6 +233,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                 result.failed.append((reflection, message))
                 STATS.failures += 1
                 continue
+            if scheduler is not None:
+                remember_checkpoint(reflection)
             if outcome.caught_up:
                 release(owner, [reflection.pk])  # idle: let any worker take it next time
             result.ok.append(reflection)
@@ -305,7 +309,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
             # pass, and it tries every selected reflection, even one waiting out a back-off
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
                                purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")),
-                               scheduler=scheduler)
+                               scheduler=scheduler, quiet_sources=waker.quiet)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
             forget_stale_descriptions()

@@ -235,3 +235,49 @@ def test_operator_breakage_on_idle_tables_is_noticed_by_a_running_worker(make_ta
     finally:
         stop.set()
         thread.join(30)
+
+
+def test_a_probe_is_reused_only_for_a_source_proved_quiet_and_only_briefly(monkeypatch):
+    """Scheduler.probes: a source database the worker's notifications proved quiet keeps
+    its last probe for TRIGGER_CHECK_SECONDS, while its tables and capture are the same."""
+    clock = SimpleNamespace(now=0.0)
+    probed = []
+
+    def fake_probe_all(reflections):
+        probed.append(sorted({r.source.database_id for r in reflections}))
+        return {r.source.pk: Probe(7, "inc", 0, capturing=True) for r in reflections}
+
+    monkeypatch.setattr(scheduling, "probe_all", fake_probe_all)
+    scheduler = Scheduler(3600.0, 20000, clock=lambda: clock.now)
+
+    def reflection(pk, database, fingerprint="f1"):
+        return SimpleNamespace(pk=pk, source=SimpleNamespace(pk=pk, database_id=database, event_table=f"ev{pk}",
+                                                             installed_fingerprint=fingerprint))
+
+    light = [reflection(1, 10), reflection(2, 20)]
+    assert set(scheduler.probes(light)) == {1, 2} and probed == [[10, 20]]
+    clock.now = 1.0
+    assert set(scheduler.probes(light, {10})) == {1, 2} and probed[-1] == [20]  # 10 reused
+    clock.now = 2.0
+    scheduler.probes(light)  # not proved quiet: probed
+    assert probed[-1] == [10, 20]
+    clock.now = 3.0
+    scheduler.probes([reflection(1, 10, fingerprint="f2"), reflection(2, 20)], {10, 20})
+    assert probed[-1] == [10]  # capture installed anew (by pdr-install or the admin)
+    clock.now = 3.0 + scheduling.TRIGGER_CHECK_SECONDS
+    scheduler.probes([reflection(1, 10, fingerprint="f2"), reflection(2, 20)], {10, 20})
+    assert probed[-1] == [10, 20]  # too old: dropped triggers are looked for again
+    clock.now += 1
+    scheduler.probes([reflection(1, 10, fingerprint="f2"), reflection(2, 20), reflection(3, 20)], {10, 20})
+    assert probed[-1] == [20]  # a table added to source 20
+
+
+def test_a_checkpoint_read_before_the_copy_was_written_does_not_judge_it():
+    """idle(): a checkpoint that differs from the copy makes the reflection run (a restored
+    destination), unless the copy was written after the read (UNKNOWN: another worker's pass)."""
+    r = fake(1)
+    found = {1: Probe(10, "A", 0)}
+    assert idle(r, found, {1: dict(r.position)}) is True
+    assert idle(r, found, {1: dict(r.position, c=3)}) is False  # restored from an older backup
+    assert idle(r, found, {}) is False  # no checkpoint read, or none held: run it
+    assert idle(r, found, {1: scheduling.UNKNOWN}) is True

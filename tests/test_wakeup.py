@@ -243,3 +243,27 @@ def test_rolled_back_and_empty_statements_do_not_hold_off_a_sleeping_worker(make
         waker.close()
         writer.close()
         bystander.close()
+
+
+def test_a_sleep_on_a_held_arm_without_a_notification_proves_the_source_quiet(make_target):
+    """``Waker.quiet`` (the worker then reuses its last probe of that source): only a sleep
+    on an arm this worker held throughout, without a notification; never a shared arm
+    (its holder may die without a word, and writers then stop notifying)."""
+    source, databases = _captured_source(make_target)
+    pk = databases[0].pk
+    holder, sharer = wakeup.Waker(), wakeup.Waker()
+    try:
+        assert holder.wait(databases, timeout=5) is True and holder.quiet == set()  # armed: look first
+        assert holder.wait(databases, timeout=0.3) is False
+        assert holder.quiet == {pk}
+        assert sharer.wait(databases, timeout=5) is True and sharer._armed == {pk: "shared"}
+        assert sharer.wait(databases, timeout=0.3) is False
+        assert sharer.quiet == set()  # slept on another worker's arm: proves nothing
+        source.execute("INSERT INTO t VALUES (1, 'x')")
+        assert holder.wait(databases, timeout=5) is True
+        assert holder.quiet == set()  # a commit came
+        holder.busy()
+        assert holder.quiet == set()
+    finally:
+        holder.close()
+        sharer.close()

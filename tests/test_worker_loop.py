@@ -12,13 +12,16 @@ from django_pdr.worker import RoundResult
 class FakeWaker:
     def __init__(self, log):
         self.log = log
+        self.quiet = set()
 
     def wait(self, databases, timeout, stop_event=None):
         self.log.append(("wait", timeout))
+        self.quiet = {1}  # database 1 proved quiet by its notifications
         return False
 
     def busy(self):
         self.log.append(("busy",))
+        self.quiet = set()
 
     def close(self):
         self.log.append(("close",))
@@ -29,8 +32,9 @@ def _run_loop(monkeypatch, events_per_round, interval):
     log, stop_event = [], threading.Event()
     rounds = list(events_per_round)
 
-    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None):
-        log.append(("round", purge_interval))
+    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None,
+                   quiet_sources=frozenset()):
+        log.append(("round", purge_interval) + ((set(quiet_sources),) if quiet_sources else ()))
         result = RoundResult()
         result.events = rounds.pop(0)
         if not rounds:
@@ -53,10 +57,10 @@ def test_a_pass_that_found_work_disarms_and_an_idle_pass_sleeps(monkeypatch, set
     assert log == [
         ("round", 7.5), ("busy",),  # work: writers may stop notifying while it works
         ("round", 7.5), ("wait", 2.0),  # idle: sleep (armed) up to the interval
-        ("round", 7.5), ("busy",),
-        ("round", 7.5), ("wait", 2.0),
-        ("round", 7.5), ("wait", 2.0),
-        ("round", 7.5),  # stopped during the pass: no sleep, no disarm
+        ("round", 7.5, {1}), ("busy",),  # what the sleep proved quiet is not probed again
+        ("round", 7.5), ("wait", 2.0),  # after work, every source is probed
+        ("round", 7.5, {1}), ("wait", 2.0),
+        ("round", 7.5, {1}),  # stopped during the pass: no sleep, no disarm
         ("close",),
     ]
 
@@ -118,7 +122,9 @@ def test_failed_arming_backs_off_doubling_up_to_the_interval(listening_waker):
     assert waker.wait([], 1.0) is False  # armed: sleeps the whole interval
     assert timeouts[-1] == 1.0 and dialect.attempts == 11
 
+    assert waker.quiet == {1}  # held the arm for the whole sleep, and no word came
     waker.busy()  # work found: disarmed, and the pause starts small again
+    assert waker.quiet == set()
     dialect.free = False
     waker.wait([], 1.0)
     assert waker._armed == {} and timeouts[-1] == 0.005

@@ -47,14 +47,42 @@ class TextRefused(Exception):
     """A destination connection cannot take text rows now (the caller takes the Python path)."""
 
 
+class TextTooLarge(Exception):
+    """``copy_out``'s text passed the ``limit`` it was given (the read stopped there)."""
+
+    def __init__(self, largest: int, rows: int, size: int):
+        super().__init__(f"rows as text passed the byte budget: {rows} rows, {size:,} characters read, "
+                         f"largest {largest:,}")
+        self.largest, self.rows, self.size = largest, rows, size
+
+
+class TextCounter:
+    """Counts the rows of text a ``copy_out`` reads, stopping it past ``limit`` characters
+    (TextTooLarge) when more than one row is read; ``largest``: the longest row."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.size, self.rows, self.largest = limit, 0, 0, 0
+
+    def add(self, length: int):
+        self.size += length
+        self.rows += 1
+        if length > self.largest:
+            self.largest = length
+        if self.limit is not None and self.size > self.limit and self.rows > 1:
+            raise TextTooLarge(self.largest, self.rows, self.size)
+
+
 @dataclass
 class TextRows:
     """Rows spelled as text by the source engine for the destination engine (``fmt``):
-    ``data`` is COPY text (one str) for "copy", a list of literals for "values"."""
+    ``data`` is COPY text for "copy" (one str, or a list of str to be read in turn: a
+    large batch is never joined), a list of literals for "values";
+    ``largest``: characters of the longest row."""
 
     fmt: str
     data: object
     count: int
+    largest: int = 0
 
 
 @dataclass(frozen=True)
@@ -265,6 +293,23 @@ class Dialect:
         definition (install runs them when a column of ``event`` is missing)."""
         return []
 
+    #: Storage parameters install sets on every event table (name -> value, in the
+    #: engine's spelling); none by default.  Install sets those the table lacks, on a new
+    #: event table and on one installed by an earlier release; a value set by hand is kept.
+    event_table_options: dict = {}
+
+    def event_table_options_query(self, schema, name: str):
+        """A query of one row: the storage parameters set on the event table, as a list of
+        ``name=value`` strings (no row when the table is missing); None when the engine
+        has none (``event_table_options`` empty)."""
+        return None
+
+    def set_event_table_options(self, event: sa.Table, options: dict) -> list[str]:
+        """Statements setting ``options`` (a part of ``event_table_options``) on ``event``."""
+        if options:
+            raise NotImplementedError(f"{self.label}: event table storage parameters are not implemented")
+        return []
+
     def event_time_type(self):
         return sa.DateTime()
 
@@ -399,12 +444,14 @@ class Dialect:
         part of the source key (joined and compared with the event table's keys)."""
         return False
 
-    def copy_out(self, conn, queries: list, fmt: str = "copy") -> list["TextRows"]:
+    def copy_out(self, conn, queries: list, fmt: str = "copy", limit: int | None = None) -> list["TextRows"]:
         """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot.
         A query's columns are labelled: "pdr_gone" (a batch's flag: no row, delete the key),
         "pdr_k<i>" (key columns, also on a gone row), "pdr_c<i>" (the other columns).
         Raises NotImplementedError for a value with no text spelling (the caller then
-        takes the Python path)."""
+        takes the Python path), TextTooLarge once the text read passes ``limit``
+        characters (rows are streamed from the server and counted as they come, with
+        ``TextCounter``)."""
         raise NotImplementedError(f"{self.label}: rows cannot be read as text")
 
     def apply_marked(self, conn, table: sa.Table, names: list[str], key_names: list[str],
@@ -470,6 +517,12 @@ class Dialect:
                 cursor.close()
             except Exception:
                 pass
+
+    def run_repeated(self, conn, query) -> list:
+        """The rows of ``query``, a statement a running worker sends again and again
+        unchanged (its probes).  Engines that can keep it prepared on the connection do so
+        (``query`` must then be the same object each time)."""
+        return conn.execute(query).all()
 
     @staticmethod
     def bound_rows(conn, table: sa.Table, names: list[str], rows: list[dict]) -> list[tuple]:

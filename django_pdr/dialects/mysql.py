@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from ..errors import RowTooLarge, ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextRefused, TextRows,
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, Horizon, TextCounter, TextRefused, TextRows,
                    bind_processor, column_list, event_key_name, unencodable)
 from .crosstext import copy_query, copy_spelling
 
@@ -246,7 +246,7 @@ class MySQLDialect(Dialect):
         def largest(i):
             return max((_sql_bytes(encode(value)), name) for name, value in zip(names, rows[i]))
 
-        return self._joined_statements(head, ("(" + ",".join(map(encode, row)) + ")" for row in rows), tail,
+        return self._joined_statements(head, (_row_literal(row, encode) for row in rows), tail,
                                        self.packet_limit(conn), largest if names else None)
 
     def _joined_statements(self, head, literals, tail="", limit=None, largest=None):
@@ -266,12 +266,16 @@ class MySQLDialect(Dialect):
             if room is not None and len(text) * 4 > room and _sql_bytes(text) > room:
                 raise _row_too_large(_sql_bytes(text), limit, largest(i) if largest else None)
             if part and size + len(text) + 1 > longest:
-                yield head + ",".join(part) + tail
-                part, size = [], frame
+                # the literals are let go of once joined (large rows: one copy at a time)
+                statement, part, size = _statement(head, part, tail), [], frame
+                yield statement
+                statement = None
             part.append(text)
             size += len(text) + 1
         if part:
-            yield head + ",".join(part) + tail
+            text = None
+            statement, part = _statement(head, part, tail), None
+            yield statement
 
     def _run_statements(self, conn, statements, label):
         """Execute ``statements``, an iterable spelled as it is sent: a value the driver
@@ -354,21 +358,36 @@ class MySQLDialect(Dialect):
             return False
         return copy_spelling(source_type, dest_type) is not None
 
-    def copy_out(self, conn, queries, fmt="copy"):
+    def copy_out(self, conn, queries, fmt="copy", limit=None):
         if fmt != "copy":
             raise NotImplementedError(f"MySQL does not spell rows as {fmt!r}")
         out = []
+        counter = TextCounter(limit)
 
         def work(cursor):
+            from pymysql.cursors import SSCursor
+
             for query in queries:
-                cursor.execute(*self.driver_statement(conn, copy_query(query)))
-                lines = [row[0] for row in cursor.fetchall()]
-                if None in lines:
-                    # a line MySQL could not build (longer than max_allowed_packet: its
-                    # string functions then return NULL, with a warning only)
-                    raise NotImplementedError("a row too long to spell as one line")
-                text = (b"\n".join(lines) + b"\n").decode("utf-8") if lines else ""
-                out.append(TextRows(fmt, text, len(lines)))
+                # unbuffered: the lines come as they are read, counted against ``limit``
+                lines, stream = [], cursor.connection.cursor(SSCursor)
+                try:
+                    stream.execute(*self.driver_statement(conn, copy_query(query)))
+                    for (line,) in stream:
+                        if line is None:
+                            # a line MySQL could not build (longer than max_allowed_packet: its
+                            # string functions then return NULL, with a warning only)
+                            raise NotImplementedError("a row too long to spell as one line")
+                        counter.add(len(line))
+                        lines.append(line)
+                finally:
+                    stream.close()  # reads what is left of the result
+                count = len(lines)
+                lines.append(b"")  # the last line's "\n", without copying the text once more
+                joined = b"\n".join(lines) if count else b""
+                del lines
+                text = joined.decode("utf-8")
+                del joined
+                out.append(TextRows(fmt, text, count, counter.largest))
 
         try:
             self.run_on_driver(conn, "SELECT ... rows as COPY text", work)
@@ -633,3 +652,15 @@ def _read_datetime(text):
     except ValueError:
         pass
     return converters.convert_datetime(text)
+
+
+def _row_literal(row, encode) -> str:
+    """``(v1,v2,...)`` in one join of the joined values (``"(" + ... + ")"`` would copy a
+    large row twice more)."""
+    return "".join(("(", ",".join(map(encode, row)), ")"))
+
+
+def _statement(head, literals, tail) -> str:
+    """``head`` + the ``literals`` joined by commas + ``tail``, in one join (one literal
+    alone is not copied by the inner join)."""
+    return "".join((head, ",".join(literals), tail))

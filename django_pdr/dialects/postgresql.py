@@ -8,19 +8,24 @@ import hashlib
 import io
 import json
 import math
+import re
 import uuid
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ..errors import ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextRows,
-                   bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
+from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextCounter,
+                   TextRows, bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
 from .crosstext import values_query, values_spelling
 
 
 #: psycopg2's refusal of a string holding NUL (PostgreSQL text cannot hold one).
 _NUL_REFUSED = "A string literal cannot contain NUL (0x00) characters."
+
+
+#: query object -> (prepared statement name, its SQL), see PostgreSQLDialect.run_repeated.
+_REPEATED_SQL: dict = {}
 
 
 class _NotCopyable(Exception):
@@ -71,9 +76,80 @@ _COPY_BY_TYPE = {int: str, str: _copy_str, decimal.Decimal: str, datetime.dateti
 
 def copy_text(rows) -> str:
     """Rows of DB-API values in COPY's text format (tab-separated, \\N for NULL)."""
+    return "".join(copy_lines(rows))
+
+
+def copy_lines(rows) -> list[str]:
+    """``copy_text`` as a list of str: one per row, or the pieces of a row holding bytes
+    (``_copy_row_pieces``)."""
     encoder, fallback = _COPY_BY_TYPE.get, _copy_value
-    return "".join(["\t".join(["\\N" if v is None else encoder(type(v), fallback)(v) for v in row]) + "\n"
-                    for row in rows])
+    out = []
+    for row in rows:
+        try:
+            out.append("\t".join(["\\N" if v is None else encoder(type(v), fallback)(v) for v in row]) + "\n")
+        except _NotCopyable:
+            out.extend(_copy_row_pieces(row))
+    return out
+
+
+def _copy_row_pieces(row) -> list[str]:
+    """The COPY line of a row whose bytes are bound as psycopg2.Binary (the bytea bind
+    processor's wrapper), in pieces: the hex digits of each bytes value are one piece,
+    never joined into the line (each join would copy it whole).  Raises _NotCopyable for
+    a value COPY has no spelling for."""
+    pieces = []
+    for i, value in enumerate(row):
+        if i:
+            pieces.append("\t")
+        data = getattr(value, "adapted", None)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            pieces += ["\\\\x", data.hex()]
+        else:
+            pieces.append(_copy_value(value))
+    pieces.append("\n")
+    return pieces
+
+
+class _CopySource:
+    """COPY FROM's file: text handed out in pieces of about ``PIECE`` characters, never
+    copied whole (``io.StringIO`` keeps 4 bytes a character).  ``parts``: one str (a
+    batch's text) or a list of them (rows), let go of once read."""
+
+    PIECE = 1 << 16
+
+    def __init__(self, parts):
+        self.parts = [parts] if isinstance(parts, str) else parts
+        self.at, self.offset = 0, 0
+
+    def read(self, size=-1):
+        pieces, length, parts = [], 0, self.parts
+        while self.at < len(parts) and length < self.PIECE:
+            part = parts[self.at]
+            if self.offset or len(part) > 4 * self.PIECE:  # a large part: a slice of it
+                piece = part[self.offset:self.offset + 4 * self.PIECE]
+                self.offset += len(piece)
+            else:
+                piece, self.offset = part, len(part)
+            if self.offset >= len(part):
+                parts[self.at] = ""  # read: let it go
+                self.at, self.offset = self.at + 1, 0
+            pieces.append(piece)
+            length += len(piece)
+        return pieces[0] if len(pieces) == 1 else "".join(pieces)
+
+    readline = read
+
+
+class _CopySink(io.TextIOBase):
+    """COPY TO's file: the rows as psycopg2 writes them (one str a row), counted."""
+
+    def __init__(self, counter: TextCounter):
+        self.parts, self.counter = [], counter
+
+    def write(self, text):
+        self.counter.add(len(text))
+        self.parts.append(text)
+        return len(text)
 
 
 #: Joins of a batch's keys (the event window on the source, the flagged staging table of a
@@ -180,6 +256,43 @@ class PostgreSQLDialect(Dialect):
         return [f"LOCK TABLE {self.qualified(source.schema, source.name)} IN SHARE ROW EXCLUSIVE MODE",
                 *[f"ALTER TABLE {self.qualified(event.schema, event.name)} ADD COLUMN IF NOT EXISTS "
                   f"{self.quote(c.name)} {c.type.compile(dialect=self.sa)}" for c in columns]]
+
+    # An event table is a queue: rows are inserted at one end and purged at the other
+    # (maintenance.purge), so it holds few live rows and makes dead ones as fast as events
+    # are written; vacuum makes their space reusable.  By default autovacuum waits for dead
+    # rows above 50 + 20% of the rows the table had when last counted: while a reflection
+    # works through a backlog of 10M events that is 2M dead rows.  These make it vacuum the
+    # table at its next visit (autovacuum_naptime) once 1,000 rows are dead, whatever the
+    # backlog.  Throttling (cost delay) is left to the server: a vacuum of an event table
+    # grown large during an outage must not take the source's I/O.  Measured:
+    # docs/performance.md, "Event-table growth" (bench/growth.py).
+    event_table_options = {
+        "autovacuum_vacuum_scale_factor": "0",
+        "autovacuum_vacuum_threshold": "1000",
+    }
+
+    def event_table_options_query(self, schema, name):
+        return (sa.text("SELECT coalesce(c.reloptions, '{}') FROM pg_catalog.pg_class c "
+                        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = :schema AND c.relname = :name AND c.relkind IN ('r', 'p')")
+                .bindparams(schema=schema, name=name))
+
+    def set_event_table_options(self, event, options):
+        if not options:
+            return []
+        # ALTER TABLE ... SET takes SHARE UPDATE EXCLUSIVE: writers and readers go on
+        # names and values are words and numbers of ours (never quoted: the server reads
+        # a quoted name as another name), checked to be nothing else
+        settings = ", ".join(f"{self._option_word(name, r'[a-z_]+')} = "
+                             f"{self._option_word(value, r'[0-9.]+|[a-z]+')}" for name, value in options.items())
+        return [f"ALTER TABLE {self.qualified(event.schema, event.name)} SET ({settings})"]
+
+    @staticmethod
+    def _option_word(text, pattern) -> str:
+        text = str(text)
+        if not re.fullmatch(pattern, text):
+            raise ValueError(f"not a storage parameter: {text!r}")
+        return text
 
     def _insert_events(self, event, key_count, *selects):
         keys = [event_key_name(i) for i in range(key_count)]
@@ -359,6 +472,43 @@ END
         finally:
             cursor.close()
 
+    # -- probes --------------------------------------------------------------
+    def run_repeated(self, conn, query):
+        # planning a UNION of a thousand event tables costs more than running it: the
+        # statement is prepared once per connection (its SQL compiled once per query object)
+        info = conn.connection.info
+        if info.get("pdr_no_prepare"):
+            return conn.execute(query).all()
+        sql = _REPEATED_SQL.get(query)
+        if sql is None:
+            if len(_REPEATED_SQL) > 100:
+                _REPEATED_SQL.clear()
+            text = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+            sql = _REPEATED_SQL[query] = ("pdr_q_" + hashlib.sha1(text.encode()).hexdigest()[:20], text)
+        name, text = sql
+        prepared = info.setdefault("pdr_prepared", set())
+        rows = []
+
+        def work(cursor):
+            if name not in prepared:
+                cursor.execute(f"PREPARE {name} AS {text}")
+                prepared.add(name)
+            cursor.execute(f"EXECUTE {name}")
+            rows.extend(cursor.fetchall())
+
+        try:
+            self.run_on_driver(conn, f"EXECUTE {name}", work)
+        except sa.exc.DBAPIError as exc:
+            prepared.discard(name)
+            if exc.connection_invalidated or getattr(exc.orig, "pgcode", None) != "26000":
+                raise  # (a table dropped since: the statement is prepared again next time)
+            # "prepared statement does not exist": a pooler that forgets them (PgBouncer
+            # in transaction mode): plain statements on this connection from now on
+            conn.rollback()
+            info["pdr_no_prepare"] = True
+            return conn.execute(query).all()
+        return rows
+
     # -- visibility ----------------------------------------------------------
     def transaction_horizon(self, conn, event_table):
         # next: an xid given to this transaction now, above every xid assigned before (a
@@ -407,7 +557,7 @@ END
         """COPY ``data`` into a temporary table shaped like the target, then one INSERT ...
         SELECT ... ON CONFLICT; returns the rows written."""
         stage = self._stage(cursor, target, columns, "rows")
-        cursor.copy_expert(f"COPY {stage} ({', '.join(columns)}) FROM STDIN", io.StringIO(data))
+        cursor.copy_expert(f"COPY {stage} ({', '.join(columns)}) FROM STDIN", _CopySource(data))
         return self._upsert_from(cursor, target, columns, keys, action, stage)
 
     @staticmethod
@@ -434,7 +584,7 @@ END
         values = self.bound_rows(conn, table, names, rows)
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         try:
-            data = copy_text(values)
+            data = copy_lines(values)
         except _NotCopyable:
             return self._execute_values(conn, target, ", ".join(columns), ", ".join(keys), action, values)
         self.run_on_driver(conn, f"COPY {target}",
@@ -470,7 +620,7 @@ END
 
         def work(cursor):
             stage = self._stage(cursor, target, key_list, "keys")
-            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(data))
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", _CopySource(data))
             self._delete_from(cursor, target, key_list, stage)
 
         self.run_on_driver(conn, f"COPY {target}", work)
@@ -511,7 +661,7 @@ END
         for statement in self.key_lookup_settings():
             conn.execute(sa.text(statement))
 
-    def copy_out(self, conn, queries, fmt="copy"):
+    def copy_out(self, conn, queries, fmt="copy", limit=None):
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
         # driver spells them in (mogrify), as it would for a query.
         if fmt == "values":
@@ -519,6 +669,7 @@ END
         elif fmt != "copy":
             raise NotImplementedError(f"PostgreSQL does not spell rows as {fmt!r}")
         out = []
+        counter = TextCounter(limit)
 
         def work(cursor):
             from psycopg2.extensions import encodings
@@ -526,19 +677,15 @@ END
             codec = encodings.get(cursor.connection.encoding, "utf-8")
             for query in queries:
                 sql = cursor.mogrify(*self.driver_statement(conn, query)).decode(codec)
+                counted = counter.rows
                 if fmt == "values":
-                    cursor.execute(sql)
-                    rows = cursor.fetchall()
-                    if any(row[-1] is None for row in rows):
-                        # a value with no MySQL spelling the Python path would agree with
-                        # (infinity, BC dates, NaN): that path decides what happens to it
-                        raise NotImplementedError("a value with no MySQL literal")
-                    out.append(TextRows(fmt, rows, len(rows)))
+                    rows = self._values_rows(cursor, sql, counter)
+                    out.append(TextRows(fmt, rows, len(rows), counter.largest))
                 else:
-                    buffer = io.StringIO()
-                    cursor.copy_expert(f"COPY ({sql}) TO STDOUT", buffer)
-                    text = buffer.getvalue()
-                    out.append(TextRows(fmt, text, text.count("\n")))
+                    sink = _CopySink(counter)
+                    cursor.copy_expert(f"COPY ({sql}) TO STDOUT", sink)
+                    # the rows as psycopg2 wrote them: never joined (COPY FROM reads the list)
+                    out.append(TextRows(fmt, sink.parts, counter.rows - counted, counter.largest))
 
         self._read_only_snapshot(conn)
         try:
@@ -547,6 +694,30 @@ END
             conn.rollback()
         return out
 
+    @staticmethod
+    def _values_rows(cursor, sql, counter) -> list:
+        """The rows of ``sql`` (literals), read through a server-side cursor and counted."""
+        rows = []
+        named = cursor.connection.cursor(name="pdr_values_out")
+        try:
+            named.execute(sql)
+            size = 1
+            while True:
+                part = named.fetchmany(size)
+                if not part:
+                    break
+                for row in part:
+                    if row[-1] is None:
+                        # a value with no MySQL spelling the Python path would agree with
+                        # (infinity, BC dates, NaN): that path decides what happens to it
+                        raise NotImplementedError("a value with no MySQL literal")
+                    counter.add(len(row[-1]))
+                rows.extend(part)
+                size = min(1000, size * 5)
+        finally:
+            named.close()
+        return rows
+
     def apply_marked(self, conn, table, names, key_names, update_names, rows):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
@@ -554,7 +725,7 @@ END
         def work(cursor):
             nonlocal written
             stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
-            cursor.copy_expert(f"COPY {stage} FROM STDIN", io.StringIO(rows.data))
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", _CopySource(rows.data))
             for statement in self.key_lookup_settings():
                 cursor.execute(statement)
             written += self._delete_from(cursor, target, keys, stage, where="pdr_g.pdr_gone")

@@ -17,6 +17,7 @@ from ..deadletters import record as record_dead_letter
 from ..errors import DATA
 from ..errors import describe as describe_error
 from ..mapping import Mapping
+from .budget import BatchTooLarge, row_bytes
 from .visibility import chunks
 
 logger = logging.getLogger("django_pdr.reflect")
@@ -203,10 +204,11 @@ class Applying:
             held |= {k for k, d in dest_keys.items() if d in present}
         return held
 
-    def keyed_rows(self, src, keys, window=None):
+    def keyed_rows(self, src, keys, window=None, cap=None):
         """(upserts as (key, destination row), deletes) for the current source state of ``keys``
-        (the keys of the events in ``window``, when given)."""
-        current = self._source_rows(src, keys, window) if keys else {}
+        (the keys of the events in ``window``, when given).  ``cap``: bytes the rows may
+        take before the read stops with BatchTooLarge (budget.py)."""
+        current = self._source_rows(src, keys, window, cap) if keys else {}
         present = [(k, current[k]) for k in keys if k in current]
         # rows the engine's collation matched without exact equality (case-insensitive keys)
         seen = set(keys)
@@ -215,7 +217,7 @@ class Applying:
         upserts, filtered = self._dest_rows(present)
         return upserts, deletes, filtered
 
-    def _source_rows(self, src, keys: list[tuple], window=None) -> dict[tuple, dict]:
+    def _source_rows(self, src, keys: list[tuple], window=None, cap=None) -> dict[tuple, dict]:
         """Current source rows for ``keys``, by exact key (one query per chunk).  With
         ``window`` (position, last event id), the keys are those of the window's events:
         one query that joins the event table, no key list sent.  Where the engine refuses
@@ -225,7 +227,10 @@ class Applying:
             try:
                 for statement in self.src_dialect.key_lookup_settings():
                     src.execute(sa.text(statement))
-                return self._rows_where(src, [self._keys_in_window(*window)])
+                return self._rows_where(src, [self._keys_in_window(*window)], cap)
+            except BatchTooLarge:
+                src.rollback()
+                raise
             except sa.exc.DBAPIError as exc:
                 src.rollback()
                 if exc.connection_invalidated:
@@ -235,19 +240,57 @@ class Applying:
                             self.reflection, describe_error(exc))
         per_chunk = max(1, self.src_dialect.max_parameters // max(1, len(self.source_key)))
         return self._rows_where(src, [self.src_dialect.key_filter(self.source_key_columns, part)
-                                      for part in chunks(keys, per_chunk)])
+                                      for part in chunks(keys, per_chunk)], cap)
 
-    def _rows_where(self, src, wheres) -> dict[tuple, dict]:
+    def _rows_where(self, src, wheres, cap=None) -> dict[tuple, dict]:
+        """The rows matching each of ``wheres``, by key, read through a streaming cursor
+        (rows per fetch sized by the largest row seen); their bytes past ``cap`` stop the
+        read with BatchTooLarge.  The largest row read feeds the budget's estimate."""
         found = {}
         names = self.source_key
-        for where in wheres:
-            result = src.execute(self.mapping.select(self.source).where(where))
-            columns = list(result.keys())
-            at = [columns.index(n) for n in names]
-            for row in result.fetchall():  # one fetch: iterating fetches row by row
-                found[tuple([row[i] for i in at])] = dict(zip(columns, row))
-        src.rollback()
+        size = largest = 0
+        parts = None
+        try:
+            for where in wheres:
+                columns, parts = self._stream(src, self.mapping.select(self.source).where(where))
+                at = [columns.index(n) for n in names]
+                for part in parts:
+                    for row in part:
+                        bytes_ = row_bytes(row)
+                        size += bytes_
+                        largest = max(largest, bytes_)
+                        found[tuple([row[i] for i in at])] = dict(zip(columns, row))
+                        if cap is not None and size > cap and len(found) > 1:
+                            raise BatchTooLarge(largest, len(found), size)
+        finally:
+            if parts is not None:
+                parts.close()  # the streaming cursor, before the transaction ends
+            src.rollback()
+        if cap is not None:  # a batch (not a dead letter's retry): the estimate follows it
+            self.budget.observed(largest)
         return found
+
+    def _stream(self, src, query):
+        """(column names, parts of ``query``'s rows): a streaming cursor (the driver never
+        holds the whole result), fetched 1, 5, 25, ... rows at a time up to what the
+        largest row seen allows (``Budget.fetch_rows``), so that rows larger than expected
+        are seen after a few of them."""
+        most = self.budget.fetch_rows()
+        result = src.execute(query.execution_options(stream_results=True, max_row_buffer=most))
+
+        def parts():
+            size = 1
+            try:
+                while True:
+                    part = result.fetchmany(size)
+                    if not part:
+                        return
+                    yield part
+                    size = min(most, size * 5)
+            finally:
+                result.close()
+
+        return list(result.keys()), parts()
 
     def _dest_rows(self, rows) -> tuple[list[tuple], list[tuple]]:
         """Transform (key, source row) pairs: ((key, destination row) pairs, filtered-out keys)."""

@@ -33,8 +33,10 @@ _PREPARED: dict = {}
 
 PREPARE_TTL = 60.0
 #: Descriptions kept at most (the least recently used go first): a worker serving many
-#: reflections keeps those it is working on, not one per idle table.
-PREPARED_MAX = 200
+#: reflections keeps those it is working on (the busy ones), not one per quiet table: a
+#: quiet table's change costs a description (a few catalog reads), whereas a thousand
+#: kept descriptions would cost about 100 MB.
+PREPARED_MAX = 64
 
 
 _DESCRIBED = ("capture", "src_dialect", "source", "source_key", "reader", "mapping", "removed_columns",

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from .. import keycodec
 from ..connections import begin
 from ..schema import create_table, reflect_table
+from .budget import BatchTooLarge, row_bytes
 from .positions import STREAM
 from .textpath import TextPathFailed
 from .visibility import Position
@@ -33,28 +34,55 @@ class Loading:
     A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
 
     def _load_python(self, src, after):
-        """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered)."""
-        query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(self.load_chunk)
+        """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered).
+        At most LOAD_CHUNK_SIZE rows, as many as the byte budget allows (budget.py), read
+        through a streaming cursor: the chunk ends early, after the row that passes
+        BATCH_BYTES."""
+        limit = self.budget.rows(self.load_chunk)
+        query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(limit)
         if after is not None:
             query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
-        rows = [dict(r) for r in src.execute(query).mappings().all()]
-        src.rollback()
+        rows, size, largest, full = [], 0, 0, False
+        columns, parts = self._stream(src, query)
+        try:
+            for part in parts:
+                for row in part:
+                    rows.append(dict(zip(columns, row)))
+                    bytes_ = row_bytes(row)
+                    size, largest = size + bytes_, max(largest, bytes_)
+                    if size > self.budget.batch_bytes and len(rows) < limit:
+                        full = True  # the chunk ends here; the next one starts after this row
+                        break
+                if full:
+                    break
+        finally:
+            parts.close()
+            src.rollback()
+        (self.budget.surprised if full else self.budget.observed)(largest)
         keyed = [(tuple(r[n] for n in self.source_key), r) for r in rows]
         upserts, filtered = self._dest_rows(keyed)
-        last = keyed[-1][0] if len(rows) >= self.load_chunk else None
+        last = keyed[-1][0] if full or len(rows) >= limit else None
         return len(rows), last, upserts, filtered
 
     def _load_text(self, src, after):
-        """The next chunk as text: (rows copied, last key or None at the end, text), or None."""
+        """The next chunk as text: (rows copied, last key or None at the end, text), or None
+        (also when its rows would not fit the byte budget: the Python path reads them)."""
+        limit = self.budget.rows(self.load_chunk)
+        if not self.budget.fits(limit):
+            return None
         columns = self.source_key_columns
         bounds = [self.src_dialect.key_after(columns, after)] if after is not None else []
         upper = src.execute(sa.select(*columns).where(*bounds).order_by(*columns)
-                            .offset(self.load_chunk - 1).limit(1)).first()
+                            .offset(limit - 1).limit(1)).first()
         src.rollback()
         if upper is not None:
             upper = tuple(upper)
             bounds.append(sa.not_(self.src_dialect.key_after(columns, upper)))
-        out = self._copy_out(src, [self._text_rows_query(*bounds)])
+        try:
+            out = self._copy_out(src, [self._text_rows_query(*bounds)], self.budget.cap(limit))
+        except BatchTooLarge as exc:
+            self.budget.surprised(exc.largest)
+            return None
         if out is None:
             return None
         return out[0].count, upper, out[0]

@@ -25,6 +25,7 @@ from ..errors import ConfigurationError, ConnectionFailed, TableNotFound
 from ..errors import describe as describe_error
 from ..maintenance import measure, record_sample
 from .apply import Applying
+from .budget import Budget
 from .describe import _PREPARED, Describing
 from .load import Loading
 from .positions import LOAD, STREAM, CaptureChanged, Reconciling
@@ -58,6 +59,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         self.source_table = reflection.source
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
+        self.budget = Budget(int(conf.get("BATCH_BYTES")), key=reflection.pk)  # bytes per batch
         self.held_keys = set()  # keys waiting on a dead letter (read at the start of a pass)
         self._window_join_refused = False
         self.incarnation = None  # of the event table this pass reads (from the source's registry)

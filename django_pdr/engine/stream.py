@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .. import keycodec
 from ..dialects.base import OP_TRUNCATE, TextRows
+from .budget import BatchTooLarge
 from .positions import STREAM
 from .textpath import TextPathFailed
 from .visibility import Position
@@ -43,17 +44,31 @@ class Streaming:
 
     A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
 
-    def python_batch(self, src, batch: Batch) -> Batch:
-        """The same batch as Python rows (after the text path failed, or a key got held)."""
-        upserts, deletes, removals = self.keyed_rows(src, batch.keys, batch.window) if batch.keys else ([], [], [])
+    def python_batch(self, src, batch: Batch, cap: int | None = None) -> Batch:
+        """The same batch as Python rows (after the text path failed, or a key got held);
+        ``cap``: bytes its rows may take before BatchTooLarge (see read_batch)."""
+        upserts, deletes, removals = (self.keyed_rows(src, batch.keys, batch.window, cap) if batch.keys
+                                      else ([], [], []))
         return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window,
                      truncate=batch.truncate)
 
     def read_batch(self, src, state: dict) -> Batch | None:
         """Read and prepare the next batch on the source side only (no write anywhere),
-        or None when nothing is new."""
+        or None when nothing is new.  At most BATCH_SIZE events, and as many as the byte
+        budget allows (budget.py): a batch whose rows pass it is read again, shorter."""
+        limit = self.budget.rows(self.batch_size)
+        while True:
+            try:
+                return self._read_batch(src, state, limit)
+            except BatchTooLarge as exc:
+                self.budget.surprised(exc.largest)
+                smaller = self.budget.smaller(limit, exc.events)
+                logger.info("%s: %s; reading %d events instead of %d", self.reflection, exc, smaller, limit)
+                limit = smaller
+
+    def _read_batch(self, src, state: dict, limit: int) -> Batch | None:
         position = Position.from_json(state["pos"])
-        events, new_position = self.reader.read(src, position, self.batch_size)
+        events, new_position = self.reader.read(src, position, limit)
         self._confirm_capture(src, position)
         if not events and new_position.to_json() == position.to_json():
             return None
@@ -66,12 +81,17 @@ class Streaming:
             return batch
         gap_ids = {e.id for e in events if e.id <= position.cursor}
         batch.window = (position.cursor, max(e.id for e in events), gap_ids)
-        if self._use_text() and not truncate:
-            text = self._copy_out(src, [self._text_batch_query(*batch.window)])
-            if text is not None:
-                batch.text = text[0]
-                return batch
-        return self.python_batch(src, batch)
+        cap = self.budget.cap(limit)
+        try:
+            if self._use_text() and not truncate and self.budget.fits(len(keys)):
+                text = self._copy_out(src, [self._text_batch_query(*batch.window)], cap)
+                if text is not None:
+                    batch.text = text[0]
+                    return batch
+            return self.python_batch(src, batch, cap)
+        except BatchTooLarge as exc:
+            exc.events = len(events)
+            raise
 
     def commit_batch(self, dst, state: dict, batch: Batch) -> tuple[dict, int, int]:
         """Write a prepared batch with its checkpoint; return (state, events, rows written).
@@ -105,23 +125,28 @@ class Streaming:
 
         Pipelined: while batch N commits on the destination (this thread), batch N+1 is
         read from the source (a helper thread; reads only, from the position batch N
-        ends at).  Commits stay strictly in order, each with its checkpoint."""
+        ends at).  Commits stay strictly in order, each with its checkpoint.  Not while
+        rows are large (a batch holds a few of them): two batches would be held at once."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
             future = pool.submit(self.read_batch, src, state)
             while True:
-                batch = future.result()
+                batch, future = future.result(), None
                 if batch is None:
                     result.caught_up = True
                     return state
                 more = not stop() and (deadline is None or time.monotonic() < deadline)
-                if more:
+                ahead = more and not self.budget.large_rows()
+                if ahead:
                     future = pool.submit(self.read_batch, src, batch.state)
                 try:
                     state, events, rows = self.commit_batch(dst, state, batch)
                 except TextPathFailed:
-                    if more:
+                    if ahead:
                         future.result()  # wait: the read-ahead holds the source connection
                     state, events, rows = self.commit_batch(dst, state, self.python_batch(src, batch))
+                if more and not ahead:
+                    del batch  # committed: let its rows go before the next are read
+                    future = pool.submit(self.read_batch, src, state)
                 result.position_changed = True
                 result.events += events
                 result.rows += rows

@@ -9,9 +9,10 @@ import logging
 import sqlalchemy as sa
 
 from ..connections import begin
-from ..dialects.base import TextRefused, TextRows
+from ..dialects.base import TextRefused, TextRows, TextTooLarge
 from ..errors import DATA
 from ..errors import describe as describe_error
+from .budget import BatchTooLarge
 from .checkpoint import StaleCheckpoint
 
 logger = logging.getLogger("django_pdr.reflect")
@@ -76,11 +77,17 @@ class TextPath:
         return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
-    def _copy_out(self, src, queries) -> list[TextRows] | None:
+    def _copy_out(self, src, queries, cap=None) -> list[TextRows] | None:
         """The queries' results as text for the destination, or None (a value with no text
-        spelling, or a query the source refuses): the caller then takes the Python path."""
+        spelling, or a query the source refuses): the caller then takes the Python path.
+        Text past ``cap`` characters stops the read with BatchTooLarge (budget.py)."""
         try:
-            return self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format)
+            out = self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format, cap)
+            if cap is not None:
+                self.budget.observed(max((rows.largest for rows in out), default=0))
+            return out
+        except TextTooLarge as exc:
+            raise BatchTooLarge(exc.largest, exc.rows, exc.size) from exc
         except (sa.exc.CompileError, NotImplementedError) as exc:
             logger.info("%s: text path not possible here (%s); using Python rows", self.reflection, exc)
             return None
