@@ -19,10 +19,11 @@ fire, a few queries whatever the number of tables.  Then:
 - **Quiet first**: reflections whose backlog (highest id − cursor) is small (at most
   QUIET_BACKLOG events, or one batch if smaller: a pass of a few milliseconds) run
   first, smallest first.
-- **One busy slice per round**: reflections with a larger backlog get time slices of
-  ``PDR["TIME_SLICE"]`` seconds, least recently served first, and the round ends
-  after one slice, so the next probe comes at once and a quiet table's change waits
-  for at most one slice.
+- **One busy slice at a time**: reflections with a larger backlog get time slices of
+  ``PDR["TIME_SLICE"]`` seconds, least recently served first.  A running worker runs
+  them on its busy lane (``worker.BusyLane``, a thread of its own) while its rounds go
+  on, so a quiet table's change waits for the next probe, not for a slice; a round run
+  without a lane ends after one slice, so the next probe comes at once.
 
 The probe is an optimisation only: when a source cannot be probed, its reflections
 all run, and their passes report what is wrong.

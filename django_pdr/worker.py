@@ -16,6 +16,9 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 
 from django.db.models import Q
@@ -167,16 +170,121 @@ def _purge_if_due(pk, interval: float):
         logger.warning("purging events of %s failed: %s", source_table, describe_error(exc))
 
 
+def _attempt(reflection, owner: str, stop, seconds: float):
+    """A pass of ``reflection``: (outcome, None) or (None, the exception)."""
+    try:
+        return ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=seconds), None
+    except Exception as exc:  # one reflection's failure must not stop the others
+        return None, exc
+
+
+def _account(reflection, outcome, exc, started: float, result: RoundResult, owner: str, purge_interval: float,
+             scheduler: Scheduler | None):
+    """What a pass leaves to its round: the error recorded (with its back-off), the lease
+    released when caught up, counters, the log line, applied events noted for purging."""
+    if isinstance(exc, (LeaseLost, StaleCheckpoint)):
+        logger.warning("%s", exc)
+        return
+    if exc is not None:
+        release(owner, [reflection.pk])
+        message = describe_error(exc)
+        delay = backoff_seconds(reflection.failures)
+        logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
+                     message, delay, exc_info=(type(exc), exc, exc.__traceback__) if logger.isEnabledFor(
+                         logging.DEBUG) else None,
+                     extra={"reflection": reflection.pk, "source": str(reflection.source),
+                            "destination": f"{reflection.destination.name}:{reflection.destination_table}",
+                            "error": message, "retry_in": delay})
+        reflection.record_error(message, delay)
+        result.failed.append((reflection, message))
+        STATS.failures += 1
+        return
+    if scheduler is not None:
+        remember_checkpoint(reflection)
+    if outcome.caught_up:
+        release(owner, [reflection.pk])  # idle: let any worker take it next time
+    result.ok.append(reflection)
+    if not outcome.caught_up:
+        result.unfinished.append(reflection)
+    result.events += outcome.events
+    result.rows += outcome.rows
+    STATS.events += outcome.events
+    STATS.rows += outcome.rows
+    if outcome.events or outcome.loaded:
+        logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
+                    outcome.rows, "" if outcome.caught_up else " (more pending)",
+                    extra={"reflection": reflection.pk, "source": str(reflection.source),
+                           "destination": f"{reflection.destination.name}:{reflection.destination_table}",
+                           "events": outcome.events, "rows": outcome.rows, "loaded": outcome.loaded,
+                           "seconds": round(time.monotonic() - started, 3),
+                           "caught_up": outcome.caught_up})
+    if outcome.events or outcome.position_changed:
+        _note_applied(reflection.source, outcome.events)
+    _purge_if_due(reflection.source.pk, purge_interval)
+
+
+#: Seconds between two rounds of a running worker while a busy slice is at work on its
+#: lane and the rounds find nothing else to do.
+BUSY_POLL = 0.25
+
+
+class BusyLane:
+    """A running worker's busy reflections, one time slice at a time on a thread of their
+    own, while the rounds (probes, quiet tables) go on: a quiet table's change never
+    waits behind a busy slice.  The thread only runs the pass; what it leaves (errors,
+    leases, counters, purging) is accounted by the round that collects it."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-busy")
+        self._flight = None  # (reflection, started, future)
+
+    @property
+    def running(self) -> int | None:
+        """The pk of the reflection in flight, or None."""
+        return None if self._flight is None else self._flight[0].pk
+
+    def submit(self, reflection, owner: str, stop, seconds: float):
+        assert self._flight is None
+        self._flight = (reflection, time.monotonic(), self._pool.submit(_attempt, reflection, owner, stop, seconds))
+
+    def collect(self, result: RoundResult, owner: str, purge_interval: float, scheduler, wait: float = 0.0):
+        """Account the slice in flight if it has ended (waiting up to ``wait`` seconds)."""
+        if self._flight is None:
+            return
+        reflection, started, future = self._flight
+        try:
+            outcome, exc = future.result(timeout=wait)
+        except FutureTimeout:
+            return
+        self._flight = None
+        _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler)
+
+    def wait(self, seconds: float):
+        """Until the slice in flight ends, or ``seconds`` pass."""
+        if self._flight is not None:
+            futures_wait([self._flight[2]], timeout=seconds)
+
+    def close(self, result: RoundResult, owner: str, purge_interval: float, scheduler):
+        """Wait for the slice in flight (the caller has asked it to stop) and account it."""
+        if self._flight is not None:
+            self.collect(result, owner, purge_interval, scheduler, wait=None)
+        self._pool.shutdown(wait=True)
+
+
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = None,
               owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
-              scheduler: Scheduler | None = None, quiet_sources=frozenset()) -> RoundResult:
+              scheduler: Scheduler | None = None, quiet_sources=frozenset(),
+              lane: BusyLane | None = None) -> RoundResult:
     """One pass over every due reflection this worker can claim, each for at most
-    ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else ONE_SHOT_SLICE).  Applied events are purged after
-    the pass, or at most every ``purge_interval`` seconds per source.  ``backoff`` False:
-    reflections waiting out a back-off after an error are tried too.  With a ``scheduler``
-    (a running worker), idle reflections are skipped, quiet ones go first and the round
-    ends after one busy slice (see scheduling.py); ``quiet_sources``: source databases
-    known to have committed no change since the last round (their probe is reused)."""
+    ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else
+    ONE_SHOT_SLICE).  Applied events are purged after the pass, or at most every
+    ``purge_interval`` seconds per source.  ``backoff`` False: reflections waiting out a
+    back-off after an error are tried too.  With a ``scheduler`` (a running worker), idle
+    reflections are skipped and quiet ones go first (see scheduling.py); one busy slice is
+    served per round: in this round, or, with a ``lane``, on the lane's thread (started
+    when the lane is free; the round does not wait for it).  ``quiet_sources``: source
+    databases known to have committed no change since the last round (their probe is
+    reused)."""
     result = RoundResult()
     single = owner is None
     if single:
@@ -185,6 +293,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     if max_seconds_each is None:  # a one-shot run yields to its other reflections less often
         max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
     busy = set()
+    if lane is not None:
+        lane.collect(result, owner, purge_interval, scheduler)
     if scheduler is None:
         reflections = due_reflections(ids, backoff=backoff)
     else:
@@ -194,11 +304,12 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
         retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
         quiet, busy_list, result.skipped = scheduler.plan(light, scheduler.probes(light, quiet_sources), retrying,
                                                           checkpoints(light))
-        order = [r.pk for r in quiet + busy_list]
+        in_flight = lane.running if lane is not None else None
+        order = [r.pk for r in quiet + busy_list if r.pk != in_flight]
         loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
         reflections = [loaded[pk] for pk in order if pk in loaded]
         busy = {r.pk for r in busy_list}
-    busy_served = False
+    busy_served = lane is not None and lane.running is not None
     try:
         for reflection in reflections:
             if stop():
@@ -215,46 +326,12 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
             if scheduler is not None:
                 scheduler.ran(reflection, busy=reflection.pk in busy)
                 busy_served = busy_served or reflection.pk in busy
-            try:
-                outcome = ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=max_seconds_each)
-            except (LeaseLost, StaleCheckpoint) as exc:
-                logger.warning("%s", exc)
+            if lane is not None and reflection.pk in busy:
+                lane.submit(reflection, owner, stop, max_seconds_each)
+                result.deferred.append(reflection)  # at work on the lane
                 continue
-            except Exception as exc:  # one reflection's failure must not stop the others
-                release(owner, [reflection.pk])
-                message = describe_error(exc)
-                delay = backoff_seconds(reflection.failures)
-                logger.error("reflection %s (%s) failed: %s; next try in %.0f s", reflection.pk, reflection,
-                             message, delay, exc_info=logger.isEnabledFor(logging.DEBUG),
-                             extra={"reflection": reflection.pk, "source": str(reflection.source),
-                                    "destination": f"{reflection.destination.name}:{reflection.destination_table}",
-                                    "error": message, "retry_in": delay})
-                reflection.record_error(message, delay)
-                result.failed.append((reflection, message))
-                STATS.failures += 1
-                continue
-            if scheduler is not None:
-                remember_checkpoint(reflection)
-            if outcome.caught_up:
-                release(owner, [reflection.pk])  # idle: let any worker take it next time
-            result.ok.append(reflection)
-            if not outcome.caught_up:
-                result.unfinished.append(reflection)
-            result.events += outcome.events
-            result.rows += outcome.rows
-            STATS.events += outcome.events
-            STATS.rows += outcome.rows
-            if outcome.events or outcome.loaded:
-                logger.info("reflection %s: %d events, %d rows applied%s", reflection.pk, outcome.events,
-                            outcome.rows, "" if outcome.caught_up else " (more pending)",
-                            extra={"reflection": reflection.pk, "source": str(reflection.source),
-                                   "destination": f"{reflection.destination.name}:{reflection.destination_table}",
-                                   "events": outcome.events, "rows": outcome.rows, "loaded": outcome.loaded,
-                                   "seconds": round(time.monotonic() - started, 3),
-                                   "caught_up": outcome.caught_up})
-            if outcome.events or outcome.position_changed:
-                _note_applied(reflection.source, outcome.events)
-            _purge_if_due(reflection.source.pk, purge_interval)
+            outcome, exc = _attempt(reflection, owner, stop, max_seconds_each)
+            _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler)
         if purge_interval > 0:  # those whose reflections did not run (idle, or deferred)
             for pk in list(_purge_due):
                 if not stop():
@@ -303,13 +380,16 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     # a running worker skips idle reflections between full passes; a one-shot run checks all
     scheduler = None if interval is None else Scheduler(float(conf.get("FULL_PASS_INTERVAL")),
                                                          int(conf.get("BATCH_SIZE")))
+    lane = None if interval is None else BusyLane()
+    # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
+    # pass, and it tries every selected reflection, even one waiting out a back-off
+    purge_interval = 0.0 if interval is None else float(conf.get("PURGE_INTERVAL"))
+    result = RoundResult()
     try:
         while True:
-            # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
-            # pass, and it tries every selected reflection, even one waiting out a back-off
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
-                               purge_interval=0.0 if interval is None else float(conf.get("PURGE_INTERVAL")),
-                               scheduler=scheduler, quiet_sources=waker.quiet)
+                               purge_interval=purge_interval, scheduler=scheduler, quiet_sources=waker.quiet,
+                               lane=lane)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
             forget_stale_descriptions()
@@ -328,13 +408,19 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
                 return total
             if stop_event.is_set():
                 return result
-            if result.events == 0 and not result.deferred:
+            if result.events == 0 and not result.deferred and lane.running is None:
                 # idle: sleep until a source notifies a commit, or the interval ends
                 waker.wait(source_databases(ids), interval, stop_event)
             else:
                 waker.busy()
+                if result.events == 0 and lane.running is not None:
+                    # a busy slice at work and nothing else: probe again soon (a quiet
+                    # table's change waits for this pause, not for the slice)
+                    lane.wait(min(interval, BUSY_POLL))
             if stop_event.is_set():
                 return result
     finally:
+        if lane is not None:
+            lane.close(result, owner, purge_interval, scheduler)
         waker.close()
         release(owner)

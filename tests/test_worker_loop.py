@@ -33,7 +33,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     rounds = list(events_per_round)
 
     def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None,
-                   quiet_sources=frozenset()):
+                   quiet_sources=frozenset(), lane=None):
         log.append(("round", purge_interval) + ((set(quiet_sources),) if quiet_sources else ()))
         result = RoundResult()
         result.events = rounds.pop(0)
@@ -138,3 +138,67 @@ def test_busy_resets_the_backoff(listening_waker):
     waker.busy()
     waker.wait([], 1.0)
     assert timeouts[-1] == 0.005
+
+
+@pytest.mark.django_db
+def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypatch):
+    """With a BusyLane, the round starts the busy slice on the lane's thread and does not
+    wait for it: quiet reflections of this round and the next run while it works, and the
+    slice is accounted (counters, lease) by the round that finds it ended."""
+    from types import SimpleNamespace
+
+    from django_pdr.engine.runner import PassResult
+
+    def reflection(pk):
+        return SimpleNamespace(pk=pk, failures=0, source=SimpleNamespace(pk=pk),
+                               destination=SimpleNamespace(name="d"), destination_table="t")
+
+    quiet, busy = reflection(1), reflection(2)
+    slice_may_end, order = threading.Event(), []
+
+    def attempt(r, owner, stop, seconds):
+        if r.pk == busy.pk:
+            order.append("busy slice starts")
+            assert slice_may_end.wait(10)
+            order.append("busy slice ends")
+            return PassResult(events=500, rows=500, caught_up=True, position_changed=True), None
+        order.append("quiet pass")
+        return PassResult(events=1, rows=1, caught_up=True, position_changed=True), None
+
+    class Plan:
+        def probes(self, light, quiet_sources):
+            return {}
+
+        def plan(self, light, probes, retrying, stored):
+            return [quiet], [busy], 0
+
+        def ran(self, r, busy):
+            pass
+
+    released = []
+    monkeypatch.setattr(worker, "_attempt", attempt)
+    monkeypatch.setattr(worker, "candidates", lambda query: [])
+    monkeypatch.setattr(worker, "checkpoints", lambda light: {})
+    monkeypatch.setattr(worker, "due_reflections", lambda ids, backoff=True: [r for r in (quiet, busy) if r.pk in ids])
+    monkeypatch.setattr(worker, "acquire", lambda r, owner: True)
+    monkeypatch.setattr(worker, "release", lambda owner, ids=None: released.append(ids))
+    monkeypatch.setattr(worker, "remember_checkpoint", lambda r: None)
+    monkeypatch.setattr(worker, "_note_applied", lambda st, events: None)
+
+    lane = worker.BusyLane()
+    try:
+        first = worker.run_round(owner="me", scheduler=Plan(), lane=lane, purge_interval=0.0)
+        assert lane.running == busy.pk and first.deferred == [busy] and first.events == 1
+        second = worker.run_round(owner="me", scheduler=Plan(), lane=lane, purge_interval=0.0)
+        assert second.events == 1 and lane.running == busy.pk  # served again while the slice works
+        assert order == ["busy slice starts", "quiet pass", "quiet pass"] or \
+            order == ["quiet pass", "busy slice starts", "quiet pass"]
+        slice_may_end.set()
+        lane.wait(10)
+        third = worker.run_round(owner="me", scheduler=Plan(), lane=lane, purge_interval=0.0)
+        assert third.events == 1 + 500  # the ended slice is accounted by this round
+        assert [busy.pk] in released  # caught up: its lease released
+        assert lane.running == busy.pk  # and the next slice started
+    finally:
+        slice_may_end.set()
+        lane.close(RoundResult(), "me", 0.0, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ logger = logging.getLogger("django_pdr.reflect")
 
 #: Prepared table descriptions, per reflection (see ReflectionRunner.prepare_cached).
 _PREPARED: dict = {}
+_PREPARED_LOCK = threading.Lock()
 
 
 PREPARE_TTL = 60.0
@@ -53,9 +55,10 @@ def forget_stale_descriptions():
     """Drop the descriptions too old to be used again (PREPARE_TTL): a worker serving many
     idle reflections keeps only those of the active ones in memory."""
     now = time.monotonic()
-    for pk, entry in list(_PREPARED.items()):
-        if now - entry[1] >= PREPARE_TTL:
-            _PREPARED.pop(pk, None)
+    with _PREPARED_LOCK:
+        for pk, entry in list(_PREPARED.items()):
+            if now - entry[1] >= PREPARE_TTL:
+                _PREPARED.pop(pk, None)
 
 
 class Describing:
@@ -202,7 +205,8 @@ class Describing:
             return
         self.prepare(src, dst)
         described = {name: getattr(self, name) for name in _DESCRIBED}
-        _PREPARED.pop(self.reflection.pk, None)
-        while len(_PREPARED) >= PREPARED_MAX:
-            _PREPARED.pop(next(iter(_PREPARED)))  # dicts keep insertion order: the oldest first
-        _PREPARED[self.reflection.pk] = (self._config_key(), time.monotonic(), described)
+        with _PREPARED_LOCK:  # a running worker's busy lane describes too (worker.BusyLane)
+            _PREPARED.pop(self.reflection.pk, None)
+            while len(_PREPARED) >= PREPARED_MAX:
+                _PREPARED.pop(next(iter(_PREPARED)))  # dicts keep insertion order: the oldest first
+            _PREPARED[self.reflection.pk] = (self._config_key(), time.monotonic(), described)
