@@ -34,10 +34,13 @@ import json
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 import sqlalchemy as sa
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from .capture import registry_table
@@ -166,15 +169,40 @@ def probe(database, source_tables) -> dict:
 def candidates(query) -> list:
     """The reflections of ``query`` with only what planning reads (no model instances:
     a round over a thousand idle reflections builds none)."""
-    fields = ("pk", "uid", "status", "position", "resync_requested", "last_applied_at", "destination_id",
+    # the position and uid as the database spells them, decoded once per spelling (they
+    # change only when a reflection applies something): most of a round's cost otherwise
+    fields = ("pk", "pdr_uid", "status", "pdr_position", "resync_requested", "last_applied_at", "destination_id",
               "destination_schema", "source_id", "source__schema", "source__table", "source__event_table",
               "source__installed_fingerprint", "source__database_id")
-    return [SimpleNamespace(pk=pk, uid=uid, status=status, position=position, resync_requested=resync,
-                            last_applied_at=applied, destination_id=destination, destination_schema=dest_schema,
+    query = query.annotate(pdr_uid=Cast("uid", TextField()), pdr_position=Cast("position", TextField()))
+    if len(_DECODED) > 20000:
+        _DECODED.clear()
+    return [SimpleNamespace(pk=pk, uid=_decoded(uid, _uid), status=status, position=_decoded(position, _json),
+                            resync_requested=resync, last_applied_at=applied, destination_id=destination,
+                            destination_schema=dest_schema,
                             source=SimpleNamespace(pk=st, schema=schema, table=table, event_table=event_table,
                                                    installed_fingerprint=fingerprint, database_id=database))
             for (pk, uid, status, position, resync, applied, destination, dest_schema, st, schema, table,
                  event_table, fingerprint, database) in query.values_list(*fields)]
+
+
+#: (decoder, text as the database spells it) -> value (shared: never to be changed)
+_DECODED: dict = {}
+
+
+def _json(text):
+    return json.loads(text) if text else {}
+
+
+def _uid(text):
+    return uuid.UUID(text)
+
+
+def _decoded(text, decode):
+    found = _DECODED.get((decode, text))
+    if found is None:
+        found = _DECODED[(decode, text)] = decode(text)
+    return found
 
 
 def checkpoints(reflections) -> dict:
