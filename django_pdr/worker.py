@@ -151,7 +151,36 @@ def _note_applied(source_table, events: int):
         entry[1] += events
 
 
-def _purge_if_due(pk, interval: float):
+class Purger:
+    """A running worker's purges, on a thread of their own: deleting a busy table's applied
+    events takes a while, and a quiet table's change must not wait for it.  At most one
+    purge per source table at a time; a failed purge is logged (it is housekeeping)."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-purge")
+        self._flight: dict = {}  # source table pk -> future
+
+    def submit(self, source_table) -> bool:
+        """Start purging ``source_table``; False when a purge of it is still at work."""
+        future = self._flight.get(source_table.pk)
+        if future is not None and not future.done():
+            return False
+        self._flight[source_table.pk] = self._pool.submit(_purge, source_table)
+        return True
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+        self._flight.clear()
+
+
+def _purge(source_table):
+    try:
+        purge(source_table)
+    except Exception as exc:  # purging is housekeeping: never fail the pass for it
+        logger.warning("purging events of %s failed: %s", source_table, describe_error(exc))
+
+
+def _purge_if_due(pk, interval: float, purger: Purger | None = None):
     entry = _purge_due.get(pk)
     if entry is None:
         return
@@ -162,12 +191,13 @@ def _purge_if_due(pk, interval: float):
             return
         if waiting < PURGE_AFTER_EVENTS and now - since < PURGE_AFTER_SECONDS:
             return
+    if purger is not None:
+        if not purger.submit(source_table):
+            return  # the last purge is still at work: due again next time
+    else:
+        _purge(source_table)
     del _purge_due[pk]
     _last_purge[pk] = now
-    try:
-        purge(source_table)
-    except Exception as exc:  # purging is housekeeping: never fail the pass for it
-        logger.warning("purging events of %s failed: %s", source_table, describe_error(exc))
 
 
 def _attempt(reflection, owner: str, stop, seconds: float):
@@ -179,7 +209,7 @@ def _attempt(reflection, owner: str, stop, seconds: float):
 
 
 def _account(reflection, outcome, exc, started: float, result: RoundResult, owner: str, purge_interval: float,
-             scheduler: Scheduler | None):
+             scheduler: Scheduler | None, purger: Purger | None = None):
     """What a pass leaves to its round: the error recorded (with its back-off), the lease
     released when caught up, counters, the log line, applied events noted for purging."""
     if isinstance(exc, (LeaseLost, StaleCheckpoint)):
@@ -247,7 +277,8 @@ class BusyLane:
         assert self._flight is None
         self._flight = (reflection, time.monotonic(), self._pool.submit(_attempt, reflection, owner, stop, seconds))
 
-    def collect(self, result: RoundResult, owner: str, purge_interval: float, scheduler, wait: float = 0.0):
+    def collect(self, result: RoundResult, owner: str, purge_interval: float, scheduler, wait: float = 0.0,
+                purger: Purger | None = None):
         """Account the slice in flight if it has ended (waiting up to ``wait`` seconds)."""
         if self._flight is None:
             return
@@ -257,24 +288,24 @@ class BusyLane:
         except FutureTimeout:
             return
         self._flight = None
-        _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler)
+        _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler, purger)
 
     def wait(self, seconds: float):
         """Until the slice in flight ends, or ``seconds`` pass."""
         if self._flight is not None:
             futures_wait([self._flight[2]], timeout=seconds)
 
-    def close(self, result: RoundResult, owner: str, purge_interval: float, scheduler):
+    def close(self, result: RoundResult, owner: str, purge_interval: float, scheduler, purger=None):
         """Wait for the slice in flight (the caller has asked it to stop) and account it."""
         if self._flight is not None:
-            self.collect(result, owner, purge_interval, scheduler, wait=None)
+            self.collect(result, owner, purge_interval, scheduler, wait=None, purger=purger)
         self._pool.shutdown(wait=True)
 
 
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = None,
               owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
               scheduler: Scheduler | None = None, quiet_sources=frozenset(),
-              lane: BusyLane | None = None) -> RoundResult:
+              lane: BusyLane | None = None, purger: Purger | None = None) -> RoundResult:
     """One pass over every due reflection this worker can claim, each for at most
     ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else
     ONE_SHOT_SLICE).  Applied events are purged after the pass, or at most every
@@ -284,7 +315,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     served per round: in this round, or, with a ``lane``, on the lane's thread (started
     when the lane is free; the round does not wait for it).  ``quiet_sources``: source
     databases known to have committed no change since the last round (their probe is
-    reused)."""
+    reused).  ``purger``: purges run on its thread, not in the round."""
     result = RoundResult()
     single = owner is None
     if single:
@@ -294,7 +325,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
         max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
     busy = set()
     if lane is not None:
-        lane.collect(result, owner, purge_interval, scheduler)
+        lane.collect(result, owner, purge_interval, scheduler, purger=purger)
     if scheduler is None:
         reflections = due_reflections(ids, backoff=backoff)
     else:
@@ -331,11 +362,11 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                 result.deferred.append(reflection)  # at work on the lane
                 continue
             outcome, exc = _attempt(reflection, owner, stop, max_seconds_each)
-            _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler)
+            _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler, purger)
         if purge_interval > 0:  # those whose reflections did not run (idle, or deferred)
             for pk in list(_purge_due):
                 if not stop():
-                    _purge_if_due(pk, purge_interval)
+                    _purge_if_due(pk, purge_interval, purger)
     finally:
         if single:
             release(owner)
@@ -381,6 +412,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     scheduler = None if interval is None else Scheduler(float(conf.get("FULL_PASS_INTERVAL")),
                                                          int(conf.get("BATCH_SIZE")))
     lane = None if interval is None else BusyLane()
+    purger = None if interval is None else Purger()
     # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
     # pass, and it tries every selected reflection, even one waiting out a back-off
     purge_interval = 0.0 if interval is None else float(conf.get("PURGE_INTERVAL"))
@@ -389,7 +421,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
         while True:
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
                                purge_interval=purge_interval, scheduler=scheduler, quiet_sources=waker.quiet,
-                               lane=lane)
+                               lane=lane, purger=purger)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
             forget_stale_descriptions()
@@ -421,6 +453,8 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
                 return result
     finally:
         if lane is not None:
-            lane.close(result, owner, purge_interval, scheduler)
+            lane.close(result, owner, purge_interval, scheduler, purger)
+        if purger is not None:
+            purger.close()
         waker.close()
         release(owner)

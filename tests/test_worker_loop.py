@@ -33,7 +33,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     rounds = list(events_per_round)
 
     def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None,
-                   quiet_sources=frozenset(), lane=None):
+                   quiet_sources=frozenset(), lane=None, purger=None):
         log.append(("round", purge_interval) + ((set(quiet_sources),) if quiet_sources else ()))
         result = RoundResult()
         result.events = rounds.pop(0)
@@ -202,3 +202,40 @@ def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypat
     finally:
         slice_may_end.set()
         lane.close(RoundResult(), "me", 0.0, None)
+
+
+def test_a_running_workers_purges_run_on_their_own_thread_one_per_table(monkeypatch):
+    """Purger: the round hands the purge over and goes on; a table whose last purge still
+    works is not purged twice at once (it stays due for the next round)."""
+    from types import SimpleNamespace
+
+    may_end, purged = threading.Event(), []
+
+    def slow_purge(source_table):
+        purged.append((source_table.pk, threading.current_thread().name))
+        assert may_end.wait(10)
+
+    monkeypatch.setattr(worker, "purge", slow_purge)
+    monkeypatch.setattr(worker, "_purge_due", {})
+    monkeypatch.setattr(worker, "_last_purge", {})
+    table = SimpleNamespace(pk=7)
+    purger = worker.Purger()
+    try:
+        worker._note_applied(table, 5000)
+        worker._purge_if_due(7, 1.0, purger)  # due (5,000 events): handed over, not waited for
+        assert 7 not in worker._purge_due
+        deadline = threading.Event()
+        while not purged and not deadline.wait(0.01):
+            pass
+        assert purged[0][0] == 7 and purged[0][1].startswith("pdr-purge")
+        worker._note_applied(table, 5000)
+        monkeypatch.setitem(worker._last_purge, 7, float("-inf"))
+        worker._purge_if_due(7, 1.0, purger)
+        assert 7 in worker._purge_due and len(purged) == 1  # the first still works: due next time
+    finally:
+        may_end.set()
+        purger.close()
+    again = worker.Purger()
+    worker._purge_if_due(7, 1.0, again)
+    again.close()  # waits for it
+    assert len(purged) == 2
