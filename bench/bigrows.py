@@ -64,16 +64,12 @@ def insert_rows(src: Source, rows: int, size: int):
     cur = conn.cursor()
     for i in range(1, rows + 1):
         kind = "tbj"[(i - 1) % 3]
-        if src.kind == "postgresql":
-            value = {"t": f"repeat(%s, {size // 64})", "b": f"decode(repeat(%s, {size // 256}), 'hex')",
-                     "j": f"('{{\"k\": \"' || repeat(%s, {(size - 10) // 64}) || '\"}}')::json"}[kind]
-            unit = {"t": TEXT_UNIT, "b": BYTES_HEX, "j": TEXT_UNIT.replace("\t", "\\t").replace("\n", "\\n")
-                    .replace("\\ ", "\\\\ ")}[kind]
-            cur.execute(f"INSERT INTO big (id, {kind}) VALUES ({i}, {value})", (unit,))
-            conn.commit()
-        elif src.kind == "mysql":
-            value = {"t": f"REPEAT(%s, {size // 64})", "b": f"UNHEX(REPEAT(%s, {size // 256}))",
-                     "j": f"CONCAT('{{\"k\": \"', REPEAT(%s, {(size - 10) // 64}), '\"}}')"}[kind]
+        if src.kind in ("postgresql", "mysql"):
+            value = ({"t": f"repeat(%s, {size // 64})", "b": f"decode(repeat(%s, {size // 256}), 'hex')",
+                      "j": f"('{{\"k\": \"' || repeat(%s, {(size - 10) // 64}) || '\"}}')::json"}
+                     if src.kind == "postgresql" else
+                     {"t": f"REPEAT(%s, {size // 64})", "b": f"UNHEX(REPEAT(%s, {size // 256}))",
+                      "j": f"CONCAT('{{\"k\": \"', REPEAT(%s, {(size - 10) // 64}), '\"}}')"})[kind]
             unit = {"t": TEXT_UNIT, "b": BYTES_HEX, "j": TEXT_UNIT.replace("\t", "\\t").replace("\n", "\\n")
                     .replace("\\ ", "\\\\ ")}[kind]
             cur.execute(f"INSERT INTO big (id, {kind}) VALUES ({i}, {value})", (unit,))
