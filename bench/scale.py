@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -171,6 +172,14 @@ class Scale(Bench):
     def heavy(self, args, procs, label):
         """Busy tables catch up while quiet tables get single-row changes: latencies."""
         self.wait_rounds(procs)
+        spies = []
+        if args.py_spy:
+            os.makedirs(args.py_spy, exist_ok=True)
+            for k, p in enumerate(procs):
+                out = os.path.join(args.py_spy, f"{label.replace(' ', '')}-{k}.json")
+                spies.append(subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid", str(p.pid), "--threads", "--idle", "--nonblocking",
+                                               "--format", "speedscope", "--rate", "100", "-o", out],
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         rng = random.Random(len(procs))
         busy = [f"t{i:04d}" for i in range(BUSY)]
         base = rng.randrange(10_000_000)  # keys of this phase
@@ -190,6 +199,7 @@ class Scale(Bench):
         my.autocommit(True)
         src.autocommit = True
         latencies, pending, lock = [], [], threading.Lock()
+        samples = []  # (source engine, seconds after the busy commit, latency)
         stop = threading.Event()
 
         def poll():
@@ -202,15 +212,36 @@ class Scale(Bench):
                         cur.execute(f"SELECT 1 FROM {table} WHERE id = %s", (key,))
                         if cur.fetchone():
                             latencies.append(time.monotonic() - committed)
+                            samples.append(("postgresql" if table.startswith("t") else "mysql",
+                                            round(committed - t_written, 3), round(latencies[-1], 3)))
                             with lock:
                                 pending.remove(item)
                     if stop.is_set() and time.monotonic() - stopped[0] > 60:
                         break  # never arrived: counted below
                     time.sleep(0.005)
 
+        canaries = {"source": [], "destination": []}  # (seconds after the busy commit, commit seconds)
+
+        def canary(server, database, name):
+            # the floor under any replication latency: one tiny durable commit on the
+            # server, timed, every 0.2 s while the load lasts
+            conn = pg_connect(server, database, autocommit=True)
+            with conn.cursor() as c:
+                c.execute("CREATE TABLE IF NOT EXISTS pdr_bench_canary (at double precision)")
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    c.execute("INSERT INTO pdr_bench_canary VALUES (%s)", (t0,))
+                    canaries[name].append((round(t0 - t_written, 3), round(time.monotonic() - t0, 4)))
+                    time.sleep(0.2)
+            conn.close()
+
         stopped = [0.0]
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
+        canary_threads = [threading.Thread(target=canary, args=(self.pga, "scale", "source"), daemon=True),
+                          threading.Thread(target=canary, args=(self.pgb, "mirror", "destination"), daemon=True)]
+        for thread in canary_threads:
+            thread.start()
         writes = 0
         busy_done_at = None
         deadline = time.monotonic() + args.max_seconds
@@ -242,6 +273,9 @@ class Scale(Bench):
                 if busy_done_at is not None and writes >= args.min_quiet:
                     break
         stopped[0] = time.monotonic()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         stop.set()
         poller.join(90)
         lost = len(pending)
@@ -252,7 +286,18 @@ class Scale(Bench):
                "max_s": max(latencies) if latencies else float("nan"), "never_arrived": lost,
                "busy_catch_up_s": (busy_done_at - t_written) if busy_done_at else None,
                "busy_events": BUSY * args.busy_events,
-               "rss_peak_mb": [rss_mb(p.pid, "VmHWM") for p in procs]}
+               "rss_peak_mb": [rss_mb(p.pid, "VmHWM") for p in procs],
+               "by_source": {}, "samples": samples, "canaries": canaries}
+        for name, values in canaries.items():
+            commits = [v for _, v in values]
+            log(f"{label}: a one-row durable commit on the {name} server took p50 {pct(commits, 50) * 1000:.1f} ms, "
+                f"p99 {pct(commits, 99) * 1000:.1f} ms, max {max(commits or [0]) * 1000:.0f} ms meanwhile")
+        for engine in ("postgresql", "mysql"):
+            mine = [s[2] for s in samples if s[0] == engine]
+            out["by_source"][engine] = {"changes": len(mine), "p50_s": pct(mine, 50), "p99_s": pct(mine, 99),
+                                        "max_s": max(mine) if mine else float("nan")}
+            log(f"{label}: {engine} quiet tables: p50 {pct(mine, 50):.3f} s, p99 {pct(mine, 99):.3f} s "
+                f"over {len(mine)} changes")
         log(f"{label}: quiet-table latency p50 {out['p50_s']:.3f} s, p99 {out['p99_s']:.3f} s, max {out['max_s']:.3f} s "
             f"over {writes} changes ({lost} never arrived); busy catch-up "
             f"{out['busy_catch_up_s'] if out['busy_catch_up_s'] is None else round(out['busy_catch_up_s'], 1)} s; "
@@ -274,6 +319,10 @@ def main():
                         help="PDR FULL_PASS_INTERVAL for the workers (default: the library's)")
     parser.add_argument("--library", choices=("worktree", "head"), default="worktree")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--one-worker", action="store_true", help="skip the 3-worker phase (diagnosis)")
+    parser.add_argument("--py-spy", metavar="DIR",
+                        help="record each worker's stacks (py-spy, all threads, idle included) during the "
+                             "load phases into DIR (diagnosis; py-spy must be installed)")
     args = parser.parse_args()
     pdr = {}
     if args.full_pass_interval is not None:
@@ -287,6 +336,12 @@ def main():
         results["library"] = bench.library
         bench.start_servers(mariadb=True)
         bench.setup_django()
+        from django.db import connection
+
+        with connection.cursor() as cur:
+            # Django's own database (SQLite here) in WAL mode, as docs/operations.md advises
+            # for a running worker: its threads' progress writes then never wait for a reader
+            cur.execute("PRAGMA journal_mode=WAL")
         from django_pdr import conf
 
         interval = float(conf.get("FULL_PASS_INTERVAL"))
@@ -298,8 +353,10 @@ def main():
         results["load_1"] = bench.heavy(args, procs, "1 worker")
         for p in procs:
             bench.stop_worker(p)
-        procs = bench.workers(3, 19470)
-        results["load_3"] = bench.heavy(args, procs, "3 workers")
+        procs = []
+        if not args.one_worker:
+            procs = bench.workers(3, 19470)
+            results["load_3"] = bench.heavy(args, procs, "3 workers")
     finally:
         for p in procs:
             try:
@@ -321,6 +378,8 @@ def main():
     print(f"    a full pass costs {i['full_pass_cpu_ms']:.0f} ms of CPU (the first round's average): the periodic "
           f"full passes add {i['full_passes_cpu_pct']:.1f}% of a core on average")
     for key, label in (("load_1", "1 worker"), ("load_3", "3 workers")):
+        if key not in results:
+            continue
         r = results[key]
         print(f"  {label}: quiet-table commit→visible p50 {r['p50_s']:.3f} s, p99 {r['p99_s']:.3f} s, "
               f"max {r['max_s']:.3f} s ({r['quiet_changes']} changes, {r['never_arrived']} never arrived) while "

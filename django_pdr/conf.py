@@ -26,6 +26,10 @@ DEFAULTS = {
     # Seconds a reflection with a backlog works before the worker turns to the others (a
     # running worker then probes every source again and serves quiet tables first).
     "TIME_SLICE": 0.5,
+    # Passes a running worker runs at once in a round (threads): the tables with a few new
+    # events then wait for the slowest of them, not for all of them one after another.
+    # Passes into one destination table still run one after another.
+    "PASS_THREADS": 4,
     # A running worker skips reflections whose event tables hold nothing new and whose
     # triggers are in place (one probe per source database per round); each still gets a
     # full pass (destination checkpoint read, tables described afresh) about this often, in

@@ -5,6 +5,7 @@ import datetime as dt
 import logging
 
 import sqlalchemy as sa
+from django.db.models import F
 from django.utils import timezone
 
 from . import conf
@@ -92,14 +93,26 @@ def measure(reflection, src_conn, reader) -> tuple[int, float | None]:
     return int(count or 0), (lag if count else 0.0)
 
 
+#: reflection pk -> (pk, at) of the last Sample this process stored for it: a pass within
+#: SAMPLE_INTERVAL adds its counts to that sample without reading it first
+_LAST_SAMPLE: dict = {}
+
+
 def record_sample(reflection, pending, lag, events, rows, force=False):
     """Store a Sample at most every SAMPLE_INTERVAL seconds; prune old ones."""
     now = timezone.now()
-    last = Sample.objects.filter(reflection=reflection).order_by("-at").first()
-    if not force and last and (now - last.at).total_seconds() < float(conf.get("SAMPLE_INTERVAL")):
-        Sample.objects.filter(pk=last.pk).update(events=last.events + events, rows=last.rows + rows)
-        return
-    Sample.objects.create(reflection=reflection, at=now, pending_events=pending, lag_seconds=lag,
-                          events=events, rows=rows)
+    interval = float(conf.get("SAMPLE_INTERVAL"))
+    known = _LAST_SAMPLE.get(reflection.pk)
+    if known is None:
+        last = Sample.objects.filter(reflection=reflection).order_by("-at").values_list("pk", "at").first()
+        known = tuple(last) if last else None
+    if not force and known and (now - known[1]).total_seconds() < interval:
+        if Sample.objects.filter(pk=known[0], reflection=reflection).update(events=F("events") + events,
+                                                                            rows=F("rows") + rows):
+            _LAST_SAMPLE[reflection.pk] = known
+            return
+    sample = Sample.objects.create(reflection=reflection, at=now, pending_events=pending, lag_seconds=lag,
+                                   events=events, rows=rows)
+    _LAST_SAMPLE[reflection.pk] = (sample.pk, now)
     cutoff = now - dt.timedelta(days=float(conf.get("SAMPLE_RETENTION_DAYS")))
     Sample.objects.filter(reflection=reflection, at__lt=cutoff).delete()

@@ -200,10 +200,11 @@ def _purge_if_due(pk, interval: float, purger: Purger | None = None):
     _last_purge[pk] = now
 
 
-def _attempt(reflection, owner: str, stop, seconds: float):
-    """A pass of ``reflection``: (outcome, None) or (None, the exception)."""
+def _attempt(reflection, owner: str, stop, seconds: float, vouched=None):
+    """A pass of ``reflection``: (outcome, None) or (None, the exception).  ``vouched``: the
+    registry row this round's probe found, with the capture in place (see ReflectionRunner)."""
     try:
-        return ReflectionRunner(reflection, owner=owner).run(stop=stop, max_seconds=seconds), None
+        return ReflectionRunner(reflection, owner=owner, vouched=vouched).run(stop=stop, max_seconds=seconds), None
     except Exception as exc:  # one reflection's failure must not stop the others
         return None, exc
 
@@ -250,7 +251,7 @@ def _account(reflection, outcome, exc, started: float, result: RoundResult, owne
                            "caught_up": outcome.caught_up})
     if outcome.events or outcome.position_changed:
         _note_applied(reflection.source, outcome.events)
-    _purge_if_due(reflection.source.pk, purge_interval)
+    _purge_if_due(reflection.source.pk, purge_interval, purger)
 
 
 #: Seconds between two rounds of a running worker while a busy slice is at work on its
@@ -302,10 +303,60 @@ class BusyLane:
         self._pool.shutdown(wait=True)
 
 
+def vouched_registrations(probes: dict) -> dict:
+    """{source table pk: Registration} of the probes that found every row trigger in place
+    and a registry row: passes of this round need not check the capture again."""
+    from .capture import Registration
+
+    return {pk: Registration(found.incarnation, found.purged_through, None)
+            for pk, found in probes.items() if found.capturing and found.incarnation is not None}
+
+
+class SideBySide:
+    """A running worker's quiet passes, several at a time.  A quiet table's change waits
+    for the passes of the round before its own; run one after another, a round with a few
+    changed tables made the last one wait for all of them (each pass is a few round trips
+    to three databases, mostly waiting).  Passes into the same destination table run one
+    after another on one thread (a fan-in's reflections would otherwise contend for its
+    rows); the round accounts every pass itself, in order, once all have ended."""
+
+    def __init__(self, threads: int):
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pdr-pass")
+        #: passes claimed at a time: a claim waits for its pass no longer than a few passes
+        self.chunk = 2 * threads
+
+    @staticmethod
+    def _one_after_another(reflections, owner: str, stop, seconds: float, vouched: dict) -> list:
+        out = []
+        for reflection in reflections:
+            started = time.monotonic()
+            outcome, exc = (None, None) if stop() else _attempt(reflection, owner, stop, seconds,
+                                                                vouched.get(reflection.source_id))
+            out.append((reflection, started, outcome, exc))
+        return out
+
+    def run(self, reflections, owner: str, stop, seconds: float, vouched: dict | None = None) -> list:
+        """[(reflection, started, outcome, exception)] of each pass, in the given order; a
+        pass not started because ``stop()`` came has neither outcome nor exception.
+        ``vouched``: {source table pk: the registry row this round's probe found}."""
+        groups: dict = {}
+        for reflection in reflections:
+            target = (reflection.destination_id, reflection.destination_schema, reflection.destination_table)
+            groups.setdefault(target, []).append(reflection)
+        futures = [self._pool.submit(self._one_after_another, group, owner, stop, seconds, vouched or {})
+                   for group in groups.values()]
+        done = {entry[0].pk: entry for future in futures for entry in future.result()}
+        return [done[r.pk] for r in reflections]
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+
 def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = None,
               owner: str | None = None, purge_interval: float = 0.0, backoff: bool = True,
               scheduler: Scheduler | None = None, quiet_sources=frozenset(),
-              lane: BusyLane | None = None, purger: Purger | None = None) -> RoundResult:
+              lane: BusyLane | None = None, purger: Purger | None = None,
+              side: "SideBySide | None" = None) -> RoundResult:
     """One pass over every due reflection this worker can claim, each for at most
     ``max_seconds_each`` (default: ``PDR["TIME_SLICE"]`` with a scheduler, else
     ONE_SHOT_SLICE).  Applied events are purged after the pass, or at most every
@@ -315,7 +366,9 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     served per round: in this round, or, with a ``lane``, on the lane's thread (started
     when the lane is free; the round does not wait for it).  ``quiet_sources``: source
     databases known to have committed no change since the last round (their probe is
-    reused).  ``purger``: purges run on its thread, not in the round."""
+    reused).  ``purger``: purges run on its thread, not in the round.  ``side``: the
+    round's passes (those not on the lane) run side by side on its threads, a few claims at a
+    time, each accounted in order when those have ended."""
     result = RoundResult()
     single = owner is None
     if single:
@@ -324,6 +377,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     if max_seconds_each is None:  # a one-shot run yields to its other reflections less often
         max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
     busy = set()
+    vouched = {}  # source table pk -> Registration its probe found, capture in place
     if lane is not None:
         lane.collect(result, owner, purge_interval, scheduler, purger=purger)
     if scheduler is None:
@@ -333,14 +387,25 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
 
         light = candidates(due_query(ids, backoff=backoff))
         retrying = set(DeadLetter.objects.filter(retry_requested=True).values_list("reflection_id", flat=True))
-        quiet, busy_list, result.skipped = scheduler.plan(light, scheduler.probes(light, quiet_sources), retrying,
-                                                          checkpoints(light))
+        probes = scheduler.probes(light, quiet_sources)
+        quiet, busy_list, result.skipped = scheduler.plan(light, probes, retrying, checkpoints(light))
+        vouched = vouched_registrations(probes)
         in_flight = lane.running if lane is not None else None
         order = [r.pk for r in quiet + busy_list if r.pk != in_flight]
         loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
         reflections = [loaded[pk] for pk in order if pk in loaded]
         busy = {r.pk for r in busy_list}
     busy_served = lane is not None and lane.running is not None
+    together = []  # claimed passes waiting for ``side`` to run them side by side
+
+    def run_side_by_side():
+        for reflection, started, outcome, exc in (side.run(together, owner, stop, max_seconds_each, vouched)
+                                                  if together else ()):
+            if outcome is None and exc is None:
+                continue  # not started: the worker is stopping (its leases are released then)
+            _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler, purger)
+        together.clear()
+
     try:
         for reflection in reflections:
             if stop():
@@ -361,8 +426,14 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                 lane.submit(reflection, owner, stop, max_seconds_each)
                 result.deferred.append(reflection)  # at work on the lane
                 continue
-            outcome, exc = _attempt(reflection, owner, stop, max_seconds_each)
+            if side is not None:
+                together.append(reflection)  # run side by side with the next ones
+                if len(together) >= side.chunk:
+                    run_side_by_side()
+                continue
+            outcome, exc = _attempt(reflection, owner, stop, max_seconds_each, vouched.get(reflection.source_id))
             _account(reflection, outcome, exc, started, result, owner, purge_interval, scheduler, purger)
+        run_side_by_side()
         if purge_interval > 0:  # those whose reflections did not run (idle, or deferred)
             for pk in list(_purge_due):
                 if not stop():
@@ -412,6 +483,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     scheduler = None if interval is None else Scheduler(float(conf.get("FULL_PASS_INTERVAL")),
                                                          int(conf.get("BATCH_SIZE")))
     lane = None if interval is None else BusyLane()
+    side = None if interval is None else SideBySide(int(conf.get("PASS_THREADS")))
     purger = None if interval is None else Purger()
     # a running worker purges at most every PURGE_INTERVAL; a one-shot run after each
     # pass, and it tries every selected reflection, even one waiting out a back-off
@@ -421,7 +493,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
         while True:
             result = run_round(ids, stop=stop_event.is_set, owner=owner, backoff=interval is not None,
                                purge_interval=purge_interval, scheduler=scheduler, quiet_sources=waker.quiet,
-                               lane=lane, purger=purger)
+                               lane=lane, purger=purger, side=side)
             STATS.passes += 1
             STATS.last_pass_at = time.time()
             forget_stale_descriptions()
@@ -454,6 +526,8 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
     finally:
         if lane is not None:
             lane.close(result, owner, purge_interval, scheduler, purger)
+        if side is not None:
+            side.close()
         if purger is not None:
             purger.close()
         waker.close()

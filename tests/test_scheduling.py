@@ -281,3 +281,55 @@ def test_a_checkpoint_read_before_the_copy_was_written_does_not_judge_it():
     assert idle(r, found, {1: dict(r.position, c=3)}) is False  # restored from an older backup
     assert idle(r, found, {}) is False  # no checkpoint read, or none held: run it
     assert idle(r, found, {1: scheduling.UNKNOWN}) is True
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.live
+def test_a_pass_vouched_by_its_rounds_probe_skips_its_capture_check_and_a_stale_vouch_decides_nothing(
+        make_target, monkeypatch):
+    """A running worker's pass trusts its round's probe (triggers in place, registry row)
+    instead of checking the capture again, only while the probe agrees with the checkpoint;
+    a probe older than a reinstall never makes a pass resync, nor hides the reinstall."""
+    from django_pdr.engine import positions
+
+    source, dest = make_target("postgresql"), make_target("sqlite")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)", "INSERT INTO t VALUES (1, 'a')")
+    st = watch(source.model("src"), "t")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    assert not worker.run().failed
+    vouched = worker.vouched_registrations(probe(st.database, [st]))
+    assert st.pk in vouched and vouched[st.pk].incarnation == st.incarnation
+    checks = []
+    real = positions.Reconciling._check_capture
+    monkeypatch.setattr(positions.Reconciling, "_check_capture", lambda self, src: checks.append(1) or real(self, src))
+
+    def attempt():
+        reflection.refresh_from_db()
+        outcome, exc = worker._attempt(reflection, None, lambda: False, 30.0, vouched[st.pk])
+        assert exc is None, exc
+        assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
+        return outcome
+
+    source.execute("INSERT INTO t VALUES (2, 'b')")
+    outcome = attempt()
+    assert outcome.events == 1 and outcome.caught_up and checks == []  # vouched: no check of its own
+
+    # reinstalled after the probe: the stale vouch still agrees with the checkpoint, the
+    # read's confirmation finds the new incarnation, the pass checks for itself and resyncs
+    name = next(n for n in sorted(source.engine.connect().exec_driver_sql(
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal").scalars()) if n.endswith("_ins"))
+    source.execute(f'DROP TRIGGER "{name}" ON t')
+    st.refresh_from_db()
+    st.install()  # a capture that was partial is installed anew: a new incarnation
+    st.refresh_from_db()
+    assert st.incarnation != vouched[st.pk].incarnation
+    source.execute("INSERT INTO t VALUES (3, 'c')")
+    outcome = attempt()
+    assert checks and outcome.loaded == 3
+
+    # the checkpoint is of the new incarnation now: the stale vouch disagrees, is not used,
+    # and decides no resync
+    checks.clear()
+    source.execute("UPDATE t SET v = 'B' WHERE id = 2")
+    outcome = attempt()
+    assert checks and outcome.loaded == 0 and outcome.events == 1

@@ -33,7 +33,7 @@ def _run_loop(monkeypatch, events_per_round, interval):
     rounds = list(events_per_round)
 
     def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None,
-                   quiet_sources=frozenset(), lane=None, purger=None):
+                   quiet_sources=frozenset(), lane=None, purger=None, side=None):
         log.append(("round", purge_interval) + ((set(quiet_sources),) if quiet_sources else ()))
         result = RoundResult()
         result.events = rounds.pop(0)
@@ -150,13 +150,13 @@ def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypat
     from django_pdr.engine.runner import PassResult
 
     def reflection(pk):
-        return SimpleNamespace(pk=pk, failures=0, source=SimpleNamespace(pk=pk),
+        return SimpleNamespace(pk=pk, failures=0, source=SimpleNamespace(pk=pk), source_id=pk,
                                destination=SimpleNamespace(name="d"), destination_table="t")
 
     quiet, busy = reflection(1), reflection(2)
     slice_may_end, order = threading.Event(), []
 
-    def attempt(r, owner, stop, seconds):
+    def attempt(r, owner, stop, seconds, vouched=None):
         if r.pk == busy.pk:
             order.append("busy slice starts")
             assert slice_may_end.wait(10)
@@ -239,3 +239,88 @@ def test_a_running_workers_purges_run_on_their_own_thread_one_per_table(monkeypa
     worker._purge_if_due(7, 1.0, again)
     again.close()  # waits for it
     assert len(purged) == 2
+
+
+def test_a_pass_accounted_by_the_round_hands_its_purge_to_the_purger(monkeypatch):
+    """_account (inline passes and collected busy slices alike) must not purge on the
+    round's thread: a busy table's purge there made every quiet table wait for it."""
+    from types import SimpleNamespace
+
+    may_end, purged = threading.Event(), []
+
+    def slow_purge(source_table):
+        purged.append(threading.current_thread().name)
+        assert may_end.wait(10)
+
+    monkeypatch.setattr(worker, "purge", slow_purge)
+    monkeypatch.setattr(worker, "release", lambda owner, ids=None: None)
+    monkeypatch.setattr(worker, "_purge_due", {})
+    monkeypatch.setattr(worker, "_last_purge", {})
+    reflection = SimpleNamespace(pk=3, source=SimpleNamespace(pk=9), destination=SimpleNamespace(name="d"),
+                                 destination_table="t")
+    outcome = SimpleNamespace(caught_up=True, events=50_000, rows=50_000, loaded=0, position_changed=True)
+    purger = worker.Purger()
+    try:
+        worker._account(reflection, outcome, None, 0.0, RoundResult(), "me", 1.0, None, purger)
+        assert 9 not in worker._purge_due  # handed over (the slow purge has not ended)
+        for _ in range(500):
+            if purged:
+                break
+            threading.Event().wait(0.01)
+        assert purged and purged[0].startswith("pdr-purge")
+    finally:
+        may_end.set()
+        purger.close()
+
+
+def test_side_by_side_passes_overlap_except_into_one_destination_table(monkeypatch):
+    """SideBySide: passes into different destination tables are at work at the same time
+    (each waits here until another has started); two into one destination table never
+    are; the outcomes come back in the order given."""
+    from types import SimpleNamespace
+
+    lock, at_work, overlaps, log = threading.Lock(), set(), [], []
+    both_started = threading.Barrier(2, timeout=10)
+
+    def fake_attempt(reflection, owner, stop, seconds, vouched=None):
+        with lock:
+            overlaps.append((reflection.pk, set(at_work)))
+            at_work.add(reflection.pk)
+        if reflection.pk in (1, 3):
+            both_started.wait()  # 1 and 3 must be at work together, or this times out
+        threading.Event().wait(0.05)
+        with lock:
+            at_work.discard(reflection.pk)
+            log.append(reflection.pk)
+        return SimpleNamespace(pk=reflection.pk), None
+
+    monkeypatch.setattr(worker, "_attempt", fake_attempt)
+
+    def reflection(pk, table):
+        return SimpleNamespace(pk=pk, source_id=pk, destination_id=1, destination_schema="", destination_table=table)
+
+    side = worker.SideBySide(4)
+    try:
+        given = [reflection(1, "a"), reflection(2, "a"), reflection(3, "b")]
+        out = side.run(given, "me", lambda: False, 1.0)
+    finally:
+        side.close()
+    assert [entry[0].pk for entry in out] == [1, 2, 3]
+    assert [entry[2].pk for entry in out] == [1, 2, 3] and all(entry[3] is None for entry in out)
+    seen = dict(overlaps)
+    assert 1 not in seen[2] and log.index(1) < log.index(2)  # one destination table: one after another
+    assert 3 in seen[2] or 1 in seen[3] or 2 in seen[3]  # another one: side by side
+
+
+def test_side_by_side_passes_not_started_when_the_worker_stops(monkeypatch):
+    from types import SimpleNamespace
+
+    ran = []
+    monkeypatch.setattr(worker, "_attempt", lambda r, *a: (ran.append(r.pk), (SimpleNamespace(), None))[1])
+    side = worker.SideBySide(2)
+    try:
+        out = side.run([SimpleNamespace(pk=1, source_id=1, destination_id=1, destination_schema="", destination_table="t")],
+                       "me", lambda: True, 1.0)
+    finally:
+        side.close()
+    assert ran == [] and out[0][2] is None and out[0][3] is None

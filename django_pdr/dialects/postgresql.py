@@ -655,11 +655,11 @@ END
 
     def _read_only_snapshot(self, conn):
         """One REPEATABLE READ snapshot for every query of a ``copy_out``."""
-        conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
         # the batch's keys are few next to the source table (even once the event table's
-        # statistics say how many): look each one up, never scan the table
-        for statement in self.key_lookup_settings():
-            conn.execute(sa.text(statement))
+        # statistics say how many): look each one up, never scan the table.  One round
+        # trip: SET TRANSACTION comes first in the transaction either way.
+        conn.exec_driver_sql("; ".join(["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                                        *self.key_lookup_settings()]))
 
     def copy_out(self, conn, queries, fmt="copy", limit=None):
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the

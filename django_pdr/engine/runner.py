@@ -53,9 +53,13 @@ class PassResult:
 class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Applying):
     """Carries out the work of one Reflection; built fresh for each pass."""
 
-    def __init__(self, reflection, owner: str | None = None):
+    def __init__(self, reflection, owner: str | None = None, vouched=None):
         self.reflection = reflection
         self.owner = owner  # lease holder; progress writes renew the lease
+        # the registry row as a running worker's probe found it, with every row trigger in
+        # place: a streaming pass then skips its own check of the capture (see _run_checked)
+        self.vouched = vouched
+        self.unsaved = (0, 0)  # events and rows committed whose progress is not recorded yet
         self.source_table = reflection.source
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
@@ -82,12 +86,20 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
             return self._run_checked(src, dst, result, stop, max_seconds, started)
         except CaptureChanged:
             # reinstalled or purged under this pass: the checks at the start tell which
+            self.vouched = None
             return self._run_checked(src, dst, result, stop, max_seconds, started)
 
     def _run_checked(self, src, dst, result, stop, max_seconds, started):
         r = self.reflection
-        registered = self._check_capture(src)
-        state, starting = self._reconcile(self.read_state(dst), registered)
+        stored = self.read_state(dst)
+        # A running worker's probe of this round found every row trigger in place (checked
+        # at most TRIGGER_CHECK_SECONDS ago, as for the reflections it skips) and this
+        # registry row.  When it agrees with the checkpoint, the pass skips its own check
+        # of the capture: every read below is confirmed against the registry
+        # (_confirm_capture), and reinstalled or purged meanwhile, the pass starts again
+        # with its own check.  A probe never decides a resync: disagreeing, it is not used.
+        registered = self.vouched if self._agrees(stored, self.vouched) else self._check_capture(src)
+        state, starting = self._reconcile(stored, registered)
         self.held_keys = held_keys(r)
         if self.held_keys:
             self.retry_dead_letters(src, dst, state)
@@ -111,13 +123,23 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         if not (result.events or result.position_changed or result.loaded or starting
                 or r.status != "running" or r.pending_events is None or r.pending_events):
             return result  # an idle poll of a healthy reflection: nothing new to record
-        self._save_progress(status="running", state=state, events=0, rows=0)
+        measured = {}
         if state["phase"] == STREAM:
-            pending, lag = measure(r, src, self.reader)
-            type(r).objects.filter(pk=r.pk).update(pending_events=pending, lag_seconds=lag)
-            r.pending_events, r.lag_seconds = pending, lag
-            record_sample(r, pending, lag, result.events, result.rows)
+            if result.caught_up and not Position.from_json(state["pos"]).gaps:
+                pending, lag = 0, 0.0  # every event visible when read is applied: no query to say so
+            else:
+                pending, lag = measure(r, src, self.reader)
+            measured = {"pending_events": pending, "lag_seconds": lag}
+        events, rows = self.unsaved
+        self._save_progress(status="running", state=state, events=events, rows=rows, **measured)  # one write
+        if measured:
+            record_sample(r, measured["pending_events"], measured["lag_seconds"], result.events, result.rows)
         return result
+
+    def _agrees(self, stored: dict | None, vouched) -> bool:
+        return (vouched is not None and stored is not None and not self.reflection.resync_requested
+                and stored.get("phase") == STREAM and stored.get("inc") == vouched.incarnation
+                and Position.from_json(stored["pos"]).horizon >= vouched.purged_through)
 
     def retry_dead_letters(self, src, dst, state: dict):
         """Re-apply the current source row of each dead letter whose retry was requested."""
@@ -135,10 +157,10 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
             resolve(letter)
             logger.info("%s: dead-lettered row %s applied on retry", self.reflection, list(key))
 
-    def _save_progress(self, *, status, state, events=0, rows=0):
+    def _save_progress(self, *, status, state, events=0, rows=0, **measured):
         r = self.reflection
         fields = {"status": status, "position": dict(state.get("pos", {}), i=state.get("inc")),
-                  "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}}
+                  "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}, **measured}
         if events or rows or status == "running":
             fields.update(last_error="", failures=0, next_attempt_at=None)
         if status == "running" and self.held_keys:

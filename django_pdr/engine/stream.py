@@ -37,6 +37,10 @@ class Batch:
     text: TextRows | None = None
     window: tuple | None = None  # (cursor, last event id, ids found in gaps): the events the batch covers
     truncate: bool = False  # the source table was emptied among these events
+    # the read found the end of the events and left no gap open: every event visible when
+    # it was read is in it, so the pass is caught up once it commits (a later event lies above
+    # its cursor, where the next probe finds it; an open gap would not be idle either)
+    last: bool = False
 
 
 class Streaming:
@@ -50,7 +54,7 @@ class Streaming:
         upserts, deletes, removals = (self.keyed_rows(src, batch.keys, batch.window, cap) if batch.keys
                                       else ([], [], []))
         return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window,
-                     truncate=batch.truncate)
+                     truncate=batch.truncate, last=batch.last)
 
     def read_batch(self, src, state: dict) -> Batch | None:
         """Read and prepare the next batch on the source side only (no write anywhere),
@@ -76,7 +80,8 @@ class Streaming:
         keys = list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
                      "inc": self.incarnation}
-        batch = Batch(new_state, len(events), keys, truncate=truncate)
+        batch = Batch(new_state, len(events), keys, truncate=truncate,
+                      last=self.reader.read_all and not new_position.gaps)
         if not keys:
             return batch
         gap_ids = {e.id for e in events if e.id <= position.cursor}
@@ -134,7 +139,8 @@ class Streaming:
                 if batch is None:
                     result.caught_up = True
                     return state
-                more = not stop() and (deadline is None or time.monotonic() < deadline)
+                last = batch.last
+                more = not last and not stop() and (deadline is None or time.monotonic() < deadline)
                 ahead = more and not self.budget.large_rows()
                 if ahead:
                     future = pool.submit(self.read_batch, src, batch.state)
@@ -151,6 +157,12 @@ class Streaming:
                 result.events += events
                 result.rows += rows
                 result.batches += 1
+                if last:
+                    # no second read to find nothing (see Batch.last); the pass's closing
+                    # write records this batch's progress with the rest (runner.py)
+                    result.caught_up = True
+                    self.unsaved = (events, rows)
+                    return state
                 self._save_progress(status="running", state=state, events=events, rows=rows)
                 if not more:
                     return state

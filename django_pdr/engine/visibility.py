@@ -186,8 +186,11 @@ class EventReader:
         # 3. Read new events after the cursor.
         cursor = position.cursor
         room = limit - len(events)
+        #: after this read: True when it read every event visible after the cursor
+        self.read_all = False
         if room > 0 and not exhausted:
-            new, _ = self._rows(conn, self.table.c.pdr_id > cursor, room)
+            new, full = self._rows(conn, self.table.c.pdr_id > cursor, room)
+            self.read_all = not full
             expected = cursor + 1
             for event in new:
                 if event.id > expected:
