@@ -324,3 +324,38 @@ def test_side_by_side_passes_not_started_when_the_worker_stops(monkeypatch):
     finally:
         side.close()
     assert ran == [] and out[0][2] is None and out[0][3] is None
+
+
+def test_a_running_worker_freezes_what_it_keeps_after_its_first_round_and_thaws_at_exit(monkeypatch):
+    """settle_memory: the lifetime objects leave the cyclic collector's way after the
+    first round (each full collection walked them: pauses of a few hundred ms at 1,000
+    tables); a one-shot run does not, and the process is as before once the worker ends."""
+    import gc
+
+    frozen = []
+    log, stop_event = [], threading.Event()
+    rounds = [1, 0, 0]
+
+    def fake_round(ids=None, stop=None, owner=None, purge_interval=0.0, backoff=True, scheduler=None,
+                   quiet_sources=frozenset(), lane=None, purger=None, side=None):
+        frozen.append(gc.get_freeze_count())
+        result = RoundResult()
+        result.events = rounds.pop(0)
+        if not rounds:
+            stop_event.set()
+        return result
+
+    monkeypatch.setattr(worker, "run_round", fake_round)
+    monkeypatch.setattr(worker, "Waker", lambda: FakeWaker(log))
+    monkeypatch.setattr(worker, "source_databases", lambda ids: [])
+    monkeypatch.setattr(worker, "release", lambda owner: None)
+    monkeypatch.setattr(worker, "not_up_to_date", lambda ids, result: [])
+    gc.unfreeze()
+    worker.run(interval=0.01, stop_event=stop_event)
+    assert frozen[0] == 0 and frozen[1] > 0 and frozen[2] > 0
+    assert gc.get_freeze_count() == 0
+    frozen.clear()
+    rounds[:] = [1]
+    stop_event.clear()
+    worker.run(interval=None, stop_event=stop_event)
+    assert frozen == [0] and gc.get_freeze_count() == 0
