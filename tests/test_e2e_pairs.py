@@ -1,4 +1,4 @@
-"""Live end-to-end replication for all 9 source -> destination pairs."""
+"""Live end-to-end replication for all 16 source -> destination pairs."""
 import pytest
 from django.core.management import call_command
 
@@ -14,8 +14,10 @@ CREATE = {
              "qty decimal(12,2), note text, PRIMARY KEY (order_id, `line No`)) CHARACTER SET utf8mb4",
     "sqlite": 'CREATE TABLE "Order Lines" (order_id integer, "line No" varchar(20), item text, '
               'qty numeric(12,2), note text, PRIMARY KEY (order_id, "line No"))',
+    "firebird": 'CREATE TABLE "Order Lines" (order_id integer NOT NULL, "line No" varchar(20) NOT NULL, '
+                'item BLOB SUB_TYPE TEXT, qty numeric(12,2), note varchar(200), PRIMARY KEY (order_id, "line No"))',
 }
-Q = {"postgresql": '"', "mysql": "`", "sqlite": '"'}
+Q = {"postgresql": '"', "mysql": "`", "sqlite": '"', "firebird": '"'}
 KEY = ["order_id", "line No"]
 
 
