@@ -152,7 +152,7 @@ class FirebirdDialect(Dialect):
     database_placeholder = "/var/lib/firebird/3.0/data/app.fdb"
     max_identifier_length = 31
     identifier_length_in_bytes = True
-    max_parameters = 1000
+    max_parameters = 500  # Firebird 3 statements are at most 64 KB: 500 conditions of long names fit
     transactional_ddl = False  # the engine commits after every DDL statement (prepare_engine)
 
     # -- names -------------------------------------------------------------
@@ -440,7 +440,11 @@ class FirebirdDialect(Dialect):
 
     def is_data_error(self, error):
         if type(error).__module__.partition(".")[0] not in self.driver_modules:
-            return unencodable(error)
+            # firebird-driver checks a value against its parameter before sending it, and
+            # raises Python's own errors ("numeric overflow: value ...", "Value of parameter
+            # (0) is too long ...") from its own code
+            return unencodable(error) or (isinstance(error, (ValueError, TypeError, OverflowError))
+                                          and _raised_by_driver(error))
         codes = set(getattr(error, "gds_codes", ()) or ())
         return bool(codes & _DATA_ERRORS)
 
@@ -453,3 +457,11 @@ class FirebirdDialect(Dialect):
 
 
 _EARLIEST_TIMESTAMP = datetime.datetime(1858, 11, 17)
+
+
+def _raised_by_driver(error: BaseException) -> bool:
+    """True when ``error`` was raised inside firebird-driver's own code (its innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "/firebird/driver/" in tb.tb_frame.f_code.co_filename.replace("\\", "/")
