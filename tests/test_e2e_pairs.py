@@ -124,3 +124,22 @@ def test_mariadb_key_with_a_collation_other_than_the_default(make_target):
                    "DELETE FROM c WHERE code = 'Äpfel'")
     call_command("pdr-reflect", verbosity=0)
     assert rows(dest.engine, "c", ["v"]) == [{"code": "ß", "v": 3}, {"code": "b", "v": 20}]
+
+
+@pytest.mark.parametrize("source_kind,dest_kind", [("firebird", "postgresql"), ("postgresql", "firebird")])
+def test_firebird_bigint_keys_beyond_32_bits(make_target, source_kind, dest_kind):
+    # sqlalchemy-firebird 2.2 binds a reflected BIGINT as an INTEGER parameter: keys above
+    # 2**31 - 1 must still be read, written and deleted by key
+    source, dest = make_target(source_kind), make_target(dest_kind)
+    not_null = " NOT NULL" if source_kind == "firebird" else ""
+    big = 2 ** 40
+    source.execute(f"CREATE TABLE b (id bigint{not_null} PRIMARY KEY, v varchar(10))",
+                   f"INSERT INTO b VALUES ({big}, 'a')", f"INSERT INTO b VALUES ({-big}, 'b')")
+    st = watch(source.model("src"), "b")
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="b")
+    call_command("pdr-reflect", verbosity=0)
+    source.execute(f"UPDATE b SET v = 'c' WHERE id = {big}", f"DELETE FROM b WHERE id = {-big}",
+                   f"INSERT INTO b VALUES ({big + 1}, 'd')", f"UPDATE b SET id = {2 ** 62} WHERE id = {big + 1}")
+    call_command("pdr-reflect", verbosity=0)
+    assert rows(dest.engine, "b", ["id"]) == rows(source.engine, "b", ["id"]) == [
+        {"id": big, "v": "c"}, {"id": 2 ** 62, "v": "d"}]
