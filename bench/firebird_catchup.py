@@ -8,9 +8,12 @@ For each pair: a backlog of ``--events`` row changes (60% INSERT, 30% UPDATE, 10
 engine's own SQL while no worker runs; then one ``pdr-reflect`` process (no options:
 one pass until caught up) catches up, timed from its start to its exit; the tables are
 compared row by row.  ``--profile``: a second backlog caught up in this process under
-cProfile, and where the time goes (the functions with the most own time).
+cProfile, and where the time goes: the statements that took the most time (timed on
+every engine and thread, statement by statement) and the committing thread's functions
+with the most own time.
 """
 import argparse
+import collections
 import cProfile
 import datetime as dt
 import decimal
@@ -18,6 +21,7 @@ import io
 import os
 import pstats
 import random
+import re
 import string
 import sys
 import tempfile
@@ -82,6 +86,29 @@ def rows(engine):
                 for r in conn.execute(sa.select(t).order_by(t.c.id))]
 
 
+def statement_timers():
+    """Per-statement (count, seconds) on every SQLAlchemy engine of this process; returns
+    the dict (cleared by the caller)."""
+    import sqlalchemy as sa
+
+    stats = collections.defaultdict(lambda: [0, 0.0])
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def before(conn, cursor, statement, parameters, context, executemany):
+        conn.info["pdr_bench_t0"] = time.perf_counter()
+
+    @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
+    def after(conn, cursor, statement, parameters, context, executemany):
+        started = conn.info.pop("pdr_bench_t0", None)
+        if started is not None:
+            text = re.sub(r"\s+", " ", statement)[:110]
+            entry = stats[f"{conn.dialect.name}: {text}"]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+    return stats
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
@@ -106,6 +133,7 @@ def main():
     from tests.targets import Target
 
     results = []
+    timers = statement_timers() if args.profile else None
     for pair in args.pairs.split(","):
         source_kind, dest_kind = pair.split(":")
         source, dest = Target(source_kind, Path(workdir)), Target(dest_kind, Path(workdir))
@@ -133,6 +161,7 @@ def main():
             results.append((pair, events, catchup_s, diffs))
             if args.profile:
                 events2, _, _ = backlog(source.engine, args.events, args.seed + 1, first_id=next_id)
+                timers.clear()
                 profile = cProfile.Profile()
                 started = time.perf_counter()
                 profile.enable()
@@ -142,7 +171,10 @@ def main():
                 out = io.StringIO()
                 pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(14)
                 print(f"{pair}, profiled in-process: {events2:,} events in {took:.1f} s (cProfile overhead "
-                      f"included); functions by own time:")
+                      f"included); statements by time:")
+                for text, (count, seconds) in sorted(timers.items(), key=lambda kv: -kv[1][1])[:6]:
+                    print(f"  {seconds:7.2f} s {count:6d}x  {text}")
+                print("the committing thread's functions by own time:")
                 print("\n".join(out.getvalue().splitlines()[:40]), flush=True)
         finally:
             Reflection.objects.update(active=False)
