@@ -1636,3 +1636,39 @@ def test_mariadb_status_report_horizon():
     assert MySQLDialect._status_horizon(_Report(idle)) == Horizon(19725, 19725)
     truncated = STATUS_REPORT.replace("---TRANSACTION (0x", "...truncated...\n---TRANSACTION (0x")
     assert MySQLDialect._status_horizon(_Report(truncated)) is None
+
+
+class _Monitoring:
+    """A connection answering Firebird's horizon query with one row."""
+
+    def __init__(self, row):
+        self.row, self.sql = row, []
+
+    def execute(self, query):
+        self.sql.append(str(query))
+        return SimpleResult(self.row)
+
+
+class SimpleResult:
+    def __init__(self, row):
+        self.row = row
+
+    def one(self):
+        return self.row
+
+
+def test_firebird_horizon_from_one_monitoring_snapshot():
+    from django_pdr.errors import ConfigurationError
+
+    dialect = fb()
+    conn = _Monitoring((120, 97, 1))
+    assert dialect.transaction_horizon(conn, None) == Horizon(120, 97)
+    [sql] = conn.sql  # one statement: both numbers from one MON$ snapshot
+    assert "MON$NEXT_TRANSACTION" in sql and "FROM MON$DATABASE" in sql
+    assert "MON$TRANSACTION_ID <> CURRENT_TRANSACTION AND t.MON$READ_ONLY = 0" in sql
+    assert dialect.transaction_horizon(_Monitoring((120, None, 1)), None) == Horizon(120, 120)  # none open
+    # a user who sees only its own attachments proves nothing: an error, never a horizon
+    with pytest.raises(ConfigurationError, match="SYSDBA"):
+        dialect.transaction_horizon(_Monitoring((120, None, 0)), None)
+    gap = Gap(5, 5, proof=120)
+    assert not gap.settled_by(Horizon(130, 119)) and gap.settled_by(Horizon(130, 120))
