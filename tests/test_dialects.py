@@ -656,6 +656,20 @@ def test_firebird_upsert_is_a_merge_per_row():
     assert sql.count("CAST(:") == 4  # one parameter a column, cast to its column's type
     [(nothing, _)] = dialect.upsert_batches(table, ["select", "Order"], [], rows)
     assert "WHEN MATCHED" not in str(nothing.compile(dialect=dialect.sa))  # an existing row is kept
+    # several rows: one MERGE whose source is a UNION ALL of one-row SELECTs, one round trip
+    many = [{"select": i, "Order": "a", "v 50%": "x" * i, "w": None} for i in range(600)]
+    batches = dialect.upsert_batches(table, ["select", "Order"], ["v 50%", "w"], many)
+    assert [len(params) for _, params in batches] == [1000, 1000, 400]  # 250 rows a MERGE, 4 parameters a row
+    statement, params = batches[1]
+    assert params["pdr_0_0"] == 250 and params["pdr_249_2"] == "x" * 499
+    sql = str(statement.compile(dialect=dialect.sa))
+    assert sql.count(" FROM RDB$DATABASE UNION ALL SELECT ") == 249 and len(sql) < 64_000
+    # wide text columns: the parameters' bytes (4 a UTF8 character) bound the rows
+    wide = sa.Table("w", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("t", sa.String(8000)))
+    rows = [{"id": i, "t": ""} for i in range(10)]
+    [(statement, params)] = dialect.upsert_batches(wide, ["id"], ["t"], rows)
+    assert params == rows and "UNION ALL" not in str(statement.compile(dialect=dialect.sa))  # one row a MERGE
 
 
 def test_firebird_one_trigger_per_table_key_changes_as_delete_and_upsert():

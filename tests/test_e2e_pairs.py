@@ -143,3 +143,27 @@ def test_firebird_bigint_keys_beyond_32_bits(make_target, source_kind, dest_kind
     call_command("pdr-reflect", verbosity=0)
     assert rows(dest.engine, "b", ["id"]) == rows(source.engine, "b", ["id"]) == [
         {"id": big, "v": "c"}, {"id": 2 ** 62, "v": "d"}]
+
+
+def test_firebird_destination_sets_aside_only_the_refused_row(make_target):
+    # rows reach Firebird as multi-row MERGEs: a row the destination refuses is found by
+    # halving in savepoints and dead-lettered; the others land
+    from django_pdr.models import DeadLetter
+
+    source, dest = make_target("postgresql"), make_target("firebird")
+    source.execute("CREATE TABLE r (id int PRIMARY KEY, v varchar(10))",
+                   "INSERT INTO r SELECT i, 'v' || i FROM generate_series(1, 300) AS i")
+    st = watch(source.model("src"), "r")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="r")
+    call_command("pdr-reflect", verbosity=0)
+    assert len(rows(dest.engine, "r", ["id"])) == 300
+    dest.execute("ALTER TABLE r ADD CONSTRAINT no_bad CHECK (v <> 'bad')")
+    source.execute("UPDATE r SET v = 'w' || id", "UPDATE r SET v = 'bad' WHERE id = 123",
+                   "INSERT INTO r SELECT i, 'n' || i FROM generate_series(301, 400) AS i")
+    with pytest.raises(Exception, match="dead letter"):
+        call_command("pdr-reflect", verbosity=0)
+    [letter] = DeadLetter.objects.filter(reflection=reflection)
+    assert letter.key == [123] and ("no_bad" in letter.error.lower() or "check" in letter.error.lower())
+    got = {r["id"]: r["v"] for r in rows(dest.engine, "r", ["id"])}
+    assert len(got) == 400 and got[123] == "v123"  # the refused row keeps its last value
+    assert all(v == ("w" if i <= 300 else "n") + str(i) for i, v in got.items() if i != 123)

@@ -100,33 +100,45 @@ _BIND_CAST = re.compile(r"CAST\((\S+) AS .+\)")
 
 
 class _Merge(Executable, ClauseElement):
-    """MERGE INTO table USING (one row of parameters) ON the key: update ``update_names``
-    of a matched row, insert ``names`` otherwise; executed once per row (executemany)."""
+    """MERGE INTO table USING (rows of parameters) ON the key: update ``update_names`` of a
+    matched row, insert ``names`` otherwise.  One row (``rows`` 1): parameters named by
+    column, executed once per row (executemany); ``rows`` above 1: ``merge_bind(i, j)``
+    names the parameter of row i, column j (one execution, one round trip)."""
 
     inherit_cache = False
 
-    def __init__(self, table, names, key_names, update_names):
+    def __init__(self, table, names, key_names, update_names, rows=1):
         self.table, self.names = table, list(names)
         self.key_names, self.update_names = list(key_names), list(update_names)
+        self.rows = rows
+
+
+def merge_bind(row: int, column: int) -> str:
+    return f"pdr_{row}_{column}"
 
 
 @compiles(_Merge)
 def _compile_merge(element, compiler, **kw):
     quote = compiler.preparer.quote
     table = element.table
-    def value(name):
+
+    def value(name, key):
         # the parameter, cast to the column's type as Firebird names it (the cast the
         # compiler itself puts on a parameter names the binding type's implementation:
         # INTEGER for a coercing type over a BIGINT column)
         type_ = table.c[name].type
-        placeholder = compiler.process(sa.bindparam(name, type_=type_), **kw)
+        placeholder = compiler.process(sa.bindparam(key, type_=type_), **kw)
         bare = _BIND_CAST.fullmatch(placeholder)
         return f"CAST({bare.group(1) if bare else placeholder} AS {type_.compile(dialect=compiler.dialect)})"
 
-    source = ", ".join(f"{value(name)} AS {quote(name)}" for name in element.names)
+    def row(i):
+        return ", ".join(f"{value(name, name if element.rows == 1 else merge_bind(i, j))} AS {quote(name)}"
+                         for j, name in enumerate(element.names))
+
+    source = " UNION ALL ".join(f"SELECT {row(i)} FROM RDB$DATABASE" for i in range(element.rows))
     on = " AND ".join(f"pdr_t.{quote(n)} = pdr_s.{quote(n)}" for n in element.key_names)
     text = (f"MERGE INTO {compiler.preparer.format_table(table)} AS pdr_t "
-            f"USING (SELECT {source} FROM RDB$DATABASE) AS pdr_s ON {on}")
+            f"USING ({source}) AS pdr_s ON {on}")
     if element.update_names:
         text += " WHEN MATCHED THEN UPDATE SET " + ", ".join(
             f"{quote(n)} = pdr_s.{quote(n)}" for n in element.update_names)
@@ -337,13 +349,44 @@ class FirebirdDialect(Dialect):
         # no row values in Firebird
         return sa.or_(*[sa.and_(*[c == v for c, v in zip(columns, key)]) for key in keys])
 
+    #: Bytes of statement text and of input message one MERGE of several rows may take
+    #: (Firebird 3 refuses statements over 64 KB; its messages are bounded alike).
+    merge_text_budget = 56_000
+    merge_message_budget = 48_000
+    #: Most rows and parameters one MERGE carries.
+    merge_rows = 250
+    merge_parameters = 2000
+
     def upsert_batches(self, table, key_names, update_names, rows):
+        """One MERGE of up to ``merge_rows`` rows per statement (its source a UNION ALL of
+        one-row SELECTs of parameters): one round trip per statement instead of per row.
+        A batch's rows have distinct keys (no target row is matched twice)."""
         batches, groups = [], {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
         for names, group in groups.items():
-            batches.append((_Merge(table, names, key_names, update_names), group))
+            size = 1 if len(group) == 1 else self._merge_rows(table, names, key_names, update_names)
+            if size == 1:  # one row a statement: executemany
+                batches.append((_Merge(table, names, key_names, update_names), group))
+                continue
+            for start in range(0, len(group), size):
+                part = group[start:start + size]
+                params = {merge_bind(i, j): row[name] for i, row in enumerate(part)
+                          for j, name in enumerate(names)}
+                batches.append((_Merge(table, names, key_names, update_names, rows=len(part)), params))
         return batches
+
+    def _merge_rows(self, table, names, key_names, update_names) -> int:
+        """Rows one MERGE may carry: its text under ``merge_text_budget`` characters (each
+        row's SELECT measured as rendered), its parameters under ``merge_message_budget``
+        bytes (each value at the most its column's type takes) and ``merge_parameters``."""
+        one = str(_Merge(table, names, key_names, update_names, rows=2).compile(dialect=self.sa))
+        single = str(_Merge(table, names, key_names, update_names, rows=1).compile(dialect=self.sa))
+        per_row_text = max(1, len(one) - len(single))
+        per_row_message = sum(_message_bytes(table.c[n].type) for n in names)
+        return max(1, min(self.merge_rows, self.merge_parameters // max(1, len(names)),
+                          (self.merge_text_budget - len(single)) // per_row_text,
+                          self.merge_message_budget // max(1, per_row_message)))
 
     def add_column_statement(self, table, column):
         return f"ALTER TABLE {self.quote(table.name)} ADD {self.quote(column.name)} " \
@@ -466,6 +509,14 @@ class FirebirdDialect(Dialect):
 
 
 _EARLIEST_TIMESTAMP = datetime.datetime(1858, 11, 17)
+
+
+def _message_bytes(type_) -> int:
+    """At most how many bytes a parameter of ``type_`` takes in a Firebird message (UTF8
+    text: 4 bytes a character), with its NULL indicator and alignment."""
+    if isinstance(type_, sa.String) and not isinstance(type_, sa.Text) and getattr(type_, "length", None):
+        return 4 * type_.length + 2 + 8
+    return 16  # numbers, dates, times, booleans, BLOB ids
 
 
 def _raised_by_driver(error: BaseException) -> bool:
