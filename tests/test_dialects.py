@@ -664,6 +664,9 @@ def test_firebird_upsert_is_a_merge_per_row():
     assert params["pdr_0_0"] == 250 and params["pdr_249_2"] == "x" * 499
     sql = str(statement.compile(dialect=dialect.sa))
     assert sql.count(" FROM RDB$DATABASE UNION ALL SELECT ") == 249 and len(sql) < 64_000
+    # a last row alone is one row's statement, its parameters named by column
+    *_, (last, params) = dialect.upsert_batches(table, ["select", "Order"], ["v 50%", "w"], many[:251])
+    assert params == [many[250]] and "UNION ALL" not in str(last.compile(dialect=dialect.sa))
     # wide text columns: the parameters' bytes (4 a UTF8 character) bound the rows
     wide = sa.Table("w", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                     sa.Column("t", sa.String(8000)))

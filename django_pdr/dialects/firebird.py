@@ -371,6 +371,9 @@ class FirebirdDialect(Dialect):
                 continue
             for start in range(0, len(group), size):
                 part = group[start:start + size]
+                if len(part) == 1:  # the last one alone: its parameters named by column
+                    batches.append((_Merge(table, names, key_names, update_names), part))
+                    continue
                 params = {merge_bind(i, j): row[name] for i, row in enumerate(part)
                           for j, name in enumerate(names)}
                 batches.append((_Merge(table, names, key_names, update_names, rows=len(part)), params))
