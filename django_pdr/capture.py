@@ -81,7 +81,7 @@ def plan(conn, source_table) -> CapturePlan:
             raise ConfigurationError(f"Generated name {name!r} is too long for {dialect.label}.")
     key_columns = [source.c[n] for n in key_names]
     event = dialect.event_table(sa.MetaData(), schema, names, key_columns)
-    create_event = str(sa.schema.CreateTable(event, if_not_exists=True).compile(dialect=conn.dialect)).strip()
+    create_event = dialect.create_table_statement(event, if_not_exists=True)
     return CapturePlan(
         dialect=dialect, schema=schema, source=source, event=event, names=names, key_names=key_names,
         registry=registry_table(dialect, schema),
@@ -385,7 +385,7 @@ def _compensate(conn, capture, *, keep_triggers: set, drop_event_table: bool, re
     created = [t for t in capture.names.triggers if t not in keep_triggers]
     statements = capture.dialect.drop_trigger_statements(capture.source, capture.names, triggers=created)
     if drop_event_table:
-        statements.append(str(sa.schema.DropTable(capture.event, if_exists=True).compile(dialect=conn.dialect)))
+        statements.append(capture.dialect.drop_table_statement(capture.event, if_exists=True))
     for statement in statements:
         try:
             with begin(conn):
@@ -417,8 +417,7 @@ def uninstall(source_table, *, keep_events: bool = False) -> None:
                 for statement in capture.drop_triggers:
                     conn.exec_driver_sql(statement)
                 if not keep_events:
-                    conn.exec_driver_sql(str(sa.schema.DropTable(capture.event, if_exists=True)
-                                             .compile(dialect=conn.dialect)))
+                    conn.exec_driver_sql(capture.dialect.drop_table_statement(capture.event, if_exists=True))
         except Exception as exc:
             raise CaptureError(
                 f"Could not remove capture from {capture.source.fullname!r} in {database.describe()}: "

@@ -225,6 +225,8 @@ def driver_import_error(kind: str) -> ImportError | None:
         sa.engine.URL.create(cls.driver).get_dialect().import_dbapi()
     except ImportError as exc:
         return exc
+    except sa.exc.NoSuchModuleError as exc:  # the SQLAlchemy dialect is a package of its own
+        return ImportError(str(exc), name=cls.driver.partition("+")[0])
     return None
 
 

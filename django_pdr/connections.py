@@ -42,6 +42,7 @@ def create_engine(database) -> sa.Engine:
         query_cache_size=QUERY_CACHE_SIZE,
         **cls.engine_kwargs(),
     )
+    cls.prepare_engine(engine)
     statements = cls.on_connect_statements()
     if statements:
         @sa.event.listens_for(engine, "connect")
@@ -117,7 +118,7 @@ def check_connection(database) -> str:
     """Connect and run a trivial query; raise ConnectionFailed with a readable message."""
     try:
         with get_engine(database).connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            conn.execute(dialect_for_kind(database.kind).ping_query())
             version = conn.dialect.server_version_info
     except Exception as exc:  # each driver has its own exception classes
         raise ConnectionFailed(describe_failure(database, exc)) from None

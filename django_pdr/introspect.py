@@ -63,8 +63,9 @@ def list_tables(database) -> list[TableRef]:
             inspector = sa.inspect(conn)
             default = inspector.default_schema_name
             dialect = get_dialect(conn)
+            # an engine without schemas (Firebird) has its default one only
             others = sorted(s for s in inspector.get_schema_names()
-                            if s != default and not dialect.is_system_schema(s))
+                            if s != default and not dialect.is_system_schema(s)) if conn.dialect.supports_schemas else []
             found = []
             for schema in [default, *others]:
                 for name in sorted(inspector.get_table_names(schema=schema)):

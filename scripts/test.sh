@@ -4,10 +4,11 @@
 #   scripts/test.sh [PYTEST ARGS...]      e.g. scripts/test.sh -x -k mysql
 #   scripts/test.sh -m unit               the unit layer alone: no server, no browser, seconds
 #
-# Installs the missing apt packages (PostgreSQL, MariaDB, Chromium and its driver),
-# creates .venv (with ${PYTHON:-python3}) if it does not exist, installs the project
-# with its mysql and test extras, then runs pytest against throwaway PostgreSQL and
-# MariaDB servers started by tests/live_servers.py (PDR_TEST_PG_* / PDR_TEST_MYSQL_*).
+# Installs the missing apt packages (PostgreSQL, MariaDB, Firebird 3, Chromium and its
+# driver), creates .venv (with ${PYTHON:-python3}) if it does not exist, installs the
+# project with its mysql, firebird and test extras, then runs pytest against throwaway
+# PostgreSQL, MariaDB and Firebird servers started by tests/live_servers.py
+# (PDR_TEST_PG_* / PDR_TEST_MYSQL_* / PDR_TEST_FB_*).
 # The exit code is pytest's; 5 ("no tests collected") is non-zero, i.e. a failure.
 set -euo pipefail
 
@@ -21,17 +22,17 @@ section() { printf '\n== %s ==\n' "$*"; }
 # seconds (no apt packages, no servers).
 if [[ "$*" == *"-m unit"* ]]; then
     ensure_venv
-    .venv/bin/python -m pip install -q -e '.[mysql,test]'
+    .venv/bin/python -m pip install -q -e '.[mysql,firebird,test]'
     exec .venv/bin/python -m pytest "$@"
 fi
 
 section "apt packages"
-apt_install postgresql mariadb-server chromium chromium-driver
-echo "present: postgresql mariadb-server chromium chromium-driver"
+apt_install postgresql mariadb-server firebird3.0-server chromium chromium-driver
+echo "present: postgresql mariadb-server firebird3.0-server chromium chromium-driver"
 
 section "virtualenv"
 ensure_venv
-.venv/bin/python -m pip install -q -e '.[mysql,test]'
+.venv/bin/python -m pip install -q -e '.[mysql,firebird,test]'
 
 section "tests"
 # live_servers.py exits with pytest's code (5 = no tests collected: a failure too).

@@ -1,22 +1,22 @@
 #!/usr/bin/env python3
-"""Throwaway PostgreSQL and MariaDB servers for the django-pdr test suite.
+"""Throwaway PostgreSQL, MariaDB and Firebird servers for the django-pdr test suite.
 
 Standard library only (Python 3.11+), so it runs before any virtualenv exists.
 
 Usage::
 
-    python tests/live_servers.py run [--only pg|mysql] -- CMD [ARGS...]
+    python tests/live_servers.py run [--only pg|mysql|fb] -- CMD [ARGS...]
         Start the servers, run CMD with the PDR_TEST_* variables below in its
         environment, stop the servers, remove their files and exit with CMD's
         exit code (128+N if CMD was killed by signal N).
 
-    python tests/live_servers.py start [--only pg|mysql]
+    python tests/live_servers.py start [--only pg|mysql|fb]
         Start the servers and leave them running.  The ``export K=V`` lines are
         printed on stdout and written to /tmp/pdr-live-servers.env (together
         with what ``stop`` needs), so ``eval "$(python tests/live_servers.py
         start)"`` or ``. /tmp/pdr-live-servers.env`` both work.
 
-    python tests/live_servers.py stop [--only pg|mysql]
+    python tests/live_servers.py stop [--only pg|mysql|fb]
         Stop the servers started by ``start`` and remove their files.
 
 Variables exported (per server actually started)::
@@ -28,6 +28,19 @@ Variables exported (per server actually started)::
     PDR_TEST_PG_DB=pdr             PDR_TEST_MYSQL_DB=pdr
     PDR_TEST_PG_SOCKET=<unix socket directory>
     PDR_TEST_MYSQL_SOCKET=<unix socket path>
+
+    PDR_TEST_FB_HOST=127.0.0.1  PDR_TEST_FB_PORT=<free port>
+    PDR_TEST_FB_USER=SYSDBA     PDR_TEST_FB_PASSWORD=pdr
+    PDR_TEST_FB_DB=<server-side path of the pdr.fdb database>
+    PDR_TEST_FB_DIR=<server-side directory where tests create their database files>
+
+Firebird (Debian's firebird3.0-server, run as our own process): its root directory
+(``FIREBIRD``) is a temporary directory of symbolic links to the package's plugins,
+messages and character sets, with our own firebird.conf (port, ServerMode Super),
+databases.conf and a copy of the package's security3.fdb in which SYSDBA's password
+is set through an embedded connection (isql-fb, before the server starts); its lock
+and temporary files go to the same directory (``FIREBIRD_LOCK``, ``FIREBIRD_TMP``).
+Databases are files on the server: tests create them in PDR_TEST_FB_DIR.
 
 The ``pdr`` role is a superuser on PostgreSQL (pytest-django creates test
 databases) and has ALL PRIVILEGES ... WITH GRANT OPTION on MariaDB.
@@ -70,7 +83,7 @@ TMP_ROOT = "/tmp"
 START_TIMEOUT = float(os.environ.get("PDR_LIVE_SERVERS_TIMEOUT", "60"))
 STOP_TIMEOUT = 15.0
 LOG_TAIL_LINES = 30
-KINDS = ("pg", "mysql")
+KINDS = ("pg", "mysql", "fb")
 USER = PASSWORD = DB = "pdr"
 HOST = "127.0.0.1"
 
@@ -251,6 +264,8 @@ def ensure_installed(kinds: list[str]) -> None:
     if "mysql" in kinds and not (which("mariadbd", "mysqld") and which("mariadb-install-db", "mysql_install_db")
                                  and which("mariadb", "mysql")):
         need.append("mariadb-server")
+    if "fb" in kinds and not (os.path.exists(FirebirdServer.binary) and which("isql-fb")):
+        need.append("firebird3.0-server")
     if not need:
         return
     if not IS_ROOT:
@@ -274,6 +289,8 @@ def ensure_installed(kinds: list[str]) -> None:
         raise LiveServerError("postgresql installed but no /usr/lib/postgresql/*/bin/postgres found")
     if "mysql" in kinds and not which("mariadbd", "mysqld"):
         raise LiveServerError("mariadb-server installed but mariadbd not found")
+    if "fb" in kinds and not os.path.exists(FirebirdServer.binary):
+        raise LiveServerError(f"firebird3.0-server installed but {FirebirdServer.binary} not found")
 
 
 # --------------------------------------------------------------------------- servers
@@ -583,7 +600,105 @@ class MariaDBServer(Server):
         return [(signal.SIGTERM, STOP_TIMEOUT)]
 
 
-SERVER_CLASSES: dict[str, type[Server]] = {"pg": PostgresServer, "mysql": MariaDBServer}
+class FirebirdServer(Server):
+    """Debian's firebird3.0-server binary, run as our own process with its own root
+    directory (configuration, security database, lock and temporary files)."""
+
+    kind = "fb"
+    label = "firebird"
+    prefix = "PDR_TEST_FB_"
+    binary = "/usr/sbin/firebird"
+    libdir = "/usr/lib/x86_64-linux-gnu/firebird/3.0"
+    security_template = "/var/lib/firebird/3.0/system/security3.fdb"
+    user = "SYSDBA"
+
+    def _fb_env(self) -> dict:
+        env = _clean_env(("FIREBIRD", "ISC_"))
+        env.update(FIREBIRD=self.datadir, FIREBIRD_LOCK=os.path.join(self.datadir, "lock"),
+                   FIREBIRD_TMP=os.path.join(self.datadir, "tmp"), FIREBIRD_MSG=self.datadir)
+        return env
+
+    def env(self) -> dict[str, str]:
+        p = self.prefix
+        return {f"{p}HOST": HOST, f"{p}PORT": str(self.port), f"{p}USER": self.user,
+                f"{p}PASSWORD": PASSWORD, f"{p}DB": os.path.join(self.socket, f"{DB}.fdb"),
+                f"{p}DIR": str(self.socket)}
+
+    def _owns_pid(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/environ", "rb") as f:
+                return bool(self.datadir) and f"FIREBIRD={self.datadir}".encode() in f.read().split(b"\0")
+        except OSError:
+            return False
+
+    def init_datadir(self) -> None:
+        self.datadir = os.path.join(self.tmpdir, "root")
+        self.socket = os.path.join(self.tmpdir, "data")  # where the databases go
+        for d in (self.datadir, self.socket, os.path.join(self.datadir, "lock"), os.path.join(self.datadir, "tmp")):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.tmpdir, 0o755)
+        self._notify()
+        for name in ("firebird.msg", "intl", "plugins", "UDF", "lib", "plugins.conf", "fbtrace.conf"):
+            os.symlink(os.path.join(self.libdir, name), os.path.join(self.datadir, name))
+        security = os.path.join(self.datadir, "security3.fdb")
+        shutil.copyfile(self.security_template, security)
+        with open(os.path.join(self.datadir, "databases.conf"), "w") as f:
+            f.write(f"# written by tests/live_servers.py\nsecurity.db = {security}\n{{\n    RemoteAccess = false\n}}\n")
+        m = re.search(r"/(\d+\.\d+)$", self.libdir)
+        self.version = "3.0" if not m else m.group(1)
+        with contextlib.suppress(OSError):
+            pkg = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "firebird3.0-server"], capture_output=True,
+                                 text=True).stdout
+            self.version = pkg.split(".ds")[0] or self.version
+        self._write_conf()  # (the port is set before each start)
+        # SYSDBA's password, set in the security database through an embedded connection
+        r = subprocess.run(["isql-fb", "-q", "-user", self.user, security], input=(
+            f"CREATE OR ALTER USER {self.user} PASSWORD '{PASSWORD}' USING PLUGIN Srp;\nCOMMIT;\n"),
+            env=self._fb_env(), capture_output=True, text=True, timeout=self.timeout, cwd=self.tmpdir)
+        with open(self.init_log, "a") as f:
+            f.write(r.stdout + r.stderr)
+        if r.returncode != 0 or "error" in (r.stdout + r.stderr).lower():
+            raise LiveServerError(f"setting SYSDBA's password in {security} failed: {(r.stdout + r.stderr).strip()}")
+
+    def _write_conf(self) -> None:
+        with open(os.path.join(self.datadir, "firebird.conf"), "w") as f:
+            f.write("# written by tests/live_servers.py\n"
+                    f"RemoteServicePort = {self.port or 3050}\n"
+                    f"RemoteBindAddress = {HOST}\n"
+                    "ServerMode = Super\n"
+                    f"SecurityDatabase = {os.path.join(self.datadir, 'security3.fdb')}\n"
+                    f"TempDirectories = {os.path.join(self.datadir, 'tmp')}\n"
+                    "UdfAccess = None\n"
+                    "AuthServer = Srp\n"
+                    "UserManager = Srp\n"
+                    "WireCrypt = Enabled\n"
+                    "DefaultDbCachePages = 2048\n")
+
+    def _spawn(self) -> None:
+        self._write_conf()
+        self._popen([self.binary], env=self._fb_env())
+
+    def is_ready(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), timeout=1):
+            return True
+        return False
+
+    def create_user(self) -> None:
+        path = os.path.join(self.socket, f"{DB}.fdb")
+        r = subprocess.run(["isql-fb", "-q"], input=(
+            f"CREATE DATABASE '{HOST}/{self.port}:{path}' USER '{self.user}' PASSWORD '{PASSWORD}' "
+            f"DEFAULT CHARACTER SET UTF8;\nCOMMIT;\n"),
+            env=self._fb_env(), capture_output=True, text=True, timeout=self.timeout, cwd=self.tmpdir)
+        with open(self.init_log, "a") as f:
+            f.write(r.stdout + r.stderr)
+        if r.returncode != 0 or not os.path.exists(path):
+            raise LiveServerError(f"creating {path} on firebird failed: {(r.stdout + r.stderr).strip()}")
+
+    def shutdown_signals(self) -> list[tuple[int, float]]:
+        return [(signal.SIGTERM, STOP_TIMEOUT)]
+
+
+SERVER_CLASSES: dict[str, type[Server]] = {"pg": PostgresServer, "mysql": MariaDBServer, "fb": FirebirdServer}
 
 
 # --------------------------------------------------------------------------- guardian
@@ -780,7 +895,7 @@ def _in_foreground() -> bool:
 
 def cmd_run(kinds: list[str], command: list[str], timeout: float) -> int:
     if not command:
-        log("run: nothing to run; usage: live_servers.py run [--only pg|mysql] -- CMD [ARGS...]")
+        log("run: nothing to run; usage: live_servers.py run [--only pg|mysql|fb] -- CMD [ARGS...]")
         return 2
     guardian = Guardian()
     servers: list[Server] = []
@@ -923,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run", "start", "stop"])
     parser.add_argument("command", nargs="*", help="for run: the command (put it after --)")
     parser.add_argument("--only", choices=KINDS, action="append",
-                        help="start/stop only this server (repeatable); default both")
+                        help="start/stop only this server (repeatable); default all")
     parser.add_argument("--timeout", type=float, default=START_TIMEOUT, help="startup timeout per server (s)")
     parser.add_argument("--env-file", default=ENV_FILE, help=f"start/stop state file (default {ENV_FILE})")
     args = parser.parse_args(argv)

@@ -1,8 +1,9 @@
 """Throwaway databases on the live test servers (and SQLite files), for end-to-end tests.
 
 The servers are started by ``tests/live_servers.py`` (README's test command),
-which exports ``PDR_TEST_PG_*`` and ``PDR_TEST_MYSQL_*``.  Each test gets fresh
-databases of its own, dropped afterwards.
+which exports ``PDR_TEST_PG_*``, ``PDR_TEST_MYSQL_*`` and ``PDR_TEST_FB_*``.  Each
+test gets fresh databases of its own, dropped afterwards (Firebird: a new database
+file in the server's ``PDR_TEST_FB_DIR``).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-KINDS = ("postgresql", "mysql", "sqlite")
+KINDS = ("postgresql", "mysql", "sqlite", "firebird")
 PAIRS = [(s, d) for s in KINDS for d in KINDS]
-_ENV = {"postgresql": "PDR_TEST_PG", "mysql": "PDR_TEST_MYSQL"}
-_DRIVER = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}
+_ENV = {"postgresql": "PDR_TEST_PG", "mysql": "PDR_TEST_MYSQL", "firebird": "PDR_TEST_FB"}
+_DRIVER = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql", "firebird": "firebird+firebird"}
 
 
 def server_params(kind):
@@ -40,7 +41,7 @@ def require(kind):
 
 
 def _url(kind, params, database):
-    query = {"charset": "utf8mb4"} if kind == "mysql" else {}
+    query = {"charset": "utf8mb4"} if kind == "mysql" else {"charset": "UTF8"} if kind == "firebird" else {}
     return sa.engine.URL.create(_DRIVER[kind], username=params["username"], password=params["password"],
                                 host=params["host"], port=params["port"], database=database, query=query)
 
@@ -59,6 +60,9 @@ class Target:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             return
         params = server_params(kind)
+        if kind == "firebird":
+            self._firebird(params)
+            return
         self._admin = sa.create_engine(_url(kind, params, params["database"]), isolation_level="AUTOCOMMIT")
         with self._admin.connect() as conn:
             if kind == "mysql":
@@ -71,6 +75,22 @@ class Target:
         connect_args = {"options": "-c timezone=UTC"} if kind == "postgresql" else {"init_command":
                                                                                      "SET time_zone='+00:00'"}
         self.engine = sa.create_engine(_url(kind, params, self.name), connect_args=connect_args)
+
+    def _firebird(self, params):
+        """A new database file on the Firebird server; the test's engine is prepared as
+        django-pdr prepares its own (DDL committed at once, READ COMMITTED)."""
+        from firebird.driver import create_database
+
+        from django_pdr.dialects import FirebirdDialect
+
+        self.path = os.path.join(os.environ["PDR_TEST_FB_DIR"], f"{self.name}.fdb")
+        dsn = f"{params['host']}/{params['port']}:{self.path}"
+        create_database(dsn, user=params["username"], password=params["password"], charset="UTF8").close()
+        self.fields = {"kind": "firebird", "host": params["host"], "port": params["port"],
+                       "username": params["username"], "password": params["password"], "database": self.path}
+        self.engine = sa.create_engine(_url("firebird", params, self.path))
+        FirebirdDialect.prepare_engine(self.engine)
+        self._dsn, self._params = dsn, params
 
     def model(self, name=None):
         from django_pdr.models import Database
@@ -89,6 +109,12 @@ class Target:
         from django_pdr.connections import dispose_all
 
         dispose_all()
+        if self.kind == "firebird":
+            from firebird.driver import connect
+
+            with connect(self._dsn, user=self._params["username"], password=self._params["password"]) as con:
+                con.drop_database()
+            return
         with self._admin.connect() as conn:
             if self.kind == "mysql":
                 conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{self.name}`")

@@ -664,6 +664,39 @@ def test_postgresql_source_through_the_admin(admin_client, make_target, dest):
     assert "Connected (server version" in shown_messages(response)[0]
 
 
+@pytest.mark.live
+def test_firebird_source_through_the_admin(admin_client, make_target, dest):
+    fb = make_target("firebird")
+    fb.execute('CREATE TABLE "Orders" (id integer NOT NULL PRIMARY KEY, total numeric(10,2))',
+               "CREATE TABLE notes (id integer NOT NULL PRIMARY KEY, body BLOB SUB_TYPE TEXT)")
+    fb.execute("""INSERT INTO "Orders" VALUES (1, 9.99)""")
+    fields = fb.fields
+    # the form's fields for a Firebird server: host, port, the database file's path, user, password
+    response = admin_client.post(url("database_add"), {
+        "name": "pos", "kind": "firebird", "database": fields["database"], "host": fields["host"],
+        "port": str(fields["port"]), "username": fields["username"], "password": fields["password"],
+        "options": "{}"})
+    assert response.status_code == 302, page(response)
+    db = Database.objects.get(name="pos")
+    assert (db.kind, db.database, db.port) == ("firebird", fields["database"], fields["port"])
+    assert "Database file path on the server" in page(admin_client.get(url("database_change", db.pk)))
+    response = admin_client.post(url("database_test_connection", db.pk), follow=True)
+    assert "Connected (server version 3.0" in shown_messages(response)[0]
+    labels = [t["label"] for t in admin_client.get(url("database_tables", database=db.pk)).json()["tables"]]
+    assert labels == ["Orders", "notes"]  # names as SQLAlchemy gives them: unquoted ones in lower case
+    response = admin_client.post(url("sourcetable_add"), {"database": db.pk, "pick": pick("Orders"),
+                                                          "schema": "", "table": ""})
+    assert response.status_code == 302, page(response)
+    st = SourceTable.objects.get()
+    assert (st.table, st.key_columns) == ("Orders", ["id"])
+    assert "pdr-status-installed" in page(admin_client.get(url("sourcetable_changelist")))
+    assert all(not t["label"].startswith("pdr_")
+               for t in admin_client.get(url("database_tables", database=db.pk)).json()["tables"])
+    response = admin_client.post(url("reflection_add"), reflection_form(st, dest, destination_table="orders"))
+    assert response.status_code == 302, page(response)
+    assert "9.99" in page(admin_client.get(url("reflection_preview", Reflection.objects.get().pk)))
+
+
 # -- Wording: labels, names, help ------------------------------------------------------
 def labels_of(text):
     main = text.split('id="content-main"', 1)[1]

@@ -11,7 +11,7 @@ from tests.targets import KINDS, PAIRS, rows, server_params, watch
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
-QUOTE = {"postgresql": '"', "mysql": "`", "sqlite": '"'}
+QUOTE = {"postgresql": '"', "mysql": "`", "sqlite": '"', "firebird": '"'}
 
 
 def pdr_tables(target):
@@ -24,6 +24,7 @@ def pdr_triggers(target):
         "postgresql": "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal",
         "mysql": "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE()",
         "sqlite": "SELECT name FROM sqlite_master WHERE type = 'trigger'",
+        "firebird": "SELECT TRIM(RDB$TRIGGER_NAME) FROM RDB$TRIGGERS WHERE COALESCE(RDB$SYSTEM_FLAG, 0) = 0",
     }[target.kind]
     with target.engine.connect() as conn:
         return [r[0] for r in conn.exec_driver_sql(query)]
@@ -52,7 +53,7 @@ def test_missing_table_names_it(make_target, kind):
     assert "check the schema and table name" in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "firebird"])
 def test_unreachable_or_wrong_password_never_leaks_the_password(make_target, kind):
     target = make_target(kind)  # ensures the server is up, so only our settings are wrong
     params = server_params(kind)
@@ -114,8 +115,9 @@ def test_install_is_idempotent_and_uninstall_removes_everything(make_target):
         capture.install(st)
         capture.install(st)
         assert capture.status(st) == capture.INSTALLED
-        # PostgreSQL captures TRUNCATE too; the registry (pdr_capture) beside the event table
-        assert len(pdr_triggers(target)) == (4 if kind == "postgresql" else 3)
+        # PostgreSQL captures TRUNCATE too, Firebird's one trigger captures the three
+        # operations; the registry (pdr_capture) beside the event table
+        assert len(pdr_triggers(target)) == {"postgresql": 4, "firebird": 1}.get(kind, 3)
         assert sorted(pdr_tables(target)) == sorted([st.event_table, "pdr_capture"])
         capture.uninstall(st)
         assert pdr_triggers(target) == [] and pdr_tables(target) == []

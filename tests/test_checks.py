@@ -117,6 +117,25 @@ def test_w003_driver_missing(monkeypatch):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("missing", ["firebird.driver", "sqlalchemy_firebird"])
+def test_w003_firebird_driver_or_dialect_missing(monkeypatch, missing):
+    from sqlalchemy.dialects import registry
+
+    Database.objects.create(name="pos", kind="firebird", host="db", database="/data/pos.fdb")
+    # imported again, without the missing package ("not installed")
+    for name in [n for n in sys.modules if n.startswith("sqlalchemy_firebird")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)
+    if missing == "sqlalchemy_firebird":
+        monkeypatch.setattr(registry, "impls", {k: v for k, v in registry.impls.items() if "firebird" not in k})
+        for name in [n for n in sys.modules if n.startswith("sqlalchemy_firebird")]:
+            monkeypatch.setitem(sys.modules, name, None)
+    [message] = by_id(run_checks(databases=["default"]), "django_pdr.W003")
+    assert "'pos'" in message.msg and "firebird" in message.msg
+    assert "pip install 'django-pdr[firebird]'" in message.hint
+
+
+@pytest.mark.django_db
 def test_w003_silent_when_the_driver_imports():
     Database.objects.create(name="shop", kind="mysql", host="db", database="shop")
     assert "django_pdr.W003" not in pdr_ids(run_checks(databases=["default"]))

@@ -24,6 +24,7 @@ from django_pdr.engine import visibility
 from django_pdr.dialects import (
     KINDS, MySQLDialect, PostgreSQLDialect, SQLiteDialect, dialect_for_kind, event_key_name, get_dialect,
 )
+from django_pdr.dialects.firebird import FirebirdDialect
 from django_pdr.mapping import Mapping
 from django_pdr.schema import destination_table
 from django_pdr.dialects.base import Horizon
@@ -48,13 +49,21 @@ def lite():
     return SQLiteDialect(sqlite.dialect())
 
 
-ALL = {"postgresql": pg, "mysql": my, "mariadb": lambda: my(mariadb=True), "sqlite": lite}
+def fb():
+    from sqlalchemy_firebird.firebird import FBDialect_firebird
+
+    sa_dialect = FBDialect_firebird()
+    sa_dialect.server_version_info = (3, 0)  # what it reads on connecting to the tested server
+    return FirebirdDialect(sa_dialect)
+
+
+ALL = {"postgresql": pg, "mysql": my, "mariadb": lambda: my(mariadb=True), "sqlite": lite, "firebird": fb}
 ENGINES = sorted(ALL)
 
 #: A source table whose name and key columns try every way to break SQL text.
 HOSTILE_TABLE = "Order \"Lines\" `x` it's; select :colon 50% Straße 日本"
 HOSTILE_KEYS = ["select", "order", "Mixed \"q\" `b` 's'; :colon 50% Straße 日本"]
-SCHEMA = {"postgresql": "My \"Schema\"", "mysql": "db", "mariadb": "db", "sqlite": None}
+SCHEMA = {"postgresql": "My \"Schema\"", "mysql": "db", "mariadb": "db", "sqlite": None, "firebird": None}
 
 
 def hand_quoted(dialect, name):
@@ -123,6 +132,9 @@ SQL_WORDS = {
     "LIMIT", "OFFSET", "pg_catalog", "array_agg", "row_number", "OVER", "GROUP", "BY", "p", "r", "t",
     "ALTER", "ENABLE", "ALWAYS", "TRUNCATE",
     "variable_conflict", "use_variable",
+    # Firebird
+    "ACTIVE", "POSITION", "DELETING", "UPDATING", "INSERTING", "TRUE", "IIF", "CURRENT_TRANSACTION", "DISTINCT",
+    "BLOCK", "STATEMENT", "RDB", "TRIGGERS", "TRIGGER_NAME", "pdr", "ddl",
 }
 
 
@@ -134,8 +146,11 @@ def leaked_words(stripped):
 # -- engine registry -------------------------------------------------------------
 
 def test_registry_maps_engines_and_refuses_unimplemented_ones():
-    assert set(KINDS) == {"postgresql", "mysql", "sqlite"}
+    assert set(KINDS) == {"postgresql", "mysql", "sqlite", "firebird"}
     assert isinstance(get_dialect(postgresql.dialect()), PostgreSQLDialect)
+    from sqlalchemy_firebird.firebird import FBDialect_firebird
+
+    assert isinstance(get_dialect(FBDialect_firebird()), FirebirdDialect)  # dialect.name "firebird.firebird"
     assert isinstance(get_dialect(mysql.dialect()), MySQLDialect)
     assert isinstance(get_dialect(sqlite.dialect()), SQLiteDialect)
     mariadb = mysql.dialect()
@@ -167,6 +182,11 @@ def test_live_flags_and_identifier_limits():
     (MySQLDialect, "note ", "cannot end with a space"),
     (MySQLDialect, "a😀b", "outside the Basic Multilingual Plane"),
     (SQLiteDialect, "x\x00y", "NUL"),
+    (FirebirdDialect, "x" * 32, "Firebird 3 names are at most 31 bytes (UTF-8), this one has 32 (Firebird 4+ "
+                                "allows 63 characters, but the server django-pdr is tested with is 3.0)"),
+    (FirebirdDialect, "é" * 16, "this one has 32"),
+    (FirebirdDialect, "note ", "cannot end with a space"),
+    (FirebirdDialect, "a😀b", "outside the Basic Multilingual Plane"),
 ])
 def test_identifier_problem_names_the_rule(cls, name, rule):
     assert rule in cls.identifier_problem(name)
@@ -174,7 +194,8 @@ def test_identifier_problem_names_the_rule(cls, name, rule):
 
 @pytest.mark.parametrize("cls,name", [(PostgreSQLDialect, "é" * 31), (PostgreSQLDialect, "😀 a "),
                                       (MySQLDialect, "é" * 64), (MySQLDialect, " lead"),
-                                      (SQLiteDialect, "x" * 500), (SQLiteDialect, "😀 ")])
+                                      (SQLiteDialect, "x" * 500), (SQLiteDialect, "😀 "),
+                                      (FirebirdDialect, "x" * 31), (FirebirdDialect, "Order \"Lines\" it's")])
 def test_identifier_problem_accepts_what_the_engine_holds(cls, name):
     assert cls.identifier_problem(name) is None
 
@@ -196,12 +217,17 @@ def test_capture_names_are_prefixed_safe_and_deterministic(engine):
     names = ALL[engine]().capture_names("public", "Order Lines")
     again = ALL[engine]().capture_names("public", "Order Lines")
     assert names == again
-    every = [names.event_table, *names.triggers, names.function]
-    assert len(set(every)) == len(every) == (6 if engine == "postgresql" else 5)  # PostgreSQL: TRUNCATE too
+    every = [n for n in (names.event_table, *names.triggers, names.function) if n]
+    # PostgreSQL: TRUNCATE too; Firebird: one trigger for the three operations, no function
+    assert len(set(every)) == len(every) == {"postgresql": 6, "firebird": 2}.get(engine, 5)
     for name in every:
         assert name.startswith("pdr_")
         assert re.fullmatch(r"[a-z0-9_]+", name), name  # never needs quoting, any engine, any case rule
     assert names.event_table.endswith("_ev")
+    if engine == "firebird":
+        assert names.insert_trigger == names.update_trigger == names.delete_trigger
+        assert names.insert_trigger.endswith("_trg") and names.function == ""
+        return
     assert names.insert_trigger.endswith("_ins") and names.update_trigger.endswith("_upd")
     assert names.delete_trigger.endswith("_del")
     assert "order_lines" in names.event_table  # readable
@@ -217,7 +243,7 @@ def test_capture_names_distinct_for_tables_and_schemas_that_look_alike(engine):
     seen = {}
     for schema, table in keys:
         names = dialect.capture_names(schema, table)
-        for name in (names.event_table, *names.triggers, names.function):
+        for name in filter(None, (names.event_table, *names.triggers, names.function)):
             assert name not in seen, (name, (schema, table), seen.get(name))
             seen[name] = (schema, table)
 
@@ -237,7 +263,7 @@ def test_capture_names_fit_the_identifier_limit(engine, table):
 @pytest.mark.parametrize("table", ["🍮🍰", "!!!", "—", "???", "_", " "])
 def test_capture_names_never_empty_for_symbol_only_tables(engine, table):
     names = ALL[engine]().capture_names(None, table)
-    for name in (names.event_table, *names.triggers, names.function):
+    for name in filter(None, (names.event_table, *names.triggers, names.function)):
         assert re.fullmatch(r"pdr_[a-z0-9]+(_[a-z0-9]+)*", name), name
         middle = name[len("pdr_"):].rsplit("_", 2)[0]
         assert middle, name
@@ -281,7 +307,8 @@ def test_hostile_identifiers_are_quoted_in_every_trigger_statement(engine):
         schema = f"{hand_quoted(dialect, SCHEMA[engine])}." if SCHEMA[engine] else ""
         schema = schema.replace("`db`", "db")  # a plain name needs no quotes
         for statement in create:
-            assert f" ON {schema}{table} " in statement
+            # Firebird: CREATE TRIGGER name FOR table
+            assert f" {'FOR' if engine == 'firebird' else 'ON'} {schema}{table} " in statement
             for key in keys:
                 assert f".{key}" in statement  # NEW.key / OLD.key
     # nothing of a hostile name is left outside quotes
@@ -293,7 +320,8 @@ def test_hostile_identifiers_are_quoted_in_every_trigger_statement(engine):
         assert "%" not in stripped and ":colon" not in stripped
     for statement in drop:
         stripped = outside_quotes(statement, quotes)
-        assert leaked_words(stripped) == set() and ";" not in stripped, statement
+        # Firebird: an EXECUTE BLOCK (DROP TRIGGER only if it exists) holds its own ";"
+        assert leaked_words(stripped) == set() and (";" not in stripped or engine == "firebird"), statement
 
 
 def test_postgresql_function_body_is_one_dollar_quoted_plpgsql_block():
@@ -615,6 +643,116 @@ def test_upsert_on_duplicate_key(engine):
     assert match and match.group(1) == match.group(2) and match.group(1) in ("`select`", "`Order`"), nothing
 
 
+def test_firebird_upsert_is_a_merge_per_row():
+    dialect = fb()
+    table = upsert_table()
+    rows = [{"select": 1, "Order": "a", "v 50%": "x", "w": None}]
+    [(statement, params)] = dialect.upsert_batches(table, ["select", "Order"], ["v 50%", "w"], rows)
+    assert params == rows
+    sql = str(statement.compile(dialect=dialect.sa))
+    assert sql.startswith('MERGE INTO "Order Lines" AS pdr_t USING (SELECT CAST(')
+    assert ' FROM RDB$DATABASE) AS pdr_s ON pdr_t."select" = pdr_s."select" AND pdr_t."Order" = pdr_s."Order" ' \
+        'WHEN MATCHED THEN UPDATE SET "v 50%" = pdr_s."v 50%", w = pdr_s.w WHEN NOT MATCHED THEN INSERT (' in sql
+    assert sql.count("CAST(:") == 4  # one parameter a column, cast to its column's type
+    [(nothing, _)] = dialect.upsert_batches(table, ["select", "Order"], [], rows)
+    assert "WHEN MATCHED" not in str(nothing.compile(dialect=dialect.sa))  # an existing row is kept
+    # several rows: one MERGE whose source is a UNION ALL of one-row SELECTs, one round trip
+    many = [{"select": i, "Order": "a", "v 50%": "x" * i, "w": None} for i in range(600)]
+    batches = dialect.upsert_batches(table, ["select", "Order"], ["v 50%", "w"], many)
+    assert [len(params) for _, params in batches] == [1000, 1000, 400]  # 250 rows a MERGE, 4 parameters a row
+    statement, params = batches[1]
+    assert params["pdr_0_0"] == 250 and params["pdr_249_2"] == "x" * 499
+    sql = str(statement.compile(dialect=dialect.sa))
+    assert sql.count(" FROM RDB$DATABASE UNION ALL SELECT ") == 249 and len(sql) < 64_000
+    # a last row alone is one row's statement, its parameters named by column
+    *_, (last, params) = dialect.upsert_batches(table, ["select", "Order"], ["v 50%", "w"], many[:251])
+    assert params == [many[250]] and "UNION ALL" not in str(last.compile(dialect=dialect.sa))
+    # wide text columns: the parameters' bytes (4 a UTF8 character) bound the rows
+    wide = sa.Table("w", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("t", sa.String(8000)))
+    rows = [{"id": i, "t": ""} for i in range(10)]
+    [(statement, params)] = dialect.upsert_batches(wide, ["id"], ["t"], rows)
+    assert params == rows and "UNION ALL" not in str(statement.compile(dialect=dialect.sa))  # one row a MERGE
+
+
+def test_firebird_one_trigger_per_table_key_changes_as_delete_and_upsert():
+    dialect = fb()
+    source = sa.Table("T", sa.MetaData(), sa.Column("a", sa.Integer, primary_key=True),
+                      sa.Column("b", sa.Date, primary_key=True), sa.Column("v", sa.Text))
+    names = dialect.capture_names(None, "T")
+    event = dialect.event_table(sa.MetaData(), None, names, list(source.primary_key.columns))
+    [trigger] = dialect.create_trigger_statements(source, event, names, ["a", "b"])
+    assert trigger.startswith(f'CREATE OR ALTER TRIGGER {names.insert_trigger} FOR "T" ACTIVE AFTER INSERT OR '
+                              f'UPDATE OR DELETE POSITION 32000 AS BEGIN ')
+    assert "IF (DELETING OR (UPDATING AND (OLD.a IS DISTINCT FROM NEW.a OR OLD.b IS DISTINCT FROM NEW.b)))" \
+        in trigger
+    assert "VALUES ('D', CURRENT_TRANSACTION, OLD.a, OLD.b);" in trigger
+    assert "VALUES (IIF(INSERTING, 'I', 'U'), CURRENT_TRANSACTION, NEW.a, NEW.b);" in trigger
+    # a text key: Firebird compares text ignoring trailing spaces (and by collation): both events always
+    text = sa.Table("S", sa.MetaData(), sa.Column("k", sa.String(10), primary_key=True))
+    [trigger] = dialect.create_trigger_statements(text, event, names, ["k"])
+    assert "IF (DELETING OR (UPDATING AND (TRUE)))" in trigger
+    create = dialect.create_table_statement(event, if_not_exists=True)
+    assert create.startswith("/* pdr:ddl */ EXECUTE BLOCK AS BEGIN IF (NOT EXISTS(SELECT 1 FROM RDB$RELATIONS "
+                             f"WHERE RDB$RELATION_NAME = '{names.event_table.upper()}')) THEN EXECUTE STATEMENT ")
+    assert "GENERATED BY DEFAULT AS IDENTITY" in create and "IF NOT EXISTS" not in create
+    assert dialect.drop_trigger_statements(source, names) == [
+        f"/* pdr:ddl */ EXECUTE BLOCK AS BEGIN IF (EXISTS(SELECT 1 FROM RDB$TRIGGERS WHERE RDB$TRIGGER_NAME = "
+        f"'{names.insert_trigger.upper()}')) THEN EXECUTE STATEMENT 'DROP TRIGGER {names.insert_trigger}'; END"]
+
+
+def test_firebird_types_hold_values_exactly_or_refuse():
+    from sqlalchemy_firebird import types as fbt
+
+    from django_pdr.errors import ConfigurationError, ValueRefused
+
+    dialect = fb()
+
+    def dest(generic, is_key=False):
+        return dialect.destination_type(generic, is_key=is_key).compile(dialect=dialect.sa)
+
+    assert dest(sa.Numeric(18, 4)) == "NUMERIC(18, 4)"
+    for too_wide in (sa.Numeric(19, 2), sa.Numeric()):
+        with pytest.raises(ConfigurationError, match="at most 18 digits"):
+            dest(too_wide)
+    assert dest(sa.Float(53)) == dest(sa.Double()) == "DOUBLE PRECISION"
+    assert dest(sa.Text()) == "BLOB SUB_TYPE TEXT" and dest(sa.LargeBinary()) == "BLOB SUB_TYPE BINARY"
+    assert dest(sa.Text(), is_key=True) == "VARCHAR(255)"
+    assert dest(sa.String(9000)) == "BLOB SUB_TYPE TEXT" and dest(sa.String(40)) == "VARCHAR(40)"
+    assert dest(sa.DateTime(timezone=True)) == "TIMESTAMP" and dest(sa.Uuid()) == "CHAR(36)"
+    assert dest(sa.JSON()) == "BLOB SUB_TYPE TEXT" and dest(sa.Boolean()) == "BOOLEAN"
+    blob = dialect.destination_type(sa.LargeBinary(), is_key=False)
+    assert blob.bind_processor(dialect.sa)(None) is None  # sqlalchemy-firebird's own fails on NULL
+    assert isinstance(dialect.generic_type(fbt.FBDOUBLE_PRECISION()), sa.Double)
+    assert isinstance(dialect.generic_type(fbt.FBTEXT()), sa.Text)
+    assert isinstance(dialect.generic_type(fbt.FBBIGINT()), sa.BigInteger)  # not the INTEGER it reads as
+    assert isinstance(dialect.generic_type(fbt.FBSMALLINT()), sa.SmallInteger)
+    with pytest.raises(ValueRefused, match="1/10000 s"):
+        dialect.guard_rows(None, None, [{"t": dt.datetime(2020, 1, 1, 0, 0, 0, 123456)}])
+    with pytest.raises(ValueRefused, match="before 1858-11-17"):
+        dialect.guard_rows(None, None, [{"t": dt.datetime(1800, 1, 1)}])
+    dialect.guard_rows(None, None, [{"t": dt.datetime(2020, 1, 1, 0, 0, 0, 123400), "d": dt.date(1, 1, 1)}])
+
+
+def test_firebird_errors_are_classified_by_gdscode():
+    from firebird.driver import DatabaseError, IntegrityError
+
+    from django_pdr.errors import DATA, TRANSIENT
+
+    dialect = fb()
+
+    def error(cls, *codes):
+        exc = cls("message")
+        exc.gds_codes = codes
+        return exc
+
+    assert dialect.classify_error(error(IntegrityError, 335544665, 335544349)) == DATA  # duplicate key
+    assert dialect.classify_error(error(DatabaseError, 335544321, 335544914)) == DATA  # string truncation
+    assert dialect.classify_error(error(DatabaseError, 335544336)) == TRANSIENT  # deadlock / update conflict
+    assert dialect.classify_error(error(DatabaseError, 335544580)) == TRANSIENT  # table unknown
+    assert dialect.classify_error(KeyError("x")) is None
+
+
 def test_sqlite_upsert_updates_and_do_nothing_keeps_rows():
     dialect = lite()
     table = upsert_table()
@@ -654,6 +792,8 @@ def test_key_filter_renders(engine):
     values = "(1, 'x'), (2, 'it''s')"
     if engine == "sqlite":
         assert composite == f"(t.a, t.{q}) IN (VALUES {values})"
+    elif engine == "firebird":  # no row values in Firebird
+        assert composite == f"t.a = 1 AND t.{q} = 'x' OR t.a = 2 AND t.{q} = 'it''s'"
     else:
         assert composite == f"(t.a, t.{q}) IN ({values})"
 
@@ -1513,3 +1653,39 @@ def test_mariadb_status_report_horizon():
     assert MySQLDialect._status_horizon(_Report(idle)) == Horizon(19725, 19725)
     truncated = STATUS_REPORT.replace("---TRANSACTION (0x", "...truncated...\n---TRANSACTION (0x")
     assert MySQLDialect._status_horizon(_Report(truncated)) is None
+
+
+class _Monitoring:
+    """A connection answering Firebird's horizon query with one row."""
+
+    def __init__(self, row):
+        self.row, self.sql = row, []
+
+    def execute(self, query):
+        self.sql.append(str(query))
+        return SimpleResult(self.row)
+
+
+class SimpleResult:
+    def __init__(self, row):
+        self.row = row
+
+    def one(self):
+        return self.row
+
+
+def test_firebird_horizon_from_one_monitoring_snapshot():
+    from django_pdr.errors import ConfigurationError
+
+    dialect = fb()
+    conn = _Monitoring((120, 97, 1))
+    assert dialect.transaction_horizon(conn, None) == Horizon(120, 97)
+    [sql] = conn.sql  # one statement: both numbers from one MON$ snapshot
+    assert "MON$NEXT_TRANSACTION" in sql and "FROM MON$DATABASE" in sql
+    assert "MON$TRANSACTION_ID <> CURRENT_TRANSACTION AND t.MON$READ_ONLY = 0" in sql
+    assert dialect.transaction_horizon(_Monitoring((120, None, 1)), None) == Horizon(120, 120)  # none open
+    # a user who sees only its own attachments proves nothing: an error, never a horizon
+    with pytest.raises(ConfigurationError, match="SYSDBA"):
+        dialect.transaction_horizon(_Monitoring((120, None, 0)), None)
+    gap = Gap(5, 5, proof=120)
+    assert not gap.settled_by(Horizon(130, 119)) and gap.settled_by(Horizon(130, 120))

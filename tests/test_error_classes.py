@@ -6,6 +6,7 @@ The unit tests build the drivers' exceptions by hand; the live ones (``live``) p
 error on the real servers, as the worker's sessions would meet it."""
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import sqlite3
 import threading
@@ -555,3 +556,63 @@ def test_sqlite_locked_and_read_only_are_transient_constraints_are_data(tmp_path
     assert str(error.orig) == "attempt to write a readonly database"
     assert dialect.classify_error(error) == TRANSIENT
     read_only.dispose()
+
+
+# -- live: Firebird 3 ---------------------------------------------------------------
+@live
+def test_firebird_rows_refused_for_their_data_and_locks_transient(make_target):
+    target = make_target("firebird")
+    target.execute("CREATE TABLE p (id int NOT NULL PRIMARY KEY)",
+                   "CREATE TABLE t (id int NOT NULL PRIMARY KEY, v varchar(5) NOT NULL, n numeric(5, 2), "
+                   "s smallint, c int CHECK (c > 0), pid int REFERENCES p (id))")
+    target.execute("INSERT INTO t (id, v) VALUES (1, 'a')")
+    with target.engine.connect() as conn:
+        dialect = get_dialect(conn)
+        table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+        dialect.refine_reflected(conn, table)
+
+    def merge_error(row):
+        def fn():
+            with target.engine.begin() as conn:
+                dialect.guard_rows(conn, table, [row])
+                for statement, params in dialect.upsert_batches(table, ["id"], [n for n in row if n != "id"],
+                                                                [row]):
+                    conn.execute(statement, params)
+        return raised(fn)
+
+    base = {"id": 3, "v": "x"}
+    # NUMERIC(5, 2) is stored as a 32-bit integer: Firebird takes 12345 (its precision is
+    # not enforced) and refuses what the storage cannot hold
+    cases = {"NOT NULL": {"v": None}, "string too long": {"v": "abcdefgh"},
+             "numeric overflow": {"n": decimal.Decimal("100000000")},
+             "CHECK": {"c": -1}, "foreign key": {"pid": 99}, "smallint range": {"s": 99999},
+             "timestamp precision": {"v": dt.datetime(2020, 1, 1, 0, 0, 0, 123456)}}
+    errors = {name: merge_error(base | row) for name, row in cases.items()}
+    assert {name: dialect.classify_error(e) for name, e in errors.items()} == dict.fromkeys(cases, DATA), \
+        {name: repr(e)[:200] for name, e in errors.items()}
+    duplicate = insert_error(target.engine, table, [{"id": 1, "v": "b"}])
+    assert dialect.classify_error(duplicate) == DATA
+
+    # a row another transaction holds: the lock time-out is transient
+    from django_pdr.dialects import firebird
+
+    holder = target.engine.connect()
+    holder.begin()
+    holder.execute(sa.update(table).where(table.c.id == 1).values(v="held"))
+    other = sa.create_engine(target.engine.url)
+    old, firebird.FirebirdDialect.lock_timeout = firebird.FirebirdDialect.lock_timeout, 1
+    try:
+        firebird.FirebirdDialect.prepare_engine(other)
+        with other.connect() as conn:
+            conn.begin()
+            blocked = raised(lambda: conn.execute(sa.update(table).where(table.c.id == 1).values(v="late")))
+            conn.rollback()
+        assert dialect.classify_error(blocked) == TRANSIENT, repr(blocked)
+        with other.connect() as conn:
+            missing = raised(lambda: conn.execute(sa.text("SELECT * FROM no_such_table")))
+        assert dialect.classify_error(missing) == TRANSIENT
+    finally:
+        firebird.FirebirdDialect.lock_timeout = old
+        holder.rollback()
+        holder.close()
+        other.dispose()

@@ -272,7 +272,12 @@ def write(target, sql, rows):
         raw.close()
 
 
-@pytest.mark.parametrize("source_kind,dest_kind", PAIRS)
+#: The pairs of the engines the matrix covers (Firebird, issue 19, is not in it yet: its
+#: values are checked by tests/test_types.py and tests/test_fidelity.py).
+MATRIX_PAIRS = [(s, d) for s, d in PAIRS if s in matrix.DECLARED and d in matrix.DECLARED]
+
+
+@pytest.mark.parametrize("source_kind,dest_kind", MATRIX_PAIRS)
 def test_generated_values_arrive_equal_converted_or_set_aside(make_target, source_kind, dest_kind):
     source, dest = make_target(source_kind), make_target(dest_kind)
     src_db, dst_db = source.model("src"), dest.model("dst")

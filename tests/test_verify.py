@@ -11,13 +11,21 @@ from tests.targets import rows, watch
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
 
 
+def insert_rows(kind, values):
+    """INSERT statements for ``values`` (one a row on Firebird 3: no multi-row VALUES)."""
+    if kind == "firebird":
+        return [f"INSERT INTO t VALUES {v}" for v in values]
+    return ["INSERT INTO t VALUES " + ", ".join(values)]
+
+
 @pytest.mark.parametrize("source_kind,dest_kind", [("postgresql", "mysql"), ("mysql", "sqlite"),
-                                                   ("sqlite", "postgresql")])
+                                                   ("sqlite", "postgresql"), ("firebird", "postgresql"),
+                                                   ("postgresql", "firebird")])
 def test_verify_and_repair(make_target, source_kind, dest_kind, capsys):
     source, dest = make_target(source_kind), make_target(dest_kind)
-    source.execute("CREATE TABLE t (id int, part varchar(10), v varchar(20), n numeric(8,2), "
+    source.execute("CREATE TABLE t (id int NOT NULL, part varchar(10) NOT NULL, v varchar(20), n numeric(8,2), "
                    "PRIMARY KEY (id, part))",
-                   "INSERT INTO t VALUES " + ", ".join(f"({i}, 'p{i % 3}', 'v{i}', {i}.5)" for i in range(1, 301)))
+                   *insert_rows(source_kind, [f"({i}, 'p{i % 3}', 'v{i}', {i}.5)" for i in range(1, 301)]))
     st = watch(source.model("src"), "t")
     reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
     worker.run_round()

@@ -24,7 +24,7 @@ def ids(target):
     return [r["id"] for r in rows(target.engine, "t", ["id"])]
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mysql", "sqlite"])
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "sqlite", "firebird"])
 def test_late_commit_of_a_lower_event_id_is_replicated(make_target, kind):
     source, dest, reflection = setup_reflection(make_target, kind)
     if kind == "sqlite":
@@ -54,7 +54,7 @@ def test_late_commit_of_a_lower_event_id_is_replicated(make_target, kind):
     assert reflection.position["g"] == []
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "firebird"])
 def test_rolled_back_ids_do_not_stall_progress(make_target, kind):
     source, dest, reflection = setup_reflection(make_target, kind)
     doomed = source.engine.connect()

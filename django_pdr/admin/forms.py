@@ -67,6 +67,10 @@ class DatabaseForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         if "kind" in self.fields:
             self.fields["kind"].widget.attrs["data-pdr-kind"] = "1"
+            # what the database field holds for each kind (admin.js relabels it)
+            self.fields["kind"].widget.attrs["data-pdr-kinds"] = json.dumps(
+                {kind: {"label": cls.database_label, "placeholder": cls.database_placeholder,
+                        "file": cls.file_based} for kind, cls in KINDS.items()})
         if "password" in self.fields and self.instance.pk and self.instance.password:
             self.fields["password"].help_text = _(
                 "A password is stored (write-only: never shown). Leave blank to keep it.")

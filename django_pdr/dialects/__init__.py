@@ -6,6 +6,7 @@ django-pdr asks these classes for SQL and never tests an engine's name.
 from __future__ import annotations
 
 from .base import CAPTURE_VERSION, CHECKPOINT_TABLE, REGISTRY_TABLE, CaptureNames, Dialect, event_key_name
+from .firebird import FirebirdDialect
 from .mysql import MySQLDialect
 from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
@@ -13,13 +14,14 @@ from .sqlite import SQLiteDialect
 __all__ = ["CAPTURE_VERSION", "CHECKPOINT_TABLE", "REGISTRY_TABLE", "CaptureNames", "Dialect", "event_key_name",
            "get_dialect", "dialect_for_kind", "kind_for_url", "KINDS"]
 
-_CLASSES = [PostgreSQLDialect, MySQLDialect, SQLiteDialect]
+_CLASSES = [PostgreSQLDialect, MySQLDialect, SQLiteDialect, FirebirdDialect]
 
 #: Database kinds a user can choose: (kind, label, dialect class)
 KINDS = {
     "postgresql": PostgreSQLDialect,
     "mysql": MySQLDialect,
     "sqlite": SQLiteDialect,
+    "firebird": FirebirdDialect,
 }
 
 

@@ -103,7 +103,8 @@ class CaptureNames:
 
     @property
     def triggers(self):
-        return self.row_triggers + ((self.truncate_trigger,) if self.truncate_trigger else ())
+        """Every trigger, each once (one trigger may capture several operations)."""
+        return tuple(dict.fromkeys(self.row_triggers + ((self.truncate_trigger,) if self.truncate_trigger else ())))
 
 
 def _slug(text: str, size: int) -> str:
@@ -207,6 +208,9 @@ class Dialect:
     # -- connection --------------------------------------------------------
     #: True for an engine whose database is a local file (no server, no credentials).
     file_based = False
+    #: The admin's label and example of the ``database`` field for this kind.
+    database_label = "Database name"
+    database_placeholder = "app"
     #: How to install the engine's Python driver.
     install_hint = "Install the Python driver of this database engine."
     #: What to check when a connection fails.
@@ -239,6 +243,15 @@ class Dialect:
     @classmethod
     def engine_kwargs(cls) -> dict:
         return {}
+
+    @classmethod
+    def ping_query(cls):
+        """A trivial query proving the connection works."""
+        return sa.text("SELECT 1")
+
+    @classmethod
+    def prepare_engine(cls, engine: sa.Engine) -> None:
+        """Set up a new engine of this kind (event listeners); nothing by default."""
 
     @classmethod
     def on_connect_statements(cls) -> list[str]:
@@ -309,6 +322,14 @@ class Dialect:
         if options:
             raise NotImplementedError(f"{self.label}: event table storage parameters are not implemented")
         return []
+
+    def create_table_statement(self, table: sa.Table, if_not_exists: bool = False) -> str:
+        """CREATE TABLE for ``table`` (``if_not_exists``: nothing when it exists)."""
+        return str(sa.schema.CreateTable(table, if_not_exists=if_not_exists).compile(dialect=self.sa)).strip()
+
+    def drop_table_statement(self, table: sa.Table, if_exists: bool = False) -> str:
+        """DROP TABLE for ``table`` (``if_exists``: nothing when it is missing)."""
+        return str(sa.schema.DropTable(table, if_exists=if_exists).compile(dialect=self.sa)).strip()
 
     def event_time_type(self):
         return sa.DateTime()

@@ -17,6 +17,8 @@ class SQLiteDialect(Dialect):
     driver = "sqlite+pysqlite"
     install_hint = "Python was built without its sqlite3 module: install a Python with SQLite support."
     file_based = True
+    database_label = "SQLite file path"
+    database_placeholder = "/var/lib/app/data.sqlite3"
     tested_live = True
     max_identifier_length = 128  # no real limit; keep names readable
     max_parameters = 30000  # SQLITE_MAX_VARIABLE_NUMBER is 32766 since 3.32

@@ -17,7 +17,10 @@
   }
 
   function followKind(select) {
-    var sqlite = select.value === "sqlite";
+    var kinds = {};
+    try { kinds = JSON.parse(select.getAttribute("data-pdr-kinds") || "{}"); } catch (e) { kinds = {}; }
+    var chosen = kinds[select.value];
+    var sqlite = chosen ? chosen.file : select.value === "sqlite";
     SERVER_ROWS.forEach(function (name) {
       var r = row(name);
       if (r) { r.style.display = sqlite ? "none" : ""; }
@@ -26,10 +29,10 @@
     if (file) { file.style.display = sqlite ? "" : "none"; }
     var label = document.querySelector("label[for=id_database]");
     if (label) {
-      label.textContent = sqlite ? "SQLite file path:" : (select.value ? "Database name:" : "Database name or SQLite file path:");
+      label.textContent = chosen ? chosen.label + ":" : (select.value ? "Database name:" : "Database name or SQLite file path:");
     }
     var input = document.getElementById("id_database");
-    if (input) { input.placeholder = sqlite ? "/var/lib/app/data.sqlite3" : "app"; }
+    if (input) { input.placeholder = chosen ? chosen.placeholder : "app"; }
   }
 
   function fillPicker(picker, databaseId) {
