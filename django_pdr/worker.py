@@ -474,6 +474,11 @@ def not_up_to_date(ids, result: RoundResult) -> list[tuple]:
     return out
 
 
+#: Allocations between two collections of the youngest generation, in a running worker
+#: (Python's default: 700); see settle_memory.
+GC_THRESHOLD = 10_000
+
+
 def settle_memory():
     """After a running worker's first round: what it keeps for its lifetime (Django,
     SQLAlchemy, the models and statements of every reflection) goes out of the cyclic
@@ -485,7 +490,12 @@ def settle_memory():
     forget_descriptions()
     gc.collect()
     gc.freeze()
-    return True
+    # Collections come after 700 allocations by default: under load each batch's rows
+    # (tens of thousands of objects, alive while the batch is) were walked again and
+    # again.  Fewer, later collections walk them less often; cyclic garbage waits longer.
+    previous = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, *previous[1:])
+    return previous
 
 
 def run(ids=None, interval: float | None = None, stop_event: threading.Event | None = None) -> RoundResult:
@@ -548,6 +558,7 @@ def run(ids=None, interval: float | None = None, stop_event: threading.Event | N
             side.close()
         if settled:
             gc.unfreeze()  # the process goes on (embedded, tests): collected as before
+            gc.set_threshold(*settled)
         if purger is not None:
             purger.close()
         waker.close()

@@ -351,9 +351,10 @@ def test_a_running_worker_freezes_what_it_keeps_after_its_first_round_and_thaws_
     monkeypatch.setattr(worker, "release", lambda owner: None)
     monkeypatch.setattr(worker, "not_up_to_date", lambda ids, result: [])
     gc.unfreeze()
+    before = gc.get_threshold()
     worker.run(interval=0.01, stop_event=stop_event)
     assert frozen[0] == 0 and frozen[1] > 0 and frozen[2] > 0
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
     frozen.clear()
     rounds[:] = [1]
     stop_event.clear()
