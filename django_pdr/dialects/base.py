@@ -208,6 +208,8 @@ class Dialect:
     # -- connection --------------------------------------------------------
     #: True for an engine whose database is a local file (no server, no credentials).
     file_based = False
+    #: Driver options every connection URL of this kind has unless the user sets them.
+    url_defaults: dict = {}
     #: The admin's label and example of the ``database`` field for this kind.
     database_label = "Database name"
     database_placeholder = "app"
@@ -237,8 +239,8 @@ class Dialect:
 
     @classmethod
     def url_query(cls, options: dict) -> dict:
-        """Driver options added to the connection URL."""
-        return dict(options or {})
+        """Driver options added to the connection URL: ``url_defaults``, then the user's."""
+        return {**cls.url_defaults, **(options or {})}
 
     @classmethod
     def engine_kwargs(cls) -> dict:

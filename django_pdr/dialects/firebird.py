@@ -153,6 +153,7 @@ class FirebirdDialect(Dialect):
     kind_label = "Firebird"
     system_schemas = frozenset()
     driver = "firebird+firebird"
+    url_defaults = {"charset": "UTF8"}
     install_hint = ("Install firebird-driver and sqlalchemy-firebird: pip install 'django-pdr[firebird]' "
                     "(the client library libfbclient.so.2 comes with the Firebird client: "
                     "apt-get install libfbclient2).")
@@ -213,12 +214,6 @@ class FirebirdDialect(Dialect):
         return "'" + text.replace("'", "''") + "'"
 
     # -- connection --------------------------------------------------------
-    @classmethod
-    def url_query(cls, options):
-        query = {"charset": "UTF8"}
-        query.update(options or {})
-        return query
-
     @classmethod
     def connect_args(cls, timeout):
         return {}

@@ -54,6 +54,7 @@ class MySQLDialect(Dialect):
     kind_label = "MySQL / MariaDB"
     system_schemas = frozenset({"information_schema", "mysql", "performance_schema", "sys"})
     driver = "mysql+pymysql"
+    url_defaults = {"charset": "utf8mb4"}
     install_hint = "Install PyMySQL: pip install 'django-pdr[mysql]'."
     tested_live = True  # on MariaDB 10.11; MySQL 8 shares this code but is not run in CI
     max_identifier_length = 64
@@ -75,12 +76,6 @@ class MySQLDialect(Dialect):
             return (f"{cls.label} names cannot hold characters outside the Basic Multilingual Plane "
                     f"(4-byte UTF-8, such as emoji): {wide!r}")
         return None
-
-    @classmethod
-    def url_query(cls, options):
-        query = {"charset": "utf8mb4"}
-        query.update(options or {})
-        return query
 
     @classmethod
     def connect_args(cls, timeout):
