@@ -1369,6 +1369,19 @@ def test_postgresql_copy_text_escapes_and_refuses_what_it_cannot_spell():
             copy_text([(value,)])
 
 
+def test_postgresql_statement_parameters_keep_negative_zero():
+    # psycopg2 spells -0.0 as the literal " -0.0", which PostgreSQL reads as minus the
+    # numeric 0.0, i.e. 0: the dialect hands it a value that spells itself exactly
+    from psycopg2.extensions import adapt
+
+    (row,) = PostgreSQLDialect(postgresql.dialect()).driver_rows([{"a": -0.0, "b": 0.0, "c": -1.5, "d": "x"}])
+    assert adapt(row["a"]).getquoted() == b"'-0'::float8"
+    assert row["b"] == 0.0 and str(row["b"]) == "0.0" and row["c"] == -1.5 and row["d"] == "x"
+    assert adapt(-0.0).getquoted() == b" -0.0"  # what it guards against (psycopg2's own spelling)
+    rows = [{"a": -0.0}]
+    assert SQLiteDialect(sqlite.dialect()).driver_rows(rows) is rows  # other drivers send doubles as they are
+
+
 def test_postgresql_notify_is_rendered_only_when_asked():
     dialect = pg()
     source = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True), schema="public")

@@ -642,6 +642,12 @@ class Dialect:
         row itself cannot be stored.  Base: never."""
         return False
 
+    def driver_rows(self, rows: list[dict]) -> list[dict]:
+        """``rows`` as parameters of statements run through SQLAlchemy, with any value
+        the driver would misspell replaced by one it spells exactly (PostgreSQL:
+        -0.0).  Base: unchanged."""
+        return rows
+
     def guard_rows(self, conn, table: sa.Table | None, rows: list[dict]) -> None:
         """Before ``rows`` go through SQLAlchemy (one statement per row): raise RowTooLarge
         for a row the destination could not take in one statement.  ``table``: the

@@ -26,8 +26,8 @@ from typing import Callable
 
 from .base import json_has_nul
 
-ENGINES = ("postgresql", "mysql", "sqlite")
-LABEL = {"postgresql": "PostgreSQL", "mysql": "MariaDB/MySQL", "sqlite": "SQLite"}
+ENGINES = ("postgresql", "mysql", "sqlite", "firebird")
+LABEL = {"postgresql": "PostgreSQL", "mysql": "MariaDB/MySQL", "sqlite": "SQLite", "firebird": "Firebird"}
 
 #: The types of the matrix, in the order of docs/dialects.md.
 TYPES = ("int", "bigint", "numeric", "float", "bool", "varchar", "text", "date", "time", "timestamp",
@@ -47,7 +47,25 @@ DECLARED = {
     "sqlite": {"int": "integer", "bigint": "bigint", "numeric": "numeric(30,10)", "float": "double",
                "bool": "boolean", "varchar": "varchar(50)", "text": "text", "date": "date", "time": "time",
                "timestamp": "datetime", "timestamptz": None, "json": "json", "bytes": "blob", "uuid": "uuid"},
+    # Firebird 3: no JSON, UUID or time-zone-aware type; NUMERIC has at most 18 digits
+    "firebird": {"int": "integer", "bigint": "bigint", "numeric": "numeric(18,6)", "float": "double precision",
+                 "bool": "boolean", "varchar": "varchar(50) character set utf8",
+                 "text": "blob sub_type text character set utf8", "date": "date", "time": "time",
+                 "timestamp": "timestamp", "timestamptz": None, "json": None, "bytes": "blob sub_type binary",
+                 "uuid": None},
 }
+
+#: A pair with Firebird declares its numeric column as Firebird 3 holds it exactly (18
+#: digits; a wider source column is refused when the reflection is saved).
+NARROW_NUMERIC = {"postgresql": "numeric(18,6)", "mysql": "decimal(18,6)", "sqlite": "numeric(18,6)",
+                  "firebird": "numeric(18,6)"}
+
+
+def declared(type_: str, source: str, dest: str) -> str | None:
+    """How the fidelity suite declares ``type_`` in ``source`` for a copy into ``dest``."""
+    if type_ == "numeric" and "firebird" in (source, dest):
+        return NARROW_NUMERIC[source]
+    return DECLARED[source][type_]
 
 
 def _always(value) -> bool:
@@ -116,29 +134,57 @@ def _in_utc(source, dest) -> bool:
     return dest == source.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
-PG, MY, LITE = ("postgresql",), ("mysql",), ("sqlite",)
+def _finer_than_100us(value) -> bool:
+    return isinstance(value, (dt.time, dt.datetime)) and value.microsecond % 100 != 0
+
+
+#: firebird-driver encodes a TIMESTAMP as days since 1858-11-17 (unsigned): an earlier one
+#: cannot be sent.
+_FIREBIRD_EPOCH = dt.datetime(1858, 11, 17)
+
+
+def _before_firebird_epoch(value) -> bool:
+    if not isinstance(value, dt.datetime):
+        return False
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value < _FIREBIRD_EPOCH
+
+
+def _firebird_refuses(value) -> bool:
+    return _finer_than_100us(value) or _before_firebird_epoch(value)
+
+
+PG, MY, LITE, FB = ("postgresql",), ("mysql",), ("sqlite",), ("firebird",)
 
 CONVERSIONS = (
-    Conversion("numeric", PG + MY, LITE, "more than 15 significant digits",
+    Conversion("numeric", PG + MY + FB, LITE, "more than 15 significant digits",
                "the nearest REAL (15 significant digits kept)",
                "SQLite has no exact decimal type: a NUMERIC column stores such a value as REAL",
                applies=lambda v: isinstance(v, decimal.Decimal) and _significant_digits(v) > 15,
                arrives=_nearest_double),
     Conversion("float", ENGINES, MY, "-0.0", "0.0", "MariaDB stores negative zero as zero",
                applies=_negative_zero, arrives=_zero),
-    Conversion("float", PG + LITE, MY, "±infinity, NaN", "dead letter", "MariaDB's DOUBLE has no infinity or NaN",
-               applies=_not_finite),
+    Conversion("float", PG + LITE + FB, MY, "±infinity, NaN", "dead letter",
+               "MariaDB's DOUBLE has no infinity or NaN", applies=_not_finite),
     Conversion("float", ENGINES, LITE, "-0.0", "0.0", "SQLite stores negative zero as zero",
                applies=_negative_zero, arrives=_zero),
-    Conversion("float", PG, LITE, "NaN", "dead letter", "SQLite stores NaN as NULL", applies=_nan),
-    Conversion("varchar", MY + LITE, PG, "contains NUL (U+0000)", "dead letter",
+    Conversion("float", PG + FB, LITE, "NaN", "dead letter", "SQLite stores NaN as NULL", applies=_nan),
+    Conversion("varchar", MY + LITE + FB, PG, "contains NUL (U+0000)", "dead letter",
                "PostgreSQL text cannot hold the NUL character", applies=_has_nul),
-    Conversion("text", MY + LITE, PG, "contains NUL (U+0000)", "dead letter",
+    Conversion("text", MY + LITE + FB, PG, "contains NUL (U+0000)", "dead letter",
                "PostgreSQL text cannot hold the NUL character", applies=_has_nul),
     Conversion("json", MY + LITE, PG, "a string with NUL (\\u0000)", "dead letter",
                "PostgreSQL's jsonb refuses \\u0000", applies=json_has_nul),
-    Conversion("timestamptz", PG, MY + LITE, "any", "the same instant in UTC, without a zone",
-               "MariaDB and SQLite have no time-zone-aware type", applies=_aware, arrives=_in_utc),
+    Conversion("time", PG + MY + LITE, FB, "a fraction finer than 1/10000 s", "dead letter",
+               "Firebird keeps times to 1/10000 s (never cut)", applies=_finer_than_100us),
+    Conversion("timestamp", PG + MY + LITE, FB, "a fraction finer than 1/10000 s, or before 1858-11-17",
+               "dead letter", "Firebird keeps times to 1/10000 s (never cut); firebird-driver cannot send an "
+               "earlier TIMESTAMP", applies=_firebird_refuses),
+    Conversion("timestamptz", PG, FB, "a fraction finer than 1/10000 s, or before 1858-11-17 in UTC",
+               "dead letter", "as for timestamp", applies=_firebird_refuses),
+    Conversion("timestamptz", PG, MY + LITE + FB, "any", "the same instant in UTC, without a zone",
+               "MariaDB, SQLite and Firebird 3 have no time-zone-aware type", applies=_aware, arrives=_in_utc),
 )
 
 

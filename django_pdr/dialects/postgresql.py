@@ -28,6 +28,29 @@ _NUL_REFUSED = "A string literal cannot contain NUL (0x00) characters."
 _REPEATED_SQL: dict = {}
 
 
+class _NegativeZero:
+    """-0.0 as psycopg2 must send it.  psycopg2 spells a float as a bare literal, and
+    ``-0.0`` reads in PostgreSQL as minus applied to the numeric 0.0: a plain 0.  This
+    object adapts itself (psycopg2's ``__conform__`` protocol): nothing is registered
+    globally."""
+
+    def __conform__(self, protocol):
+        return self
+
+    @staticmethod
+    def getquoted():
+        return b"'-0'::float8"
+
+
+_NEGATIVE_ZERO = _NegativeZero()
+
+
+def _signed_zero(value):
+    if type(value) is float and value == 0 and math.copysign(1.0, value) < 0:
+        return _NEGATIVE_ZERO
+    return value
+
+
 class _NotCopyable(Exception):
     """A value COPY's text format has no safe spelling for (the caller falls back)."""
 
@@ -594,6 +617,9 @@ END
     def key_lookup_settings(self):
         return [_NESTED_LOOP]
 
+    def driver_rows(self, rows):
+        return [{name: _signed_zero(value) for name, value in row.items()} for row in rows]
+
     def guard_rows(self, conn, table, rows):
         # what PostgreSQL cannot hold, named by its column (the driver's and the server's
         # messages name neither)
@@ -752,6 +778,7 @@ END
             return text.replace("%", "%%")
 
         sql = f"INSERT INTO {esc(target)} ({esc(columns)}) VALUES %s ON CONFLICT ({esc(keys)}) {esc(action)}"
+        values = [tuple(map(_signed_zero, row)) for row in values]
         self.run_on_driver(conn, sql, lambda cursor: execute_values(cursor, sql, values, page_size=1000))
         return True
 

@@ -78,6 +78,7 @@ class Applying:
         if len(rows) > 1 and self.dst_dialect.bulk_upsert(dst, table, keys, values, rows):
             return
         self.dst_dialect.guard_rows(dst, table, rows)
+        rows = self.dst_dialect.driver_rows(rows)
         for statement, params in self.dst_dialect.upsert_batches(table, keys, values, rows):
             if params is None:
                 dst.execute(statement)
@@ -167,7 +168,7 @@ class Applying:
         if upserts:
             if self.statement:
                 self.dst_dialect.guard_rows(dst, None, upserts)
-                dst.execute(sa.text(self.statement), upserts)
+                dst.execute(sa.text(self.statement), self.dst_dialect.driver_rows(upserts))
             else:
                 self._execute_upsert(dst, self.dest, self.mapping.dest_key, self.mapping.value_columns, upserts)
 
