@@ -286,6 +286,7 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.workdir = tempfile.mkdtemp(prefix="pdr-bench-")
+        self.py_spy = getattr(args, "py_spy", None)
         self.django_db = os.path.join(self.workdir, "django.sqlite3")
         self.servers = []
         self.results = {}
@@ -625,8 +626,16 @@ class Bench:
             r.autocommit = True
             pid = w.get_backend_pid()
             heard = self._notification_counter("lat_src", lambda p: p == pid)
+            spy = None
+            if self.py_spy:  # the worker's stacks (all threads, idle included) while it keeps up
+                spy = subprocess.Popen([os.path.join(os.path.dirname(PY), "py-spy"), "record", "--pid",
+                                        str(proc.pid), "--threads", "--idle", "--nonblocking", "--format", "raw",
+                                        "--rate", "200", "-d", str(int(seconds)), "-o", self.py_spy],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
             out["pdr"] = self._latency_run(w, r, seconds, rate)
+            if spy is not None:
+                spy.wait()
             out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
             out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = heard()
             w.close(), r.close()
@@ -863,6 +872,7 @@ def main():
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--latency-rate", type=float, default=1000)
     parser.add_argument("--interval", type=float, default=0.01, help="pdr-reflect -i for the latency test")
+    parser.add_argument("--py-spy", metavar="FILE", help="(b): record the worker's stacks into FILE (py-spy raw format; diagnosis, py-spy must be installed)")
     parser.add_argument("--load-rows", type=int)
     parser.add_argument("--profile", type=int, metavar="EVENTS",
                         help="only profile a PG->PG catch-up of EVENTS events (cProfile) and print hot spots")

@@ -26,6 +26,11 @@ DEFAULTS = {
     # Seconds a reflection with a backlog works before the worker turns to the others (a
     # running worker then probes every source again and serves quiet tables first).
     "TIME_SLICE": 0.5,
+    # Seconds a running worker's streaming table (one whose last pass applied changes) keeps
+    # looking for new ones once caught up, on the worker's busy thread: a table that
+    # changes all the time is applied as its changes commit, not a worker round later.
+    # 0: never (each pass ends when caught up).
+    "STREAM_LINGER": 0.05,
     # Passes a running worker runs at once in a round (threads): the tables with a few new
     # events then wait for the slowest of them, not for all of them one after another.
     # Passes into one destination table still run one after another.

@@ -54,6 +54,9 @@ logger = logging.getLogger("django_pdr.worker")
 PROBE_CHUNK = 200
 #: Largest backlog (events) served in the quiet lane, before every busy table.
 QUIET_BACKLOG = 1000
+#: Seconds a reflection counts as streaming after a pass that applied events (see
+#: Scheduler.streaming): the next one it gets, with new events, may take the busy lane.
+STREAMING_SECONDS = 1.0
 #: Seconds between two reads of a source schema's triggers (a dropped trigger is noticed
 #: this much later on an idle table; a table with events runs its full checks anyway).
 TRIGGER_CHECK_SECONDS = 10.0
@@ -316,6 +319,7 @@ class Scheduler:
         self.clock = clock
         self.last_full: dict = {}  # reflection pk -> when it last had a pass
         self.last_served: dict = {}  # reflection pk -> when it last had a busy slice
+        self.last_applied: dict = {}  # reflection pk -> when its last pass that applied events ended
         self.last_plan: float | None = None
         self.credit = 0.0  # periodic full passes owed (see plan)
         self.kept_probes: dict = {}  # source database pk -> (when, signature, its probes)
@@ -388,6 +392,14 @@ class Scheduler:
                 else:
                     self.kept_probes.pop(database, None)  # not probed (all of it): never reused
         return out
+
+    def applied(self, reflection):
+        """A pass of ``reflection`` has just applied events."""
+        self.last_applied[reflection.pk] = self.clock()
+
+    def streaming(self, reflection) -> bool:
+        """``reflection``'s last pass applied events, less than STREAMING_SECONDS ago."""
+        return self.clock() - self.last_applied.get(reflection.pk, float("-inf")) < STREAMING_SECONDS
 
     def ran(self, reflection, busy: bool):
         now = self.clock()

@@ -201,11 +201,13 @@ def _purge_if_due(pk, interval: float, purger: Purger | None = None):
     _last_purge[pk] = now
 
 
-def _attempt(reflection, owner: str, stop, seconds: float, vouched=None):
+def _attempt(reflection, owner: str, stop, seconds: float, vouched=None, linger: float = 0.0):
     """A pass of ``reflection``: (outcome, None) or (None, the exception).  ``vouched``: the
-    registry row this round's probe found, with the capture in place (see ReflectionRunner)."""
+    registry row this round's probe found, with the capture in place (see ReflectionRunner);
+    ``linger``: see Streaming.stream."""
     try:
-        return ReflectionRunner(reflection, owner=owner, vouched=vouched).run(stop=stop, max_seconds=seconds), None
+        runner = ReflectionRunner(reflection, owner=owner, vouched=vouched)
+        return runner.run(stop=stop, max_seconds=seconds, linger=linger), None
     except Exception as exc:  # one reflection's failure must not stop the others
         return None, exc
 
@@ -233,6 +235,8 @@ def _account(reflection, outcome, exc, started: float, result: RoundResult, owne
         return
     if scheduler is not None:
         remember_checkpoint(reflection)
+        if outcome.events:
+            scheduler.applied(reflection)
     if outcome.caught_up:
         release(owner, [reflection.pk])  # idle: let any worker take it next time
     result.ok.append(reflection)
@@ -258,6 +262,10 @@ def _account(reflection, outcome, exc, started: float, result: RoundResult, owne
 #: Seconds between two rounds of a running worker while a busy slice is at work on its
 #: lane and the rounds find nothing else to do.
 BUSY_POLL = 0.25
+#: Longest pass of a streaming table on the busy lane (see BusyLane.submit): it ends then,
+#: or when a table with a backlog waits for the lane, or once caught up and quiet for
+#: PDR["STREAM_LINGER"] seconds.
+STREAM_SLICE = 5.0
 
 
 class BusyLane:
@@ -269,15 +277,33 @@ class BusyLane:
     def __init__(self):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-busy")
         self._flight = None  # (reflection, started, future)
+        self._make_way = threading.Event()
+        self.streaming = False  # the pass in flight is a streaming table's (see submit)
 
     @property
     def running(self) -> int | None:
         """The pk of the reflection in flight, or None."""
         return None if self._flight is None else self._flight[0].pk
 
-    def submit(self, reflection, owner: str, stop, seconds: float):
+    def submit(self, reflection, owner: str, stop, seconds: float, linger: float = 0.0):
+        """Run a pass of ``reflection`` on the lane's thread.  With ``linger`` (a streaming
+        table), the pass also ends when ``make_way`` is called."""
         assert self._flight is None
-        self._flight = (reflection, time.monotonic(), self._pool.submit(_attempt, reflection, owner, stop, seconds))
+        self._make_way.clear()
+        if linger > 0:
+            stop = self._or_make_way(stop)
+        self._flight = (reflection, time.monotonic(),
+                        self._pool.submit(_attempt, reflection, owner, stop, seconds, None, linger))
+        self.streaming = linger > 0
+
+    def _or_make_way(self, stop):
+        return lambda: stop() or self._make_way.is_set()
+
+    def make_way(self):
+        """A table with a backlog waits for the lane: a streaming pass on it ends after its
+        batch in flight."""
+        if self._flight is not None and self.streaming:
+            self._make_way.set()
 
     def collect(self, result: RoundResult, owner: str, purge_interval: float, scheduler, wait: float = 0.0,
                 purger: Purger | None = None):
@@ -378,6 +404,7 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
     if max_seconds_each is None:  # a one-shot run yields to its other reflections less often
         max_seconds_each = float(conf.get("TIME_SLICE")) if scheduler is not None else ONE_SHOT_SLICE
     busy = set()
+    streamed = None  # the streaming table given the lane this round (see below)
     vouched = {}  # source table pk -> Registration its probe found, capture in place
     if lane is not None:
         lane.collect(result, owner, purge_interval, scheduler, purger=purger)
@@ -392,6 +419,15 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
         quiet, busy_list, result.skipped = scheduler.plan(light, probes, retrying, checkpoints(light))
         vouched = vouched_registrations(probes)
         in_flight = lane.running if lane is not None else None
+        linger = float(conf.get("STREAM_LINGER"))
+        if linger > 0 and lane is not None and in_flight is None and not busy_list:
+            # the lane is free: a streaming table's new changes are applied there as they
+            # commit, until it is quiet again (see Streaming.stream)
+            streaming = [r for r in quiet if scheduler.streaming(r)]
+            if streaming:
+                chosen = min(streaming, key=lambda r: (scheduler.last_served.get(r.pk, float("-inf")), r.pk))
+                quiet.remove(chosen)
+                busy_list, streamed = [chosen], chosen.pk
         order = [r.pk for r in quiet + busy_list if r.pk != in_flight]
         loaded = {r.pk: r for r in due_reflections(order, backoff=backoff)} if order else {}
         reflections = [loaded[pk] for pk in order if pk in loaded]
@@ -412,6 +448,8 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
             if stop():
                 break
             if reflection.pk in busy and busy_served:
+                if lane is not None:
+                    lane.make_way()  # a streaming table's pass gives the lane up
                 result.deferred.append(reflection)  # the next round comes at once, after a new probe
                 continue
             if not acquire(reflection, owner):
@@ -424,7 +462,10 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                 scheduler.ran(reflection, busy=reflection.pk in busy)
                 busy_served = busy_served or reflection.pk in busy
             if lane is not None and reflection.pk in busy:
-                lane.submit(reflection, owner, stop, max_seconds_each)
+                if reflection.pk == streamed:
+                    lane.submit(reflection, owner, stop, STREAM_SLICE, linger=linger)
+                else:
+                    lane.submit(reflection, owner, stop, max_seconds_each)
                 result.deferred.append(reflection)  # at work on the lane
                 continue
             if side is not None:

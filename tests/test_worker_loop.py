@@ -2,6 +2,7 @@
 the purge interval it passes, and how the Waker paces its arming attempts."""
 import socket
 import threading
+import time
 
 import pytest
 
@@ -156,7 +157,7 @@ def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypat
     quiet, busy = reflection(1), reflection(2)
     slice_may_end, order = threading.Event(), []
 
-    def attempt(r, owner, stop, seconds, vouched=None):
+    def attempt(r, owner, stop, seconds, vouched=None, linger=0.0):
         if r.pk == busy.pk:
             order.append("busy slice starts")
             assert slice_may_end.wait(10)
@@ -174,6 +175,12 @@ def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypat
 
         def ran(self, r, busy):
             pass
+
+        def applied(self, r):
+            pass
+
+        def streaming(self, r):
+            return False
 
     released = []
     monkeypatch.setattr(worker, "_attempt", attempt)
@@ -202,6 +209,141 @@ def test_a_busy_slice_runs_on_the_lane_while_rounds_serve_quiet_tables(monkeypat
     finally:
         slice_may_end.set()
         lane.close(RoundResult(), "me", 0.0, None)
+
+
+@pytest.mark.django_db
+def test_a_streaming_table_lingers_on_the_free_lane_and_makes_way_for_a_backlog(monkeypatch, settings):
+    """A reflection whose last pass applied events gets the free lane with STREAM_LINGER and
+    STREAM_SLICE (its new changes are applied as they commit, no round in between); a table
+    with a backlog waiting for the lane ends that pass (make_way), then has the lane with the
+    usual TIME_SLICE and no linger."""
+    from types import SimpleNamespace
+
+    from django_pdr.engine.runner import PassResult
+    from django_pdr.scheduling import Scheduler
+
+    settings.PDR = {"STREAM_LINGER": 0.05, "TIME_SLICE": 0.5}
+
+    def reflection(pk):
+        return SimpleNamespace(pk=pk, failures=0, source=SimpleNamespace(pk=pk), source_id=pk,
+                               destination=SimpleNamespace(name="d"), destination_table="t", status="running")
+
+    streaming, backlog = reflection(1), reflection(2)
+    calls, started = [], threading.Event()
+
+    def attempt(r, owner, stop, seconds, vouched=None, linger=0.0):
+        calls.append((r.pk, seconds, linger))
+        if linger:
+            started.set()
+            deadline = time.monotonic() + 10
+            while not stop() and time.monotonic() < deadline:  # streams until told to make way
+                time.sleep(0.005)
+            assert stop(), "the streaming pass was never asked to make way"
+        return PassResult(events=5, rows=5, caught_up=True, position_changed=True), None
+
+    class Plan(Scheduler):
+        rounds = [([streaming], []), ([streaming], []), ([], [backlog]), ([], [backlog])]
+
+        def probes(self, light, quiet_sources):
+            return {}
+
+        def plan(self, light, probes, retrying, stored):
+            quiet, busy = self.rounds.pop(0)
+            return list(quiet), list(busy), 0
+
+    monkeypatch.setattr(worker, "_attempt", attempt)
+    monkeypatch.setattr(worker, "candidates", lambda query: [])
+    monkeypatch.setattr(worker, "checkpoints", lambda light: {})
+    monkeypatch.setattr(worker, "due_reflections",
+                        lambda ids, backoff=True: [r for r in (streaming, backlog) if r.pk in ids])
+    monkeypatch.setattr(worker, "acquire", lambda r, owner: True)
+    monkeypatch.setattr(worker, "release", lambda owner, ids=None: None)
+    monkeypatch.setattr(worker, "remember_checkpoint", lambda r: None)
+    monkeypatch.setattr(worker, "_note_applied", lambda st, events: None)
+
+    plan, lane = Plan(3600.0, 1000), worker.BusyLane()
+    try:
+        first = worker.run_round(owner="me", scheduler=plan, lane=lane, purge_interval=0.0)
+        assert calls == [(1, 0.5, 0.0)] and lane.running is None  # never applied before: a plain pass
+        assert first.events == 5 and plan.streaming(streaming)
+        worker.run_round(owner="me", scheduler=plan, lane=lane, purge_interval=0.0)
+        assert started.wait(10) and lane.running == streaming.pk  # lingering on the lane
+        assert calls[-1] == (1, worker.STREAM_SLICE, 0.05)
+        third = worker.run_round(owner="me", scheduler=plan, lane=lane, purge_interval=0.0)
+        assert third.deferred == [backlog]  # waits for the lane, which it asked for
+        lane.wait(10)
+        fourth = worker.run_round(owner="me", scheduler=plan, lane=lane, purge_interval=0.0)
+        assert fourth.events == 5  # the streaming pass, accounted
+        assert lane.running == backlog.pk
+        lane.wait(10)
+        assert calls[-1] == (2, 0.5, 0.0)  # the usual slice, no linger
+    finally:
+        lane.close(RoundResult(), "me", 0.0, None)
+
+
+def _streamer(arrivals, stop=lambda: False):
+    """A Streaming whose source offers batches of (seconds after start, events), each
+    found by the first read after its time; commits take no time."""
+    from types import SimpleNamespace
+
+    from django_pdr.engine.stream import Batch, Streaming
+
+    class Fake(Streaming):
+        def __init__(self):
+            self.unsaved, self.saves, self.committed = (0, 0), [], []
+            self.budget = SimpleNamespace(large_rows=lambda: False)
+            self.pending, self.t0 = list(arrivals), time.monotonic()
+
+        def read_batch(self, src, state):
+            ready = [a for a in self.pending if a[0] <= time.monotonic() - self.t0]
+            if not ready:
+                return None
+            self.pending.remove(ready[0])
+            return Batch({"n": state["n"] + 1}, ready[0][1], keys=[1], last=True)
+
+        def commit_batch(self, dst, state, batch):
+            assert batch.state["n"] == state["n"] + 1  # in order, from where the last one ended
+            self.committed.append(batch.events)
+            return batch.state, batch.events, batch.events
+
+        def _save_progress(self, **fields):
+            self.saves.append(fields)
+
+    return Fake()
+
+
+def test_a_lingering_pass_applies_changes_that_commit_after_it_caught_up():
+    from django_pdr.engine.runner import PassResult
+
+    fake, result = _streamer([(0, 3), (0.03, 2), (0.06, 4)]), PassResult()
+    state = fake.stream(None, None, {"n": 0}, result, lambda: False, None, linger=0.2)
+    assert fake.committed == [3, 2, 4] and state == {"n": 3}
+    assert result.caught_up and result.events == 9 and result.batches == 3
+    assert fake.unsaved == (9, 9) and fake.saves == []  # the pass's closing write records them
+
+
+def test_a_pass_without_linger_ends_once_caught_up_and_a_lingering_one_once_quiet_or_stopped():
+    from django_pdr.engine.runner import PassResult
+
+    fake, result = _streamer([(0, 3), (0.05, 2)]), PassResult()
+    fake.stream(None, None, {"n": 0}, result, lambda: False, None)
+    assert fake.committed == [3] and result.caught_up
+
+    fake, result = _streamer([(0, 3), (0.5, 2)]), PassResult()
+    started = time.monotonic()
+    fake.stream(None, None, {"n": 0}, result, lambda: False, None, linger=0.05)
+    assert fake.committed == [3] and result.caught_up and time.monotonic() - started < 0.4  # quiet: ends
+
+    stopping = threading.Event()
+    fake, result = _streamer([(0, 3), (0.05, 2)]), PassResult()
+    threading.Timer(0.02, stopping.set).start()
+    fake.stream(None, None, {"n": 0}, result, stopping.is_set, None, linger=5.0)
+    assert fake.committed == [3] and result.caught_up  # asked to stop (or make way): ends
+
+    fake, result = _streamer([]), PassResult()
+    started = time.monotonic()
+    fake.stream(None, None, {"n": 0}, result, lambda: False, None, linger=5.0)
+    assert result.caught_up and time.monotonic() - started < 1  # nothing applied: no lingering
 
 
 def test_a_running_workers_purges_run_on_their_own_thread_one_per_table(monkeypatch):

@@ -60,6 +60,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         # place: a streaming pass then skips its own check of the capture (see _run_checked)
         self.vouched = vouched
         self.unsaved = (0, 0)  # events and rows committed whose progress is not recorded yet
+        self.linger = 0.0  # see Streaming.stream
         self.source_table = reflection.source
         self.batch_size = reflection.batch_size or int(conf.get("BATCH_SIZE"))
         self.load_chunk = int(conf.get("LOAD_CHUNK_SIZE"))
@@ -68,8 +69,9 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         self._window_join_refused = False
         self.incarnation = None  # of the event table this pass reads (from the source's registry)
 
-    def run(self, stop=lambda: False, max_seconds: float | None = None) -> PassResult:
-        """Work until caught up (or stopped / out of time)."""
+    def run(self, stop=lambda: False, max_seconds: float | None = None, linger: float = 0.0) -> PassResult:
+        """Work until caught up (or stopped / out of time); ``linger``: see Streaming.stream."""
+        self.linger = linger
         result = PassResult()
         r = self.reflection
         started = time.monotonic()
@@ -118,7 +120,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
                 logger.info("%s: initial load, %d rows copied", r, result.loaded)
                 continue
             deadline = None if max_seconds is None else started + max_seconds
-            state = self.stream(src, dst, state, result, stop, deadline)
+            state = self.stream(src, dst, state, result, stop, deadline, linger=self.linger)
             break
         if not (result.events or result.position_changed or result.loaded or starting
                 or r.status != "running" or r.pending_events is None or r.pending_events):

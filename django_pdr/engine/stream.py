@@ -19,6 +19,11 @@ from .visibility import Position
 
 logger = logging.getLogger("django_pdr.reflect")
 
+#: Seconds between two reads of a lingering pass that found nothing new (see Streaming.stream).
+LINGER_PAUSE = 0.002
+#: A lingering pass records its progress (counters, lease) at most this often.
+PROGRESS_SECONDS = 1.0
+
 
 @dataclass
 class Batch:
@@ -125,23 +130,44 @@ class Streaming:
         except TextPathFailed:
             return self.commit_batch(dst, state, self.python_batch(src, batch))
 
-    def stream(self, src, dst, state, result, stop, deadline):
+    def stream(self, src, dst, state, result, stop, deadline, linger: float = 0.0):
         """Apply batches until caught up, stopped or past ``deadline``.
 
         Pipelined: while batch N commits on the destination (this thread), batch N+1 is
         read from the source (a helper thread; reads only, from the position batch N
         ends at).  Commits stay strictly in order, each with its checkpoint.  Not while
-        rows are large (a batch holds a few of them): two batches would be held at once."""
+        rows are large (a batch holds a few of them): two batches would be held at once.
+
+        ``linger`` (a running worker's streaming table, see worker.py): once caught up, keep
+        reading every LINGER_PAUSE seconds until no event came for ``linger`` seconds (or
+        ``deadline``): a table changing all the time is applied as its changes commit,
+        without a round of the worker between two batches.  Progress is then recorded at
+        most every PROGRESS_SECONDS (the checkpoint itself is written with every batch)."""
+        idle_since = None  # lingering: caught up since then
+
+        def lingering():  # only a pass that applied events waits for more
+            now = time.monotonic()
+            return (linger > 0 and result.batches > 0 and not stop() and now - idle_since < linger
+                    and (deadline is None or now < deadline))
+
+        saved_at = time.monotonic()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
             future = pool.submit(self.read_batch, src, state)
             while True:
                 batch, future = future.result(), None
                 if batch is None:
+                    idle_since = time.monotonic() if idle_since is None else idle_since
+                    if lingering():
+                        time.sleep(LINGER_PAUSE)
+                        future = pool.submit(self.read_batch, src, state)
+                        continue
                     result.caught_up = True
                     return state
                 last = batch.last
                 more = not last and not stop() and (deadline is None or time.monotonic() < deadline)
-                ahead = more and not self.budget.large_rows()
+                # lingering, the next read starts while this batch commits too: it finds the
+                # changes committed meanwhile, or nothing
+                ahead = (more or (last and linger > 0 and not stop())) and not self.budget.large_rows()
                 if ahead:
                     future = pool.submit(self.read_batch, src, batch.state)
                 try:
@@ -157,12 +183,25 @@ class Streaming:
                 result.events += events
                 result.rows += rows
                 result.batches += 1
+                # the pass's closing write records what is not recorded yet (runner.py)
+                self.unsaved = (self.unsaved[0] + events, self.unsaved[1] + rows)
                 if last:
-                    # no second read to find nothing (see Batch.last); the pass's closing
-                    # write records this batch's progress with the rest (runner.py)
-                    result.caught_up = True
-                    self.unsaved = (events, rows)
-                    return state
-                self._save_progress(status="running", state=state, events=events, rows=rows)
+                    # no second read to find nothing (see Batch.last), unless lingering
+                    idle_since = time.monotonic()
+                    if not lingering():
+                        if future is not None:
+                            future.result()  # a read-ahead: nothing it read is used
+                        result.caught_up = True
+                        return state
+                    del batch
+                    if future is None:
+                        time.sleep(LINGER_PAUSE)
+                        future = pool.submit(self.read_batch, src, state)
+                    continue
+                idle_since = None
+                if time.monotonic() - saved_at >= (PROGRESS_SECONDS if linger > 0 else 0.0):
+                    events, rows = self.unsaved
+                    self._save_progress(status="running", state=state, events=events, rows=rows)
+                    self.unsaved, saved_at = (0, 0), time.monotonic()
                 if not more:
                     return state
