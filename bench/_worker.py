@@ -9,10 +9,14 @@ its sleeps.  Prints one JSON line: events, rows, seconds (wall time of the
 loop, interpreter and Django start-up excluded), seconds spent purging applied
 events, time per phase (coarse wrappers around the library's methods), RSS at
 start and peak RSS of this process (``VmHWM``; see the note at its reading).
+With ``--profile``: cProfile of the loop (the committing thread) into FILE, and the
+statements that took the most time (timed on every engine and thread, statement by
+statement: the reading threads' work too) as "statements" in the JSON line.
 """
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -50,6 +54,28 @@ def _timed(owner, name, label):
     setattr(owner, name, wrapper)
 
 
+def statement_timers():
+    """Per-statement [count, seconds] on every SQLAlchemy engine of this process, any thread."""
+    import sqlalchemy as sa
+
+    stats = defaultdict(lambda: [0, 0.0])
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def before(conn, cursor, statement, parameters, context, executemany):
+        conn.info["pdr_bench_t0"] = time.perf_counter()
+
+    @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
+    def after(conn, cursor, statement, parameters, context, executemany):
+        started = conn.info.pop("pdr_bench_t0", None)
+        if started is not None:
+            text = re.sub(r"\s+", " ", statement)[:110]
+            entry = stats[f"{conn.dialect.name}: {text}"]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+    return stats
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--reflection", type=int, required=True)
@@ -81,11 +107,12 @@ def main():
     reflection = Reflection.objects.get(pk=args.reflection)
     before_events = reflection.events_applied
     rss_start = _rss_mb()
-    profiler = None
+    profiler = statements = None
     if args.profile:
         import cProfile
 
         profiler = cProfile.Profile()
+        statements = statement_timers()
     trace = os.environ.get("PDR_BENCH_TRACEMALLOC")  # file: where to write the top allocation growth
     if trace:
         import tracemalloc
@@ -141,6 +168,8 @@ def main():
         "status": reflection.status,
         "phases": dict(PHASES), "calls": dict(CALLS),
         "rss_start_mb": rss_start, "rss_peak_mb": peak, "ru_maxrss_mb": ru_maxrss,
+        "statements": sorted(([text, count, secs] for text, (count, secs) in (statements or {}).items()),
+                             key=lambda s: -s[2])[:12],
     }), flush=True)
 
 

@@ -4,18 +4,27 @@
     /tmp/venv/bin/python bench/run.py --quick      # 100k-event backlogs, ~5 min (3 runs of PG->PG)
     /tmp/venv/bin/python bench/run.py --events 300000 --repeat 3 --mem5m
     /tmp/venv/bin/python bench/run.py --profile 200000   # only: cProfile of a PG->PG catch-up
+    /tmp/venv/bin/python bench/run.py --only a --pairs pg-pg,fb-pg,pg-fb --events 100000 --repeat 1
+    /tmp/venv/bin/python bench/run.py --profile 20000 --pairs fb-pg   # where the time goes, Firebird->PG
 
 Starts two PostgreSQL 15 servers (A: sources and logical-replication publisher;
 B: destinations and subscriber; both wal_level=logical, fsync=on,
 synchronous_commit=on, full_page_writes=on) and one MariaDB 10.11 server
-(innodb_flush_log_at_trx_commit=2, as in the test servers), all on free ports
-under /tmp, stopped and removed at the end.
+(innodb_flush_log_at_trx_commit=2, as in the test servers), and a Firebird 3.0
+server (tests/live_servers.py's, ServerMode Super, default cache, databases with
+forced writes) only when a Firebird pair is asked, all on free ports under /tmp,
+stopped and removed at the end.
 
 Measures (see docs/performance.md for what each one means):
   (a) catch-up throughput of a backlog (60% insert, 30% update, 10% delete,
       100 changes per transaction, 7-column table) for PG->PG, PG->MariaDB,
       MariaDB->PG, SQLite->PG, and PostgreSQL's native logical replication on
       the same workload (subscription created disabled before the backlog);
+      opt-in (--pairs fb-pg,pg-fb): Firebird->PG and PG->Firebird, on a
+      --fb-events backlog (default 100,000), timestamps at Firebird's 100 µs,
+      destination compared with the source row by row; no target yet (issue 19);
+      where their time goes: the phase table printed after the run, and
+      --profile EVENTS --pairs fb-pg (or pg-fb) for cProfile and per-statement times;
   (b) commit -> visible latency at ~1,000 one-row transactions/s, PG->PG,
       worker `pdr-reflect -i 0.01` (polling) vs logical replication;
   (c) capture overhead: pgbench TPS (2 clients, durable commit) of one-row
@@ -49,7 +58,7 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 USER = PASSWORD = "pdr"
 HOST = "127.0.0.1"
 
-from tests.live_servers import MariaDBServer, PostgresServer  # noqa: E402
+from tests.live_servers import FirebirdServer, MariaDBServer, PostgresServer  # noqa: E402
 
 
 LOADAVG = []
@@ -91,6 +100,13 @@ class BenchMariaDB(MariaDBServer):
         self._popen(cmd, env=dict(os.environ))
 
 
+class BenchFirebird(FirebirdServer):
+    """Firebird 3.0 as the tests run it (ServerMode Super, DefaultDbCachePages 2048); the
+    databases are created with the driver's defaults (forced writes on: durable commits)."""
+
+    label = "firebird"
+
+
 # --------------------------------------------------------------------------- SQL helpers
 def pg_connect(server, db, autocommit=False):
     import psycopg2
@@ -99,6 +115,25 @@ def pg_connect(server, db, autocommit=False):
                             options="-c timezone=UTC")
     conn.autocommit = autocommit
     return conn
+
+
+def fb_path(server, db):
+    """Server-side path of database ``db`` (a file in the Firebird server's data directory)."""
+    return os.path.join(server.socket, f"{db}.fdb")
+
+
+def fb_connect(server, db):
+    from firebird.driver import connect
+
+    return connect(f"{HOST}/{server.port}:{fb_path(server, db)}", user=server.user, password=PASSWORD,
+                   charset="UTF8")
+
+
+def fb_create(server, db):
+    from firebird.driver import create_database
+
+    create_database(f"{HOST}/{server.port}:{fb_path(server, db)}", user=server.user, password=PASSWORD,
+                    charset="UTF8").close()
 
 
 def my_connect(server, db):
@@ -132,6 +167,8 @@ DDL = {
               "score double, amount decimal(12,2), created datetime(6), flag boolean) ENGINE=InnoDB"),
     "sqlite": ("CREATE TABLE t (id BIGINT PRIMARY KEY, n INTEGER NOT NULL, name VARCHAR(40), "
                "score REAL, amount NUMERIC(12,2), created DATETIME, flag BOOLEAN)"),
+    "firebird": ("CREATE TABLE t (id bigint NOT NULL PRIMARY KEY, n integer NOT NULL, name varchar(40), "
+                 "score double precision, amount numeric(12,2), created timestamp, flag boolean)"),
 }
 SENTINEL = 10 ** 12
 
@@ -153,6 +190,9 @@ class Source:
                 cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
             conn.close()
             src = cls(kind, server, name)
+        elif kind == "firebird":
+            fb_create(server, name)
+            src = cls(kind, server, name)
         else:
             path = os.path.join(workdir, f"{name}.sqlite3")
             src = cls(kind, path=path)
@@ -167,6 +207,8 @@ class Source:
             return pg_connect(self.server, self.name)
         if self.kind == "mysql":
             return my_connect(self.server, self.name)
+        if self.kind == "firebird":
+            return fb_connect(self.server, self.name)
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=60)
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
@@ -186,6 +228,10 @@ class Source:
 
         if self.kind == "sqlite":
             return Database.objects.create(name=label, kind="sqlite", database=self.path)
+        if self.kind == "firebird":
+            return Database.objects.create(name=label, kind="firebird", host=HOST, port=self.server.port,
+                                           username=self.server.user, password=PASSWORD,
+                                           database=fb_path(self.server, self.name))
         return Database.objects.create(name=label, kind=self.kind, host=HOST, port=self.server.port,
                                        username=USER, password=PASSWORD, database=self.name)
 
@@ -193,15 +239,37 @@ class Source:
         """(row count, sum of n, sum of name lengths): compared after each catch-up."""
         conn = self.connect()
         cur = conn.cursor()
-        cur.execute(f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum(length(name)), 0) FROM {table}")
+        length = "char_length" if self.kind == "firebird" else "length"
+        cur.execute(f"SELECT count(*), coalesce(sum(n), 0), coalesce(sum({length}(name)), 0) FROM {table}")
         row = tuple(int(x) for x in cur.fetchone())
         conn.close()
         return row
+
+    def rows(self, table="t"):
+        """Every row of ``table`` as a tuple of Python values (compared row by row after the
+        catch-ups of the Firebird pairs; Decimal, float, datetime and bool compare by value)."""
+        conn = self.connect()
+        cur = conn.cursor()
+        cur.execute(f"SELECT id, n, name, score, amount, created, flag FROM {table} ORDER BY id")
+        out = [tuple(r) for r in cur.fetchall()]
+        conn.close()
+        return out
+
+
+def row_differences(expected, got, show=3):
+    """(number of rows that differ, a few of them): rows missing, extra or changed."""
+    diff = set(expected) ^ set(got)
+    return len(diff), sorted(diff, key=lambda r: (r[0], r in set(got)))[:show]
 
 
 def dest_pg(server, name):
     pg_admin(server, f'CREATE DATABASE "{name}"')
     return Source("postgresql", server, name)
+
+
+def dest_fb(server, name):
+    fb_create(server, name)
+    return Source("firebird", server, name)
 
 
 def dest_my(server, name):
@@ -213,21 +281,36 @@ def dest_my(server, name):
 
 
 # --------------------------------------------------------------------------- workload
-def _lit_row(i, rng):
+def _lit_row(i, rng, micro_step=1):
+    """One row's SQL literal.  ``micro_step=100``: the fraction of a second truncated to
+    Firebird's 100 µs, written with 4 digits (the same random draws in the same order, so
+    the same workload otherwise)."""
     name = "".join(rng.choices(string.ascii_letters, k=rng.randint(8, 30)))
-    return (f"({i}, {rng.randint(0, 10 ** 6)}, '{name}', {rng.random() * 1000:.6f}, "
+    head = (f"({i}, {rng.randint(0, 10 ** 6)}, '{name}', {rng.random() * 1000:.6f}, "
             f"{rng.randint(0, 10 ** 8) / 100:.2f}, '2026-01-{rng.randint(1, 28):02d} "
-            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}.{rng.randint(0, 999999):06d}', "
-            f"{'TRUE' if rng.random() < 0.5 else 'FALSE'})")
+            f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}.")
+    micro = rng.randint(0, 999999)
+    fraction = f"{micro // 100:04d}" if micro_step == 100 else f"{micro:06d}"
+    return f"{head}{fraction}', {'TRUE' if rng.random() < 0.5 else 'FALSE'})"
 
 
-def generate_backlog(src: Source, events: int, seed=2026, per_tx=100):
+def _insert(kind, rows):
+    """One statement inserting ``rows`` (literals): multi-row VALUES, or for Firebird 3
+    (which has none) an EXECUTE BLOCK of one-row INSERTs -- one round trip either way."""
+    columns = "INSERT INTO t (id, n, name, score, amount, created, flag) VALUES "
+    if kind == "firebird":
+        return "EXECUTE BLOCK AS BEGIN\n" + "".join(f"{columns}{r};\n" for r in rows) + "END"
+    return columns + ", ".join(rows)
+
+
+def generate_backlog(src: Source, events: int, seed=2026, per_tx=100, micro_step=1):
     """``events`` row changes, ``per_tx`` per transaction: 60% INSERT, 30% UPDATE, 10% DELETE.
 
     One multi-row statement per kind per transaction (so PostgreSQL's statement-level
-    triggers fire three times per transaction, MariaDB's row triggers once per row).
-    The last transaction also inserts a sentinel row (id 10**12): the logical
-    replication timer waits for it.  Returns (events written, seconds)."""
+    triggers fire three times per transaction, MariaDB's and Firebird's row triggers once
+    per row).  The last transaction also inserts a sentinel row (id 10**12): the logical
+    replication timer waits for it.  ``micro_step``: see _lit_row (100 for the pairs with
+    Firebird).  Returns (events written, seconds)."""
     rng = random.Random(seed)
     n_ins, n_upd = int(per_tx * 0.6), int(per_tx * 0.3)
     n_del = per_tx - n_ins - n_upd
@@ -246,10 +329,10 @@ def generate_backlog(src: Source, events: int, seed=2026, per_tx=100):
             cur.execute("BEGIN")
         rows = []
         for _ in range(n_ins):
-            rows.append(_lit_row(next_id, rng))
+            rows.append(_lit_row(next_id, rng, micro_step))
             live.append(next_id)
             next_id += 1
-        cur.execute("INSERT INTO t (id, n, name, score, amount, created, flag) VALUES " + ", ".join(rows))
+        cur.execute(_insert(src.kind, rows))
         picks = rng.sample(range(len(live)), n_upd + n_del)
         upd = [live[i] for i in picks[:n_upd]]
         dele_idx = sorted(picks[n_upd:], reverse=True)
@@ -263,8 +346,7 @@ def generate_backlog(src: Source, events: int, seed=2026, per_tx=100):
             live.pop()
         written += per_tx
         if tx == txs - 1:
-            cur.execute(f"INSERT INTO t (id, n, name, score, amount, created, flag) VALUES "
-                        f"{_lit_row(SENTINEL, rng)}")
+            cur.execute(_insert(src.kind, [_lit_row(SENTINEL, rng, micro_step)]))
             written += 1
         if src.kind == "sqlite":
             cur.execute("COMMIT")
@@ -293,10 +375,12 @@ class Bench:
         self.notes = []
 
     # -- servers ----------------------------------------------------------------
-    def start_servers(self, mariadb=True):
+    def start_servers(self, mariadb=True, firebird=False):
         self.pga, self.pgb = BenchPostgres(), BenchPostgres()
         self.pga.label, self.pgb.label = "postgresql A (sources, publisher)", "postgresql B (destinations, subscriber)"
-        todo = [self.pga, self.pgb] + ([BenchMariaDB()] if mariadb else [])
+        self.my = BenchMariaDB() if mariadb else None
+        self.fb = BenchFirebird() if firebird else None
+        todo = [s for s in (self.pga, self.pgb, self.my, self.fb) if s is not None]
         threads, errors = [], []
         for s in todo:
             self.servers.append(s)
@@ -313,7 +397,6 @@ class Bench:
             t.join()
         if errors:
             raise errors[0]
-        self.my = todo[2] if mariadb else None
 
     def stop_servers(self):
         from django_pdr.connections import dispose_all
@@ -391,6 +474,9 @@ class Bench:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
+        import django_pdr
+
+        log(f"django_pdr imported from {os.path.dirname(django_pdr.__file__)}")
 
     def reflection(self, src_db, table, dest_db, label):
         from django_pdr.models import Reflection, SourceTable
@@ -432,33 +518,51 @@ class Bench:
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
     # -- (a) catch-up -------------------------------------------------------------
+    def source_server(self, kind):
+        return {"postgresql": self.pga, "mysql": self.my, "firebird": self.fb, "sqlite": None}[kind]
+
+    def destination(self, kind, name):
+        if kind == "postgresql":
+            return dest_pg(self.pgb, name)
+        return dest_fb(self.fb, name) if kind == "firebird" else dest_my(self.my, name)
+
     def catchup_pair(self, label, src_kind, dst_kind, events, repeat, seed):
-        srv = {"postgresql": self.pga, "mysql": self.my, "sqlite": None}[src_kind]
+        """Catch-up of one backlog by ``repeat`` reflections in turn.  Pairs with Firebird:
+        timestamps at 100 µs, and the destination compared with the source row by row
+        (the others: row count and two sums)."""
+        firebird = "firebird" in (src_kind, dst_kind)
         tag = re.sub(r"\W", "", label.lower())
-        src = Source.create(src_kind, srv, f"src_{tag}", self.workdir)
+        src = Source.create(src_kind, self.source_server(src_kind), f"src_{tag}", self.workdir)
         src_db = src.model(f"src-{tag}")
         runs = []
         reflections = []
         for i in range(repeat):
-            dst = dest_pg(self.pgb, f"dst_{tag}_{i}") if dst_kind == "postgresql" else dest_my(self.my, f"dst_{tag}_{i}")
+            dst = self.destination(dst_kind, f"dst_{tag}_{i}")
             refl = self.reflection(src_db, "t", dst.model(f"dst-{tag}-{i}"), label)
             self.worker_pass(refl)  # initial load of the empty table: stream phase from here
             reflections.append((refl, dst))
         log(f"{label}: building a {events:,}-event backlog (worker stopped)")
-        n, secs = generate_backlog(src, events, seed=seed)
+        n, secs = generate_backlog(src, events, seed=seed, micro_step=100 if firebird else 1)
         log(f"{label}: backlog of {n:,} events written in {secs:.1f} s ({n / secs:,.0f}/s)")
-        expected = src.summary()
+        expected = src.rows() if firebird else src.summary()
         for i, (refl, dst) in enumerate(reflections):
             rep = self.timed_worker(refl)
-            got = dst.summary()
-            ok = got == expected
+            if firebird:
+                differ, sample = row_differences(expected, dst.rows())
+                ok = differ == 0
+                verdict = (f"matches row by row ({len(expected):,} rows)" if ok else
+                           f"DIFFERS in {differ:,} rows (missing, extra or changed), e.g. {sample}")
+            else:
+                got = dst.summary()
+                ok = got == expected
+                verdict = "matches" if ok else f"DIFFERS: {got} vs {expected}"
             apply_s = rep["seconds"] - rep["purge_seconds"]
-            rep.update(ok=ok, rate=rep["events"] / apply_s if apply_s else 0,
+            rep.update(ok=ok, backlog=n, rate=rep["events"] / apply_s if apply_s else 0,
                        rate_incl_purge=rep["events"] / rep["seconds"])
             runs.append(rep)
             log(f"{label} run {i + 1}: {rep['events']:,} events in {rep['seconds']:.1f} s "
                 f"(purge {rep['purge_seconds']:.1f} s) -> {rep['rate']:,.0f} events/s; "
-                f"peak RSS {rep['rss_peak_mb']:.0f} MB; destination {'matches' if ok else 'DIFFERS: %s vs %s' % (got, expected)}")
+                f"peak RSS {rep['rss_peak_mb']:.0f} MB; destination {verdict}")
         return runs
 
     def logical_replication(self, events, repeat, seed):
@@ -867,7 +971,12 @@ def main():
     parser.add_argument("--repeat-others", type=int, default=1, help="catch-up runs for the non-PG->PG pairs")
     parser.add_argument("--mem5m", action="store_true", help="also measure worker RSS on a 5M-event backlog")
     parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e")
-    parser.add_argument("--pairs", default="pg-pg,pg-mariadb,mariadb-pg,sqlite-pg")
+    parser.add_argument("--pairs", default="pg-pg,pg-mariadb,mariadb-pg,sqlite-pg",
+                        help="catch-up pairs for (a): pg-pg, pg-mariadb, mariadb-pg, sqlite-pg, and opt-in "
+                             "fb-pg, pg-fb (Firebird; starts a Firebird server)")
+    parser.add_argument("--fb-events", type=int, default=100_000,
+                        help="backlog size for the Firebird pairs (default 100,000: they catch up at a few "
+                             "thousand events/s)")
     parser.add_argument("--capture-runs", type=int, default=7, help="(c): rounds of off/on/asleep/quiet runs")
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--latency-rate", type=float, default=1000)
@@ -875,7 +984,8 @@ def main():
     parser.add_argument("--py-spy", metavar="FILE", help="(b): record the worker's stacks into FILE (py-spy raw format; diagnosis, py-spy must be installed)")
     parser.add_argument("--load-rows", type=int)
     parser.add_argument("--profile", type=int, metavar="EVENTS",
-                        help="only profile a PG->PG catch-up of EVENTS events (cProfile) and print hot spots")
+                        help="only profile a catch-up of EVENTS events (cProfile, per-statement times) "
+                             "of the first of --pairs (default PG->PG) and print hot spots")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--library", choices=["worktree", "head"], default="worktree",
                         help="which django_pdr to measure: a copy of the working tree (default) or git HEAD")
@@ -898,16 +1008,18 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     res = {}
     try:
-        need_my = ("a" in only or args.profile) and any("mariadb" in p for p in args.pairs.split(","))
+        asked = args.pairs.split(",")[:1] if args.profile else args.pairs.split(",")
+        unknown = [p for p in asked if p not in PAIRS]
+        if unknown:
+            raise SystemExit(f"unknown pair(s) {unknown}: choose among {', '.join(PAIRS)}")
+        need_my = ("a" in only or args.profile) and any("mariadb" in p for p in asked)
+        need_fb = ("a" in only or args.profile) and any("fb" in p.split("-") for p in asked)
         bench.snapshot(args.library)
-        bench.start_servers(mariadb=need_my)
+        bench.start_servers(mariadb=need_my, firebird=need_fb)
         bench.setup_django()
         if args.profile:
-            return profile(bench, args.profile, args.pairs.split(",")[0])
-        pairs = {"pg-pg": ("PG→PG", "postgresql", "postgresql"),
-                 "pg-mariadb": ("PG→MariaDB", "postgresql", "mysql"),
-                 "mariadb-pg": ("MariaDB→PG", "mysql", "postgresql"),
-                 "sqlite-pg": ("SQLite→PG", "sqlite", "postgresql")}
+            return profile(bench, args.profile, asked[0])
+        pairs = PAIRS
         if "a" in only or "d" in only:
             res["lr"] = bench.logical_replication(events, max(3, repeat), seed=7) if "a" in only else None
             res["pairs"] = {}
@@ -916,7 +1028,8 @@ def main():
                 if key != "pg-pg" and "a" not in only:
                     continue
                 n = repeat if key == "pg-pg" else args.repeat_others
-                res["pairs"][label] = bench.catchup_pair(label, s, d, events, n, seed=7)
+                size = args.fb_events if "firebird" in (s, d) else events
+                res["pairs"][label] = bench.catchup_pair(label, s, d, size, n, seed=7)
         if args.mem5m and ("d" in only):
             res["mem5m"] = bench.catchup_pair("PG→PG 5M", "postgresql", "postgresql", 5_000_000, 1, seed=11)
         if "e" in only:
@@ -932,6 +1045,21 @@ def main():
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
     print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, bench.library)
+    bad = [label for label, runs in (res.get("pairs") or {}).items() if not all(r["ok"] for r in runs)]
+    bad += ["logical replication"] if res.get("lr") and not all(r["ok"] for r in res["lr"]) else []
+    bad += ["initial load"] if res.get("load") and not all(r["ok"] for r in res["load"]) else []
+    if bad:
+        print(f"\nFAILED: the destination differs from the source after: {', '.join(bad)} "
+              "(see the log above)", file=sys.stderr)
+        sys.exit(1)
+
+
+PAIRS = {"pg-pg": ("PG→PG", "postgresql", "postgresql"),
+         "pg-mariadb": ("PG→MariaDB", "postgresql", "mysql"),
+         "mariadb-pg": ("MariaDB→PG", "mysql", "postgresql"),
+         "sqlite-pg": ("SQLite→PG", "sqlite", "postgresql"),
+         "fb-pg": ("Firebird→PG", "firebird", "postgresql"),
+         "pg-fb": ("PG→Firebird", "postgresql", "firebird")}
 
 
 def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, library):
@@ -942,7 +1070,9 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
     print(f"command: {cmd.strip()}   (total {total / 60:.1f} min; 1-min load average during the run: "
           f"median {med(LOADAVG):.1f}, max {max(LOADAVG or [0]):.1f} on {os.cpu_count()} cores)")
     print("servers: PostgreSQL 15 A (sources/publisher) + B (destinations/subscriber), fsync=on, "
-          "synchronous_commit=on, wal_level=logical; MariaDB 10.11 innodb_flush_log_at_trx_commit=2")
+          "synchronous_commit=on, wal_level=logical; MariaDB 10.11 innodb_flush_log_at_trx_commit=2"
+          + ("; Firebird 3.0 ServerMode Super, DefaultDbCachePages 2048, forced writes on"
+             if any("Firebird" in k for k in res.get("pairs") or {}) else ""))
     print()
     print("| measure | median | runs | target | vs target / baseline |")
     print("|---|---|---|---|---|")
@@ -956,13 +1086,17 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
         rate = med([r["rate"] for r in runs])
         incl = med([r["rate_incl_purge"] for r in runs])
         ok = all(r["ok"] for r in runs)
+        size = runs[0].get("backlog", events) - 1  # the backlog less its sentinel row
         if label == "PG→PG":
             target = "≥ 0.5× native (aim 1.0×)"
             verdict = f"{rate / lr_rate:.2f}× native" if lr_rate else ""
+        elif "Firebird" in label:
+            target = "none yet (issue 19)"
+            verdict = "rows compared one by one" + (f"; {rate / lr_rate:.2f}× native" if lr_rate else "")
         else:
             target = "≥ 50,000 events/s"
             verdict = f"{rate / 50000:.2f}× target" + (f"; {rate / lr_rate:.2f}× native" if lr_rate else "")
-        print(f"| (a) django-pdr {label} catch-up, {events:,}-event backlog | {rate:,.0f} events/s "
+        print(f"| (a) django-pdr {label} catch-up, {size:,}-event backlog | {rate:,.0f} events/s "
               f"({incl:,.0f} incl. purge) | {fmt_runs([r['rate'] for r in runs])}{'' if ok else ' (MISMATCH)'} | "
               f"{target} | {verdict} |")
     lat = res.get("latency")
@@ -1021,8 +1155,11 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
               f"flat to 5M | {'within' if peak <= 150 else 'over'} |")
     others = {k: v for k, v in (res.get("pairs") or {}).items() if k != "PG→PG"}
     if others:
+        def at(runs):
+            size = runs[0].get("backlog", events) - 1
+            return f" (at {size:,})" if size != events else ""
         print(f"| (d) worker peak RSS, other pairs, {events:,} events | "
-              + ", ".join(f"{k} {max(r['rss_peak_mb'] for r in v):.0f} MB" for k, v in others.items())
+              + ", ".join(f"{k} {max(r['rss_peak_mb'] for r in v):.0f} MB{at(v)}" for k, v in others.items())
               + " | | ≤ 150 MB | " + ("within" if all(r["rss_peak_mb"] <= 150 for v in others.values() for r in v)
                                       else "over on some") + " |")
     if res.get("mem5m"):
@@ -1035,41 +1172,55 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
         print(f"| (e) initial load PG→PG, {load_rows:,} rows | {rate:,.0f} rows/s | "
               f"{fmt_runs([r['rate'] for r in res['load']])}{'' if ok else ' (MISMATCH)'} | ≥ 100,000 rows/s | "
               f"{rate / 100000:.2f}× target |")
-    if pg:
+    for label, runs in (res.get("pairs") or {}).items():
+        if label != "PG→PG" and "Firebird" not in label:
+            continue
         print()
-        print(f"Where the PG→PG catch-up time goes (median run, seconds of {med([r['seconds'] for r in pg]):.1f}; "
-              "nested phases overlap):")
+        seconds = med([r["seconds"] for r in runs])
+        print(f"Where the {label} catch-up time goes (median run, seconds of {seconds:.1f}; nested phases "
+              "overlap; reading runs in its own thread, beside the destination transaction):")
         phases = {}
-        for r in pg:
+        for r in runs:
             for k, v in r["phases"].items():
                 phases.setdefault(k, []).append(v)
         for k, v in sorted(phases.items(), key=lambda kv: -med(kv[1])):
             print(f"  {med(v):8.2f} s  {k}")
+        if "Firebird" in label:
+            print(f"  (cProfile and per-statement times: python bench/run.py --profile 20000 --pairs "
+                  f"{'fb-pg' if label.startswith('Firebird') else 'pg-fb'})")
 
 
 def profile(bench, events, pair="pg-pg"):
     import pstats
 
-    src_kind, dst_kind = {"pg-pg": ("postgresql", "postgresql"), "pg-mariadb": ("postgresql", "mysql"),
-                          "mariadb-pg": ("mysql", "postgresql"), "sqlite-pg": ("sqlite", "postgresql")}[pair]
-    src = Source.create(src_kind, {"postgresql": bench.pga, "mysql": bench.my}.get(src_kind), "prof_src",
-                        bench.workdir)
-    dst = dest_pg(bench.pgb, "prof_dst") if dst_kind == "postgresql" else dest_my(bench.my, "prof_dst")
+    _, src_kind, dst_kind = PAIRS[pair]
+    firebird = "firebird" in (src_kind, dst_kind)
+    src = Source.create(src_kind, bench.source_server(src_kind), "prof_src", bench.workdir)
+    dst = bench.destination(dst_kind, "prof_dst")
     refl = bench.reflection(src.model("prof-src"), "t", dst.model("prof-dst"), "profile")
     bench.worker_pass(refl)
-    n, secs = generate_backlog(src, events, seed=5)
+    n, secs = generate_backlog(src, events, seed=5, micro_step=100 if firebird else 1)
     log(f"profile: backlog of {n:,} events written in {secs:.1f} s")
     out = os.path.join(ROOT, "bench", f"apply-profile-{pair}.pstats")
     rep = bench.timed_worker(refl, profile=out)
+    differ = row_differences(src.rows(), dst.rows())[0] if firebird else None
     bench.stop_servers()
     print(f"\n{pair} catch-up of {rep['events']:,} events under cProfile: {rep['seconds']:.1f} s "
-          f"({rep['events'] / rep['seconds']:,.0f} events/s with profiler overhead); stats in {out}")
+          f"({rep['events'] / rep['seconds']:,.0f} events/s with profiler overhead); stats in {out}"
+          + (f"; {differ} rows differ" if differ is not None else ""))
     print("\nPhase timers (s):")
     for k, v in sorted(rep["phases"].items(), key=lambda kv: -kv[1]):
         print(f"  {v:8.2f}  {k}  ({rep['calls'][k]} calls)")
+    print("\nStatements by time (every engine and thread, statement by statement):")
+    for text, count, seconds in rep.get("statements", []):
+        print(f"  {seconds:7.2f} s {count:6d}x  {text}")
+    print("\ncProfile of the committing thread (the reading thread is in the statements above):")
     stats = pstats.Stats(out)
     stats.sort_stats("tottime").print_stats(30)
     stats.sort_stats("cumulative").print_stats(45)
+    if differ:
+        print(f"\nFAILED: {differ} rows differ between source and destination", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
