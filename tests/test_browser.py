@@ -81,6 +81,10 @@ def add_database(page, name, path):
     page.fill("#id_name", name)
     page.select_option("#id_kind", "postgresql")
     assert page.locator(".field-host").is_visible()
+    assert page.locator("label[for=id_database]").inner_text() == "Database name:"
+    page.select_option("#id_kind", "firebird")  # a server: host, port, user, password; a file path on it
+    assert page.locator(".field-host").is_visible() and page.locator(".field-password").is_visible()
+    assert page.locator("label[for=id_database]").inner_text() == "Database file path on the server (or its alias):"
     page.select_option("#id_kind", "sqlite")
     assert not page.locator(".field-host").is_visible()  # a file needs no host, port, user or password
     assert not page.locator(".field-password").is_visible()

@@ -192,19 +192,30 @@ def test_fan_in_nullify_and_ignore_policies(make_target):
     assert merged(dest.engine, "fresh") == [(1, "Ann", "FR", None, 100), (2, None, None, 20.0, None)]
 
 
-def test_source_column_added_while_replicating_then_removed(make_target):
-    source, dest = make_target("postgresql"), make_target("sqlite")
-    source.execute("CREATE TABLE items (id int PRIMARY KEY, name text)", "INSERT INTO items VALUES (1, 'a')")
+#: Firebird: no COLUMN keyword in ALTER TABLE, no unbounded text; DDL takes effect at commit
+_ADD_DDL = {"firebird": ("ALTER TABLE items ADD price numeric(8,2)", "ALTER TABLE items DROP name",
+                         "varchar(20)")}
+
+
+@pytest.mark.parametrize("source_kind,dest_kind", [("postgresql", "sqlite"), ("firebird", "postgresql"),
+                                                   ("postgresql", "firebird")])
+def test_source_column_added_while_replicating_then_removed(make_target, source_kind, dest_kind):
+    source, dest = make_target(source_kind), make_target(dest_kind)
+    add, drop, text = _ADD_DDL.get(source_kind, ("ALTER TABLE items ADD COLUMN price numeric(8,2)",
+                                                 "ALTER TABLE items DROP COLUMN name", "text"))
+    source.execute(f"CREATE TABLE items (id int NOT NULL PRIMARY KEY, name {text})")
+    source.execute("INSERT INTO items VALUES (1, 'a')")
     st = watch(source, "items")
     reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="items")
     worker.run_round()
-    source.execute("ALTER TABLE items ADD COLUMN price numeric(8,2)", "INSERT INTO items VALUES (2, 'b', 5)",
-                   "UPDATE items SET price = 1.5 WHERE id = 1")
+    source.execute(add)
+    source.execute("INSERT INTO items VALUES (2, 'b', 5)", "UPDATE items SET price = 1.5 WHERE id = 1")
     result = worker.run_round()
     # the new column is not replicated until it is added: an error, never a "running" that drops it
     [(failed, message)] = result.failed
     assert failed.pk == reflection.pk
-    assert "Source column(s) price of 'public.items' are not in destination table 'items'" in message
+    where = "'public.items'" if source_kind == "postgresql" else "'items'"
+    assert f"Source column(s) price of {where} are not in destination table 'items'" in message
     assert "pdr-sync-schema" in message and "explicit mapping" in message
     reflection.refresh_from_db()
     assert reflection.status == "error" and reflection.last_error == message
@@ -221,7 +232,7 @@ def test_source_column_added_while_replicating_then_removed(make_target):
            for r in rows(dest.engine, "items", ["id"])]
     assert got == [(1, "a", 1.5), (2, "b", 5.0), (3, "c", 2.25)]
 
-    source.execute("ALTER TABLE items DROP COLUMN name")
+    source.execute(drop)
     with pytest.raises(CommandError) as info:
         call_command("pdr-reflect", verbosity=0)
     assert "Column(s) name were removed from source table" in str(info.value)
