@@ -937,6 +937,40 @@ class Bench:
                 f"{rep['rate']:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
         return out
 
+    def native_initial_load(self, rows, runs):
+        """PostgreSQL's own initial table synchronisation of the same table (a subscription
+        with copy_data = true), timed from CREATE SUBSCRIPTION until the table is
+        synchronised (pg_subscription_rel state 's' or 'r': its copy committed)."""
+        src = Source("postgresql", self.pga, "load_src")
+        src.execute("CREATE PUBLICATION load_pub FOR TABLE t")
+        out = []
+        for i in range(runs):
+            name = f"load_lr_{i}"
+            dst = dest_pg(self.pgb, name)
+            dst.execute(DDL["postgresql"])
+            watch = pg_connect(self.pgb, name, autocommit=True)
+            cur = watch.cursor()
+            t0 = time.monotonic()
+            cur.execute(f"CREATE SUBSCRIPTION {name} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
+                        f"password={PASSWORD} dbname=load_src' PUBLICATION load_pub "
+                        f"WITH (copy_data = true, slot_name = '{name}')")
+            while True:
+                cur.execute("SELECT count(*), count(*) FILTER (WHERE srsubstate IN ('s', 'r')) FROM pg_subscription_rel")
+                total, done = cur.fetchone()
+                if total and done == total:
+                    break
+                if time.monotonic() - t0 > 600:
+                    raise RuntimeError("native initial synchronisation did not finish in 600 s")
+                time.sleep(0.01)
+            seconds = time.monotonic() - t0
+            cur.execute(f"DROP SUBSCRIPTION {name}")
+            watch.close()
+            ok = dst.summary() == src.summary()
+            out.append({"seconds": seconds, "rate": rows / seconds, "ok": ok})
+            log(f"native initial synchronisation run {i + 1}: {rows:,} rows in {seconds:.1f} s -> "
+                f"{rows / seconds:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
+        return out
+
 
 # --------------------------------------------------------------------------- report
 def med(values):
@@ -1034,6 +1068,7 @@ def main():
             res["mem5m"] = bench.catchup_pair("PG→PG 5M", "postgresql", "postgresql", 5_000_000, 1, seed=11)
         if "e" in only:
             res["load"] = bench.initial_load(load_rows, 3)
+            res["load_lr"] = bench.native_initial_load(load_rows, 3)
         if "b" in only:
             res["latency"] = bench.latency(lat_seconds, args.latency_rate, args.interval)
         if "c" in only:
@@ -1048,6 +1083,7 @@ def main():
     bad = [label for label, runs in (res.get("pairs") or {}).items() if not all(r["ok"] for r in runs)]
     bad += ["logical replication"] if res.get("lr") and not all(r["ok"] for r in res["lr"]) else []
     bad += ["initial load"] if res.get("load") and not all(r["ok"] for r in res["load"]) else []
+    bad += ["native initial load"] if res.get("load_lr") and not all(r["ok"] for r in res["load_lr"]) else []
     if bad:
         print(f"\nFAILED: the destination differs from the source after: {', '.join(bad)} "
               "(see the log above)", file=sys.stderr)
@@ -1172,6 +1208,13 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
         print(f"| (e) initial load PG→PG, {load_rows:,} rows | {rate:,.0f} rows/s | "
               f"{fmt_runs([r['rate'] for r in res['load']])}{'' if ok else ' (MISMATCH)'} | ≥ 100,000 rows/s | "
               f"{rate / 100000:.2f}× target |")
+    if res.get("load_lr"):
+        native = med([r["rate"] for r in res["load_lr"]])
+        ok = all(r["ok"] for r in res["load_lr"])
+        ours = med([r["rate"] for r in res.get("load") or []])
+        print(f"| (e) native initial table synchronisation (subscription, copy_data = true), {load_rows:,} rows | "
+              f"{native:,.0f} rows/s | {fmt_runs([r['rate'] for r in res['load_lr']])}{'' if ok else ' (MISMATCH)'} | "
+              f"baseline | django-pdr {ours / native:.2f}× native |")
     for label, runs in (res.get("pairs") or {}).items():
         if label != "PG→PG" and "Firebird" not in label:
             continue

@@ -1369,6 +1369,24 @@ def test_postgresql_copy_text_escapes_and_refuses_what_it_cannot_spell():
             copy_text([(value,)])
 
 
+def test_postgresql_small_text_batches_are_read_as_copy_reads_them_or_left_to_copy():
+    from django_pdr.dialects.base import TextRows
+    from django_pdr.dialects.postgresql import _copy_fields, _small_text_batch
+
+    assert _copy_fields("a\\tb\t\\N\t\\\\x00\t\\n\\r\\b\\f\\v\t") == ["a\tb", None, "\\x00", "\n\r\b\f\v", ""]
+    assert _copy_fields("\\101") is None and _copy_fields("\\x41") is None  # bytes: COPY's to read
+    table = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("v", sa.Text))
+    rows = TextRows("copy", ["t\t1\t\\N\n", "f\t2\tx\\ty\n"], 2)
+    assert _small_text_batch(table, ["id", "v"], rows) == ([{"id": "1", "v": None}], [{"id": "2", "v": "x\ty"}])
+    assert _small_text_batch(table, ["id", "v"], TextRows("copy", "f\t2\tnul\x00\n", 1)) is None
+    assert _small_text_batch(table, ["id", "v"], TextRows("copy", "f\t2\n", 1)) is None  # a field short
+    big = TextRows("copy", "".join(f"f\t{i}\tx\n" for i in range(300)), 300)
+    assert _small_text_batch(table, ["id", "v"], big) is None
+    for type_ in (postgresql.JSONB(), postgresql.ARRAY(sa.Integer), postgresql.INET()):
+        other = sa.Table("o", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("v", type_))
+        assert _small_text_batch(other, ["id", "v"], rows) is None  # JSON null would read as NULL, ...
+
+
 def test_postgresql_statement_parameters_keep_negative_zero():
     # psycopg2 spells -0.0 as the literal " -0.0", which PostgreSQL reads as minus the
     # numeric 0.0, i.e. 0: the dialect hands it a value that spells itself exactly

@@ -150,3 +150,63 @@ def test_text_load_pages_through_binary_keys_with_percent_and_backslash(make_tar
     assert runner_for(reflection).text_path
     assert rows(dest.engine, "b", ["k"]) == rows(source.engine, "b", ["k"])
     assert len(rows(dest.engine, "b", ["k"])) == len(keys)
+
+
+@pytest.mark.parametrize("path", ["json", "copy"])
+def test_small_text_batches_written_from_json_equal_the_copy_path(make_target, monkeypatch, path):
+    """A small text batch is written by json_populate_recordset (no temporary table), a large
+    one through COPY: both give the source's values, compared as PostgreSQL spells them."""
+    from django_pdr.dialects import postgresql
+
+    used = []
+    real = postgresql._small_text_batch
+
+    def spy(table, names, rows_):
+        found = real(table, names, rows_) if path == "json" else None
+        used.append(found is not None)
+        return found
+
+    monkeypatch.setattr(postgresql, "_small_text_batch", spy)
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    columns = ('"k%ey" text, n int, big bigint, amount numeric(12,4), f double precision, r real, ok boolean, '
+               '"la bel" varchar(20), c char(4), b bytea, d date, t time, ts timestamp, tz timestamptz, '
+               'i interval, u uuid')
+    def execute(target, *statements):  # exec_driver_sql passes parameters: "%" doubled
+        target.execute(*[statement.replace("%", "%%") for statement in statements])
+
+    execute(source, f'CREATE TABLE "t%x" ({columns}, PRIMARY KEY ("k%ey"))')
+    execute(dest, f'CREATE TABLE "t%x" ({columns}, PRIMARY KEY ("k%ey"))')
+    st = watch(source.model("src"), "t%x")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t%x")
+    assert runner_for(reflection).text_path
+    call_command("pdr-reflect", verbosity=0)
+    execute(
+        source,
+        "INSERT INTO \"t%x\" VALUES (E'tab\\there\\\\', -2147483648, 9223372036854775807, -12345678.1234, "
+        "'-0', 'NaN', true, E'new\\nline \\r cr', 'ab', E'\\\\x005c0a09ff', '0001-01-01', '23:59:59.999999', "
+        "'9999-12-31 23:59:59.999999', '2024-03-31 01:59:59.999999+02', '1 year -2 days 03:00:00.5', "
+        "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')",
+        "INSERT INTO \"t%x\" (\"k%ey\") VALUES ('all null')",
+        "INSERT INTO \"t%x\" VALUES ('inf', 1, 1, 0, 'Infinity', '-Infinity', false, '', '', '', "
+        "'2024-02-29', '00:00', '2024-01-01', '2024-01-01 00:00+00', '0', '00000000-0000-0000-0000-000000000000')",
+        "INSERT INTO \"t%x\" (\"k%ey\", n) VALUES ('gone', 1)",
+    )
+    call_command("pdr-reflect", verbosity=0)
+    execute(source, "DELETE FROM \"t%x\" WHERE \"k%ey\" = 'gone'", "UPDATE \"t%x\" SET n = 2 WHERE n = 1")
+    call_command("pdr-reflect", verbosity=0)
+    assert used and all(used) if path == "json" else not any(used)
+
+    def spelled(target):  # each value as PostgreSQL spells it (-0 and NaN included); no parameters
+        raw = target.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("SELECT attname FROM pg_attribute WHERE attrelid = '\"t%x\"'::regclass AND attnum > 0 "
+                           "ORDER BY attnum")
+            exprs = ", ".join(f'"{n}"::text' for (n,) in cursor.fetchall())
+            cursor.execute(f'SELECT {exprs} FROM "t%x" ORDER BY 1')
+            return cursor.fetchall()
+        finally:
+            raw.close()
+
+    want = spelled(source)
+    assert len(want) == 3 and spelled(dest) == want

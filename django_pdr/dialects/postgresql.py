@@ -51,6 +51,69 @@ def _signed_zero(value):
     return value
 
 
+#: A text batch (``apply_marked``) of at most this many rows and characters is written from
+#: JSON, without a temporary table (see ``_small_text_batch``).
+SMALL_TEXT_ROWS = 256
+SMALL_TEXT_CHARS = 1 << 20
+
+#: Column types whose values json_populate_recordset reads from a JSON string exactly as COPY
+#: reads its text (the type's input function).  Not JSON or JSONB (a JSON null becomes SQL
+#: NULL there), arrays, domains or anything else.
+_JSON_READABLE = (sa.Integer, sa.Numeric, sa.Float, sa.String, sa.Boolean, sa.Date, sa.DateTime, sa.Time,
+                  sa.Interval, pg.INTERVAL, sa.LargeBinary, sa.Uuid)
+_COPY_ESCAPE = re.compile(r"\\(.)", re.S)
+_COPY_CHARS = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
+
+
+def _esc(text: str) -> str:
+    """SQL text run with parameters: psycopg2 reads "%" as a placeholder."""
+    return text.replace("%", "%%")
+
+
+def _copy_fields(line: str) -> list | None:
+    """The values of a COPY text line (None for \\N); None when it holds an escape read
+    here as nothing else than COPY would (octal or hex bytes)."""
+    out = []
+    for field in line.split("\t"):
+        if field == "\\N":
+            out.append(None)
+        elif "\\" in field:
+            try:
+                out.append(_COPY_ESCAPE.sub(lambda m: _COPY_CHARS[m.group(1)], field))
+            except KeyError:
+                return None
+        else:
+            out.append(field)
+    return out
+
+
+def _small_text_batch(table, names, rows) -> tuple[list, list] | None:
+    """A small marked text batch as (gone keys, present rows), each a list of {column: text
+    or None}; None when it is not small, or holds what this path does not take."""
+    if rows.fmt != "copy" or rows.count > SMALL_TEXT_ROWS or table is None:
+        return None
+    data = rows.data if isinstance(rows.data, str) else None
+    if data is None and all(isinstance(piece, str) for piece in rows.data):
+        data = "".join(rows.data)
+    if data is None or len(data) > SMALL_TEXT_CHARS or "\x00" in data:
+        return None
+    for name in names:
+        type_ = table.c[name].type
+        if not isinstance(type_, _JSON_READABLE) or isinstance(type_, (sa.JSON, sa.TypeDecorator, sa.ARRAY)):
+            return None
+    gone, present = [], []
+    for line in data.split("\n"):
+        if not line:
+            continue
+        fields = _copy_fields(line)
+        if fields is None or len(fields) != len(names) + 1 or fields[0] not in ("t", "f"):
+            return None
+        (gone if fields[0] == "t" else present).append(dict(zip(names, fields[1:])))
+    if len(gone) + len(present) != rows.count:
+        return None
+    return gone, present
+
+
 class _NotCopyable(Exception):
     """A value COPY's text format has no safe spelling for (the caller falls back)."""
 
@@ -747,6 +810,33 @@ END
     def apply_marked(self, conn, table, names, key_names, update_names, rows):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
+        small = _small_text_batch(table, names, rows)
+        if small is not None:
+            gone, present = small
+
+            def work(cursor):
+                # one statement per kind, the rows as JSON read by the target's own column
+                # types (json_populate_recordset feeds each string to the type's input
+                # function, as COPY does): no temporary table, made and dropped with each
+                # transaction (catalog writes), and fewer round trips
+                nonlocal written
+                rowtype = f"NULL::{_esc(target)}"
+                settings = "".join(f"{statement}; " for statement in self.key_lookup_settings())
+                if gone:
+                    match = " AND ".join(f"pdr_t.{_esc(k)} = pdr_g.{_esc(k)}" for k in keys)
+                    cursor.execute(f"{settings}DELETE FROM {_esc(target)} AS pdr_t USING "
+                                   f"json_populate_recordset({rowtype}, %s) AS pdr_g WHERE {match}",
+                                   (json.dumps(gone, ensure_ascii=False),))
+                    written += max(cursor.rowcount, 0)
+                if present:
+                    cols = _esc(", ".join(columns))
+                    cursor.execute(f"INSERT INTO {_esc(target)} ({cols}) SELECT {cols} FROM "
+                                   f"json_populate_recordset({rowtype}, %s) ON CONFLICT ({_esc(', '.join(keys))}) "
+                                   f"{_esc(action)}", (json.dumps(present, ensure_ascii=False),))
+                    written += max(cursor.rowcount, 0)
+
+            self.run_on_driver(conn, f"INSERT INTO {target}", work)
+            return written
 
         def work(cursor):
             nonlocal written
