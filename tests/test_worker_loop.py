@@ -322,6 +322,18 @@ def test_a_lingering_pass_applies_changes_that_commit_after_it_caught_up():
     assert fake.unsaved == (9, 9) and fake.saves == []  # the pass's closing write records them
 
 
+def test_a_long_lingering_pass_records_its_progress_about_every_second(monkeypatch):
+    from django_pdr.engine import stream
+    from django_pdr.engine.runner import PassResult
+
+    monkeypatch.setattr(stream, "PROGRESS_SECONDS", 0.05)
+    fake, result = _streamer([(i * 0.01, 1) for i in range(30)]), PassResult()
+    fake.stream(None, None, {"n": 0}, result, lambda: False, None, linger=0.2)
+    assert fake.committed == [1] * 30
+    assert 2 <= len(fake.saves) <= 8  # every 0.05 s of the 0.3 s, not every batch
+    assert sum(s["events"] for s in fake.saves) + fake.unsaved[0] == 30  # each counted once
+
+
 def test_a_pass_without_linger_ends_once_caught_up_and_a_lingering_one_once_quiet_or_stopped():
     from django_pdr.engine.runner import PassResult
 

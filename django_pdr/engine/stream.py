@@ -193,15 +193,17 @@ class Streaming:
                             future.result()  # a read-ahead: nothing it read is used
                         result.caught_up = True
                         return state
+                else:
+                    idle_since = None
+                if time.monotonic() - saved_at >= (PROGRESS_SECONDS if linger > 0 else 0.0):
+                    events, rows = self.unsaved
+                    self._save_progress(status="running", state=state, events=events, rows=rows)
+                    self.unsaved, saved_at = (0, 0), time.monotonic()
+                if last:  # lingering
                     del batch
                     if future is None:
                         time.sleep(LINGER_PAUSE)
                         future = pool.submit(self.read_batch, src, state)
                     continue
-                idle_since = None
-                if time.monotonic() - saved_at >= (PROGRESS_SECONDS if linger > 0 else 0.0):
-                    events, rows = self.unsaved
-                    self._save_progress(status="running", state=state, events=events, rows=rows)
-                    self.unsaved, saved_at = (0, 0), time.monotonic()
                 if not more:
                     return state
