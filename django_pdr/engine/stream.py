@@ -19,8 +19,11 @@ from .visibility import Position
 
 logger = logging.getLogger("django_pdr.reflect")
 
-#: Seconds between two reads of a lingering pass that found nothing new (see Streaming.stream).
-LINGER_PAUSE = 0.002
+#: Seconds between two reads of a lingering pass that found nothing new (see Streaming.stream),
+#: doubled after each read that found nothing, up to LINGER_PAUSE_MAX: a table changing
+#: all the time is read again at once, one that went quiet a few times only.
+LINGER_PAUSE = 0.001
+LINGER_PAUSE_MAX = 0.016
 #: A lingering pass records its progress (counters, lease) at most this often.
 PROGRESS_SECONDS = 1.0
 
@@ -139,11 +142,12 @@ class Streaming:
         rows are large (a batch holds a few of them): two batches would be held at once.
 
         ``linger`` (a running worker's streaming table, see worker.py): once caught up, keep
-        reading every LINGER_PAUSE seconds until no event came for ``linger`` seconds (or
+        reading (LINGER_PAUSE and after) until no event came for ``linger`` seconds (or
         ``deadline``): a table changing all the time is applied as its changes commit,
         without a round of the worker between two batches.  Progress is then recorded at
         most every PROGRESS_SECONDS (the checkpoint itself is written with every batch)."""
         idle_since = None  # lingering: caught up since then
+        empty = 0  # lingering: reads in a row that found nothing
 
         def lingering():  # only a pass that applied events waits for more
             now = time.monotonic()
@@ -158,11 +162,13 @@ class Streaming:
                 if batch is None:
                     idle_since = time.monotonic() if idle_since is None else idle_since
                     if lingering():
-                        time.sleep(LINGER_PAUSE)
+                        empty += 1
+                        time.sleep(min(LINGER_PAUSE * 2 ** empty, LINGER_PAUSE_MAX))
                         future = pool.submit(self.read_batch, src, state)
                         continue
                     result.caught_up = True
                     return state
+                empty = 0
                 last = batch.last
                 more = not last and not stop() and (deadline is None or time.monotonic() < deadline)
                 # lingering, the next read starts while this batch commits too: it finds the
