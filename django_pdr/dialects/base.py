@@ -485,9 +485,12 @@ class Dialect:
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
-                     update_names: list[str], rows: "TextRows") -> int:
+                     update_names: list[str], rows: "TextRows", fresh: bool = False) -> int:
         """In ``conn``'s transaction: upsert ``rows`` (``copy_out``'s form, no flag);
-        return the rows written."""
+        return the rows written.  ``fresh``: no row of the table holds one of their keys (a
+        chunk of an initial load into a table emptied for it): they may be inserted without
+        looking for their keys (a key found after all is an error: the caller redoes the
+        chunk by upserts)."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     @staticmethod

@@ -415,7 +415,7 @@ class MySQLDialect(Dialect):
         deletes = [text for gone, text in rows.data if gone]
         return self._run_literals(conn, table, names, key_names, update_names, upserts, deletes)
 
-    def apply_copied(self, conn, table, names, key_names, update_names, rows):
+    def apply_copied(self, conn, table, names, key_names, update_names, rows, fresh=False):
         return self._run_literals(conn, table, names, key_names, update_names, [r[0] for r in rows.data], [])
 
     def upsert_batches(self, table, key_names, update_names, rows):

@@ -850,12 +850,16 @@ END
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
 
-    def apply_copied(self, conn, table, names, key_names, update_names, rows):
+    def apply_copied(self, conn, table, names, key_names, update_names, rows, fresh=False):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
 
         def work(cursor):
             nonlocal written
+            if fresh:  # straight into the target: no staging table, no key lookups
+                cursor.copy_expert(f"COPY {target} ({', '.join(columns)}) FROM STDIN", _CopySource(rows.data))
+                written = rows.count
+                return
             written = self._stage_and_upsert(cursor, target, columns, keys, action, rows.data)
 
         self.run_on_driver(conn, f"COPY {target}", work)

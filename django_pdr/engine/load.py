@@ -123,7 +123,10 @@ class Loading:
             count, last, rows_text = text
             new_state = self._load_state(state, count, last)
             try:
-                self._commit_text(dst, expected, new_state, rows_text, marked=False)
+                # the load emptied its target (or made a shadow) and reads keys in order, one
+                # range after another: no key of this chunk is there (fan-in keeps rows)
+                self._commit_text(dst, expected, new_state, rows_text, marked=False,
+                                  fresh=not self.partners and not self.statement)
                 return new_state
             except TextPathFailed:
                 pass  # the same chunk as Python rows, below

@@ -101,9 +101,11 @@ class TextPath:
                         describe_error(exc))
             return None
 
-    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: TextRows, *, marked: bool) -> int:
+    def _commit_text(self, dst, expected: dict | None, new_state: dict, text: TextRows, *, marked: bool,
+                     fresh: bool = False) -> int:
         """Write text rows (``marked``: with the leading "gone" flag of a batch; else the
-        plain rows of a load chunk) and the checkpoint in one destination transaction."""
+        plain rows of a load chunk; ``fresh``: see Dialect.apply_copied) and the checkpoint
+        in one destination transaction."""
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         try:
             with begin(dst):
@@ -111,7 +113,7 @@ class TextPath:
                 if marked:
                     written = self.dst_dialect.apply_marked(dst, self.dest, names, keys, values, text)
                 else:
-                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text)
+                    written = self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, text, fresh=fresh)
                 self.checkpoint.write(dst, new_state)
             return written
         except StaleCheckpoint:
