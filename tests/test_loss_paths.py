@@ -249,6 +249,59 @@ def test_item6_two_workers_cannot_both_commit_from_one_sqlite_checkpoint(make_ta
     assert isinstance(outcome["b"], StaleCheckpoint), outcome
 
 
+def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_path(make_target):
+    """PostgreSQL → PostgreSQL text batches move the checkpoint in one UPDATE from the state
+    they read (Checkpoint.advance) before their rows: the second worker waits for the first
+    one's lock, finds the checkpoint moved, and abandons its batch."""
+    from django_pdr.connections import connect
+    from django_pdr.dialects.postgresql import PostgreSQLDialect
+
+    source, dest, st, reflection = mirror(make_target, "postgresql", "postgresql")
+    worker.run_round()
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    runner_a, runner_b = ReflectionRunner(reflection), ReflectionRunner(reflection)
+    applying, go_on, owner = threading.Event(), threading.Event(), {}
+    real = PostgreSQLDialect.apply_marked
+
+    def pausing(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if owner.get(threading.current_thread().name) == "a":
+            applying.set()  # A holds its transaction (and the checkpoint row) here
+            go_on.wait(10)
+        return out
+
+    outcome = {}
+
+    def run(name, runner):
+        owner[threading.current_thread().name] = name
+        try:
+            with connect(st.database) as src, connect(reflection.destination) as dst:
+                runner.prepare(src, dst)
+                assert runner.text_path
+                state, _ = runner._reconcile(runner.read_state(dst), runner._check_capture(src))
+                outcome[name] = runner.batch_once(src, dst, state)
+        except StaleCheckpoint as exc:
+            outcome[name] = exc
+
+    PostgreSQLDialect.apply_marked = pausing
+    try:
+        a = threading.Thread(target=run, args=("a", runner_a))
+        a.start()
+        assert applying.wait(10)
+        b = threading.Thread(target=run, args=("b", runner_b))
+        b.start()
+        b.join(2)  # B must wait for A's lock
+        assert "b" not in outcome
+        go_on.set()
+        a.join(30)
+        b.join(30)
+    finally:
+        PostgreSQLDialect.apply_marked = real
+    assert outcome["a"][1] == 1, outcome  # one event applied
+    assert isinstance(outcome["b"], StaleCheckpoint), outcome
+    assert same(source, dest)
+
+
 # -- 7. changes the triggers never see --------------------------------------------------
 
 @pytest.mark.parametrize("dest_kind", ["sqlite", "mysql"])

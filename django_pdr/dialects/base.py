@@ -360,6 +360,10 @@ class Dialect:
     #: True when CREATE/DROP TABLE run inside a transaction (and roll back with it); False
     #: when DDL commits the transaction at once (MySQL/MariaDB).
     transactional_ddl = True
+    #: True when ``=`` on text compares characters exactly (no case or accent folding, no
+    #: trailing-space padding): a checkpoint may then be moved by one UPDATE that compares
+    #: its stored text (Checkpoint.advance).
+    exact_text_equality = False
 
     @property
     def replaces_triggers_atomically(self) -> bool:

@@ -514,6 +514,7 @@ END
 
     # -- wake-ups ------------------------------------------------------------
     supports_notify = True
+    exact_text_equality = True  # deterministic collations compare bytes
 
     def start_listening(self, dbapi_connection):
         dbapi_connection.autocommit = True

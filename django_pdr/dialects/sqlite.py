@@ -11,6 +11,7 @@ from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_k
 
 
 class SQLiteDialect(Dialect):
+    exact_text_equality = True  # BINARY collation unless a column says otherwise
     names = ("sqlite",)
     label = "SQLite"
     kind_label = "SQLite"

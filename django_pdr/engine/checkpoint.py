@@ -73,6 +73,18 @@ class Checkpoint:
                 f"{self.label}: the checkpoint moved under this worker (another worker applied "
                 f"the batch); starting again from the new checkpoint.")
 
+    def advance(self, dst, expected: dict | None, state: dict) -> bool:
+        """As the first statement of ``dst``'s transaction: ``fence`` and ``write`` at once —
+        one UPDATE from ``expected`` to ``state``, which locks the row until the transaction
+        ends.  False when it did nothing (the stored text is not ``expected`` as this
+        version spells it: moved by another worker, never written, written otherwise, or
+        an engine whose text comparison folds case): the caller then fences and writes."""
+        if expected is None or not self.dialect.exact_text_equality:
+            return False
+        moved = dst.execute(sa.update(self.table).where(self._where, self.table.c.state == json.dumps(expected))
+                            .values(state=json.dumps(state), updated_at=_now()))
+        return moved.rowcount == 1
+
     def write(self, dst, state: dict):
         """In ``dst``'s transaction (after ``fence`` or ``lock``): store ``state``."""
         row = {"reflection": self.uid, "state": json.dumps(state), "updated_at": _now()}
