@@ -18,8 +18,9 @@ DEFAULTS = {
     # largest row seen sets how many), and a read that passes it stops and is redone
     # shorter.  One row larger than this still goes, alone.
     "BATCH_BYTES": 32 * 1024 * 1024,
-    # Rows per chunk of an initial load or resync.
-    "LOAD_CHUNK_SIZE": 10000,
+    # Rows per chunk of an initial load or resync (a transaction each); a chunk read as
+    # Python values (not on the text path) holds at most 10,000 of them.
+    "LOAD_CHUNK_SIZE": 50000,
     # Seconds a failed reflection waits before its next try; doubles up to the cap.
     "RETRY_BACKOFF": 1.0,
     "RETRY_BACKOFF_MAX": 60.0,

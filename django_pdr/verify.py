@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from . import conf
+from .engine.load import PYTHON_LOAD_CHUNK
 from .coerce import row_converter
 from .dialects.base import JSONText
 from .connections import begin, connect
@@ -133,7 +134,8 @@ class Verifier:
     def __init__(self, reflection, chunk_size: int | None = None):
         self.reflection = reflection
         self.runner = ReflectionRunner(reflection)
-        self.chunk_size = chunk_size or int(conf.get("LOAD_CHUNK_SIZE"))
+        # rows of both sides are held as Python values: a load's Python-path bound
+        self.chunk_size = chunk_size or min(int(conf.get("LOAD_CHUNK_SIZE")), PYTHON_LOAD_CHUNK)
         self.json_columns = set()
 
     def canon(self, column: str, value):

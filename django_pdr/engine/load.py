@@ -28,6 +28,11 @@ from .visibility import Position
 logger = logging.getLogger("django_pdr.reflect")
 
 
+#: Most rows of a load chunk read as Python values (LOAD_CHUNK_SIZE is larger by default:
+#: a text-path chunk is held as its text, a few times smaller than its rows as objects).
+PYTHON_LOAD_CHUNK = 10000
+
+
 class Loading:
     """The initial load and resync.
 
@@ -35,10 +40,10 @@ class Loading:
 
     def _load_python(self, src, after):
         """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered).
-        At most LOAD_CHUNK_SIZE rows, as many as the byte budget allows (budget.py), read
-        through a streaming cursor: the chunk ends early, after the row that passes
-        BATCH_BYTES."""
-        limit = self.budget.rows(self.load_chunk)
+        At most LOAD_CHUNK_SIZE rows (and PYTHON_LOAD_CHUNK), as many as the byte budget
+        allows (budget.py), read through a streaming cursor: the chunk ends early, after the
+        row that passes BATCH_BYTES."""
+        limit = self.budget.rows(min(self.load_chunk, PYTHON_LOAD_CHUNK))
         query = self.mapping.select(self.source).order_by(*self.source_key_columns).limit(limit)
         if after is not None:
             query = query.where(self.src_dialect.key_after(self.source_key_columns, after))
