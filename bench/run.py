@@ -152,6 +152,18 @@ def pg_admin(server, *statements, db="pdr"):
     conn.close()
 
 
+def wait_for(cur, sql, ready, timeout, what):
+    """Run ``sql`` every 10 ms until ``ready(its first row)``; SystemExit after ``timeout`` s."""
+    started = time.monotonic()
+    while True:
+        cur.execute(sql)
+        if ready(cur.fetchone()):
+            return
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"{what} in {timeout} s")
+        time.sleep(0.01)
+
+
 def pg_scalar(server, db, sql):
     conn = pg_connect(server, db, autocommit=True)
     with conn.cursor() as cur:
@@ -593,13 +605,8 @@ class Bench:
             cur = conn.cursor()
             t0 = time.perf_counter()
             cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} ENABLE")
-            while True:
-                cur.execute(f"SELECT 1 FROM t WHERE id = {SENTINEL}")
-                if cur.fetchone():
-                    break
-                if time.perf_counter() - t0 > 3600:
-                    raise SystemExit("logical replication did not catch up in an hour")
-                time.sleep(0.01)
+            wait_for(cur, f"SELECT count(*) FROM t WHERE id = {SENTINEL}", lambda row: row[0], 3600,
+                     "logical replication did not catch up")
             secs = time.perf_counter() - t0
             cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} DISABLE")
             conn.close()
@@ -955,14 +962,8 @@ class Bench:
             cur.execute(f"CREATE SUBSCRIPTION {name} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
                         f"password={PASSWORD} dbname=load_src' PUBLICATION load_pub "
                         f"WITH (copy_data = true, slot_name = '{name}')")
-            while True:
-                cur.execute("SELECT count(*), count(*) FILTER (WHERE srsubstate IN ('s', 'r')) FROM pg_subscription_rel")
-                total, done = cur.fetchone()
-                if total and done == total:
-                    break
-                if time.monotonic() - t0 > 600:
-                    raise RuntimeError("native initial synchronisation did not finish in 600 s")
-                time.sleep(0.01)
+            wait_for(cur, "SELECT count(*), count(*) FILTER (WHERE srsubstate IN ('s', 'r')) FROM pg_subscription_rel",
+                     lambda row: row[0] and row[1] == row[0], 600, "native initial synchronisation did not finish")
             seconds = time.monotonic() - t0
             cur.execute(f"DROP SUBSCRIPTION {name}")
             watch.close()

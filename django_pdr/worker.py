@@ -291,13 +291,11 @@ class BusyLane:
         assert self._flight is None
         self._make_way.clear()
         if linger > 0:
-            stop = self._or_make_way(stop)
+            worker_stop = stop
+            stop = lambda: worker_stop() or self._make_way.is_set()  # noqa: E731
         self._flight = (reflection, time.monotonic(),
                         self._pool.submit(_attempt, reflection, owner, stop, seconds, None, linger))
         self.streaming = linger > 0
-
-    def _or_make_way(self, stop):
-        return lambda: stop() or self._make_way.is_set()
 
     def make_way(self):
         """A table with a backlog waits for the lane: a streaming pass on it ends after its
@@ -462,10 +460,9 @@ def run_round(ids=None, stop=lambda: False, max_seconds_each: float | None = Non
                 scheduler.ran(reflection, busy=reflection.pk in busy)
                 busy_served = busy_served or reflection.pk in busy
             if lane is not None and reflection.pk in busy:
-                if reflection.pk == streamed:
-                    lane.submit(reflection, owner, stop, STREAM_SLICE, linger=linger)
-                else:
-                    lane.submit(reflection, owner, stop, max_seconds_each)
+                mine = reflection.pk == streamed
+                lane.submit(reflection, owner, stop, STREAM_SLICE if mine else max_seconds_each,
+                            linger=linger if mine else 0.0)
                 result.deferred.append(reflection)  # at work on the lane
                 continue
             if side is not None:

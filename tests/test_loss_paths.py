@@ -202,66 +202,15 @@ def test_item6_destination_restored_from_a_backup_resyncs(make_target):
     assert same(source, dest)
 
 
-def test_item6_two_workers_cannot_both_commit_from_one_sqlite_checkpoint(make_target):
-    source, dest, st, reflection = mirror(make_target, "sqlite", "sqlite")
-    worker.run_round()
-    source.execute("INSERT INTO t VALUES (1, 'a')")
-    runner_a, runner_b = ReflectionRunner(reflection), ReflectionRunner(reflection)
+def _race_two_workers(st, reflection, owner_cls, method):
+    """Runner A applies a batch and holds its destination transaction open inside
+    ``owner_cls.method``; runner B runs the same batch meanwhile.  Returns
+    {"a": batch_once's result or StaleCheckpoint, "b": the same}."""
     from django_pdr.connections import connect
 
-    applying, go_on = threading.Event(), threading.Event()
-    real = ReflectionRunner._apply
-
-    def pausing(self, dst, *args, **kwargs):
-        out = real(self, dst, *args, **kwargs)
-        if self is runner_a:
-            applying.set()  # A holds its transaction open here
-            go_on.wait(10)
-        return out
-
-    outcome = {}
-
-    def run(name, runner):
-        try:
-            with connect(st.database) as src, connect(reflection.destination) as dst:
-                runner.prepare(src, dst)
-                state = runner.read_state(dst)
-                if hasattr(runner, "_reconcile"):  # (so that this test runs on earlier versions too)
-                    state, _ = runner._reconcile(state, runner._check_capture(src))
-                outcome[name] = runner.batch_once(src, dst, state)
-        except StaleCheckpoint as exc:
-            outcome[name] = exc
-
-    ReflectionRunner._apply = pausing
-    try:
-        a = threading.Thread(target=run, args=("a", runner_a))
-        a.start()
-        assert applying.wait(10)
-        b = threading.Thread(target=run, args=("b", runner_b))
-        b.start()
-        b.join(2)  # B must wait for A's lock (or, without one, pass its fence now)
-        go_on.set()
-        a.join(30)
-        b.join(30)
-    finally:
-        ReflectionRunner._apply = real
-    assert not isinstance(outcome["a"], Exception)
-    assert isinstance(outcome["b"], StaleCheckpoint), outcome
-
-
-def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_path(make_target):
-    """PostgreSQL → PostgreSQL text batches move the checkpoint in one UPDATE from the state
-    they read (Checkpoint.advance) before their rows: the second worker waits for the first
-    one's lock, finds the checkpoint moved, and abandons its batch."""
-    from django_pdr.connections import connect
-    from django_pdr.dialects.postgresql import PostgreSQLDialect
-
-    source, dest, st, reflection = mirror(make_target, "postgresql", "postgresql")
-    worker.run_round()
-    source.execute("INSERT INTO t VALUES (1, 'a')")
     runner_a, runner_b = ReflectionRunner(reflection), ReflectionRunner(reflection)
-    applying, go_on, owner = threading.Event(), threading.Event(), {}
-    real = PostgreSQLDialect.apply_marked
+    applying, go_on, owner, outcome = threading.Event(), threading.Event(), {}, {}
+    real = getattr(owner_cls, method)
 
     def pausing(self, *args, **kwargs):
         out = real(self, *args, **kwargs)
@@ -270,33 +219,53 @@ def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_pa
             go_on.wait(10)
         return out
 
-    outcome = {}
-
     def run(name, runner):
         owner[threading.current_thread().name] = name
         try:
             with connect(st.database) as src, connect(reflection.destination) as dst:
                 runner.prepare(src, dst)
-                assert runner.text_path
                 state, _ = runner._reconcile(runner.read_state(dst), runner._check_capture(src))
                 outcome[name] = runner.batch_once(src, dst, state)
         except StaleCheckpoint as exc:
             outcome[name] = exc
 
-    PostgreSQLDialect.apply_marked = pausing
+    setattr(owner_cls, method, pausing)
     try:
         a = threading.Thread(target=run, args=("a", runner_a))
         a.start()
         assert applying.wait(10)
         b = threading.Thread(target=run, args=("b", runner_b))
         b.start()
-        b.join(2)  # B must wait for A's lock
-        assert "b" not in outcome
+        b.join(2)  # B must wait for A's lock (or, without one, pass its fence now)
+        assert "b" not in outcome, outcome
         go_on.set()
         a.join(30)
         b.join(30)
     finally:
-        PostgreSQLDialect.apply_marked = real
+        setattr(owner_cls, method, real)
+    return outcome
+
+
+def test_item6_two_workers_cannot_both_commit_from_one_sqlite_checkpoint(make_target):
+    source, dest, st, reflection = mirror(make_target, "sqlite", "sqlite")
+    worker.run_round()
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    outcome = _race_two_workers(st, reflection, ReflectionRunner, "_apply")
+    assert not isinstance(outcome["a"], Exception)
+    assert isinstance(outcome["b"], StaleCheckpoint), outcome
+
+
+def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_path(make_target):
+    """PostgreSQL → PostgreSQL text batches move the checkpoint in one UPDATE from the state
+    they read (Checkpoint.advance) before their rows: the second worker waits for the first
+    one's lock, finds the checkpoint moved, and abandons its batch."""
+    from django_pdr.dialects.postgresql import PostgreSQLDialect
+
+    source, dest, st, reflection = mirror(make_target, "postgresql", "postgresql")
+    worker.run_round()
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    # A pauses in apply_marked: only a text batch gets there (applying.wait fails otherwise)
+    outcome = _race_two_workers(st, reflection, PostgreSQLDialect, "apply_marked")
     assert outcome["a"][1] == 1, outcome  # one event applied
     assert isinstance(outcome["b"], StaleCheckpoint), outcome
     assert same(source, dest)
