@@ -20,6 +20,11 @@ from ..errors import DATA, TRANSIENT, ValueRefused
 #: edit a released template in place: installed objects are fingerprinted.
 CAPTURE_VERSION = 1
 
+#: Flags of the rows of a marked text batch (see Dialect.splits_new_rows): no source row
+#: (delete the key), a row whose key was most likely inserted since the last batch, any
+#: other row.  As PostgreSQL reads booleans, "t" is true and "n" and "f" are false.
+GONE_FLAG, NEW_FLAG, KEPT_FLAG = "t", "n", "f"
+
 #: Operation codes recorded in the event table (OP_TRUNCATE: the table was emptied; no key).
 OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE = "I", "U", "D", "T"
 
@@ -481,10 +486,17 @@ class Dialect:
         ``TextCounter``)."""
         raise NotImplementedError(f"{self.label}: rows cannot be read as text")
 
+    #: Marked text batches for this engine carry a third flag value, NEW_FLAG: a present row
+    #: whose key's first event in the batch is an INSERT, which the destination most likely
+    #: lacks (``apply_marked`` may then insert it without looking for its key first).
+    splits_new_rows = False
+
     def apply_marked(self, conn, table: sa.Table, names: list[str], key_names: list[str],
                      update_names: list[str], rows: "TextRows") -> int:
         """In ``conn``'s transaction: ``rows`` (``copy_out``'s form, with the "gone" flag)
         flagged gone are keys to delete, the others rows to upsert; return the rows written.
+        With ``splits_new_rows``, the flag is GONE_FLAG, NEW_FLAG or KEPT_FLAG; a "new"
+        row is an upsert like the others whatever the destination holds.
         Raises TextRefused when this connection cannot take text rows now."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
@@ -547,6 +559,25 @@ class Dialect:
                 cursor.close()
             except Exception:
                 pass
+
+    def plain_rows(self, conn, query) -> list[tuple]:
+        """The rows of ``query`` as the driver's own tuples, without SQLAlchemy's result
+        processing: only for columns whose driver values need none (integers, short
+        strings).  Several times faster for the many small rows of an event read."""
+        try:
+            sql, params = self.driver_statement(conn, query)
+        except NotImplementedError:  # expanded IN lists: through SQLAlchemy
+            return [tuple(row) for row in conn.execute(query).fetchall()]
+        if not conn.in_transaction():
+            conn.begin()  # so that the caller's rollback ends the driver's transaction
+        rows = []
+
+        def work(cursor):
+            cursor.execute(sql, params)
+            rows.extend(cursor.fetchall())
+
+        self.run_on_driver(conn, sql, work)
+        return rows
 
     def run_repeated(self, conn, query) -> list:
         """The rows of ``query``, a statement a running worker sends again and again

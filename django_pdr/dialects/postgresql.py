@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 
 from ..errors import ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextCounter,
+from .base import (GONE_FLAG, KEPT_FLAG, NEW_FLAG, OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextCounter,
                    TextRows, bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
 from .crosstext import values_query, values_spelling
 
@@ -106,12 +106,53 @@ def _small_text_batch(table, names, rows) -> tuple[list, list] | None:
         if not line:
             continue
         fields = _copy_fields(line)
-        if fields is None or len(fields) != len(names) + 1 or fields[0] not in ("t", "f"):
+        if fields is None or len(fields) != len(names) + 1 or fields[0] not in (GONE_FLAG, NEW_FLAG, KEPT_FLAG):
             return None
-        (gone if fields[0] == "t" else present).append(dict(zip(names, fields[1:])))
+        (gone if fields[0] == GONE_FLAG else present).append(dict(zip(names, fields[1:])))
     if len(gone) + len(present) != rows.count:
         return None
     return gone, present
+
+
+def _split_new(rows) -> tuple[list[str], list[str] | str]:
+    """A marked batch's text (see Dialect.splits_new_rows) as (the lines of the rows flagged
+    NEW_FLAG, without their flag; the other lines); no line "new" when the text is not one
+    line per row as expected."""
+    data = rows.data
+    if isinstance(data, str):  # one text (a MySQL source): a COPY line holds no raw newline
+        lines = [line + "\n" for line in data.split("\n") if line]
+    else:  # psycopg2 writes a COPY TO's rows one by one
+        lines = data
+    if len(lines) != rows.count or not all(line.endswith("\n") for line in lines):
+        return [], data
+    mark = NEW_FLAG + "\t"
+    new = [line[2:] for line in lines if line.startswith(mark)]
+    return (new, [line for line in lines if not line.startswith(mark)]) if new else ([], data)
+
+
+#: (destination URL, table) -> [batches to skip the direct insert of "new" rows, skips
+#: after the next failure]: doubled by each failure in a row, up to DIRECT_BACKOFF_MAX.
+_DIRECT_BACKOFF: dict[tuple, list[int]] = {}
+DIRECT_BACKOFF_MAX = 64
+
+
+def _direct_insert_due(conn, target) -> bool:
+    """True when a batch to ``target`` may insert its "new" rows directly (no failure of
+    that recently: each one makes the next batches skip it)."""
+    state = _DIRECT_BACKOFF.get((str(conn.engine.url), target))
+    if state is None or state[0] <= 0:
+        return True
+    state[0] -= 1
+    return False
+
+
+def _direct_insert_failed(conn, target, failed=True):
+    where = (str(conn.engine.url), target)
+    if not failed:
+        _DIRECT_BACKOFF.pop(where, None)
+        return
+    state = _DIRECT_BACKOFF.setdefault(where, [0, 1])
+    state[0], state[1] = state[1], min(DIRECT_BACKOFF_MAX, state[1] * 2)
 
 
 class _NotCopyable(Exception):
@@ -719,6 +760,7 @@ END
     # -- rows passed as text -------------------------------------------------------
     text_format = "copy"
     renders_text = ("copy", "values")
+    splits_new_rows = True
 
     def _type_text(self, type_) -> str:
         text = type_.compile(dialect=self.sa).upper()
@@ -839,17 +881,45 @@ END
             self.run_on_driver(conn, f"INSERT INTO {target}", work)
             return written
 
+        new, data = _split_new(rows) if _direct_insert_due(conn, target) else ([], rows.data)
+
         def work(cursor):
-            nonlocal written
+            nonlocal written, data
             stage = self._stage(cursor, target, ["NULL::boolean AS pdr_gone", *columns], "marked")
-            cursor.copy_expert(f"COPY {stage} FROM STDIN", _CopySource(rows.data))
             for statement in self.key_lookup_settings():
                 cursor.execute(statement)
+            if new:
+                inserted = self._insert_new(conn, cursor, target, columns, new)
+                if inserted is None:  # a key was there after all: these rows are upserted too
+                    data = [*data, *(f"{KEPT_FLAG}\t{line}" for line in new)]
+                else:
+                    written += inserted
+            # ("n" rows left in the data are read as false, like "f")
+            cursor.copy_expert(f"COPY {stage} FROM STDIN", _CopySource(data))
             written += self._delete_from(cursor, target, keys, stage, where="pdr_g.pdr_gone")
             written += self._upsert_from(cursor, target, columns, keys, action, stage, where="WHERE NOT pdr_gone")
 
         self.run_on_driver(conn, f"COPY {target}", work)
         return written
+
+    @staticmethod
+    def _insert_new(conn, cursor, target, columns, lines) -> int | None:
+        """COPY rows flagged "new" (without their flag) straight into the target: no staging
+        table, no key lookups.  Under a savepoint: when a key is there after all (the row
+        was read current by an earlier batch, or written by someone else), the COPY is
+        undone and None returned (the caller upserts the rows), and the next batches to
+        this target skip the direct insert for a while (_direct_insert_due)."""
+        from psycopg2 import errors
+
+        cursor.execute("SAVEPOINT pdr_new")
+        try:
+            cursor.copy_expert(f"COPY {target} ({', '.join(columns)}) FROM STDIN", _CopySource(list(lines)))
+        except errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT pdr_new")
+            _direct_insert_failed(conn, target)
+            return None
+        _direct_insert_failed(conn, target, failed=False)
+        return len(lines)
 
     def apply_copied(self, conn, table, names, key_names, update_names, rows, fresh=False):
         target, columns, keys, action = self._names(table, names, key_names, update_names)

@@ -34,7 +34,8 @@ class Batch:
 
     Either Python rows (``upserts`` as (key, destination row) pairs, ``deletes``,
     ``removals``) or, on the text path, ``text``: one row per key in the engines' own
-    text form, flagged "gone" or not.  ``keys`` are the source keys of the batch's events."""
+    text form, flagged "gone" or not.  ``keys`` are the source keys of the batch's events
+    (None for a batch read for the text path: ``python_batch`` reads them if needed)."""
 
     state: dict
     events: int
@@ -59,9 +60,11 @@ class Streaming:
     def python_batch(self, src, batch: Batch, cap: int | None = None) -> Batch:
         """The same batch as Python rows (after the text path failed, or a key got held);
         ``cap``: bytes its rows may take before BatchTooLarge (see read_batch)."""
-        upserts, deletes, removals = (self.keyed_rows(src, batch.keys, batch.window, cap) if batch.keys
-                                      else ([], [], []))
-        return Batch(batch.state, batch.events, batch.keys, upserts, deletes, removals, window=batch.window,
+        keys = batch.keys
+        if keys is None:  # read without them (text path): the keys of the batch's events
+            keys = self.reader.window_keys(src, *batch.window)
+        upserts, deletes, removals = self.keyed_rows(src, keys, batch.window, cap) if keys else ([], [], [])
+        return Batch(batch.state, batch.events, keys, upserts, deletes, removals, window=batch.window,
                      truncate=batch.truncate, last=batch.last)
 
     def read_batch(self, src, state: dict) -> Batch | None:
@@ -80,23 +83,29 @@ class Streaming:
 
     def _read_batch(self, src, state: dict, limit: int) -> Batch | None:
         position = Position.from_json(state["pos"])
-        events, new_position = self.reader.read(src, position, limit)
+        # the text path reads the batch's keys on the source, with its rows: the events
+        # are read without them (ids and operations only, a fraction of the read's cost)
+        text = self._use_text()
+        events, new_position = self.reader.read(src, position, limit, keys=not text)
         self._confirm_capture(src, position)
         if not events and new_position.to_json() == position.to_json():
             return None
         truncate = any(e.op == OP_TRUNCATE for e in events)
-        keys = list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
+        keys = None if text else list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
                      "inc": self.incarnation}
         batch = Batch(new_state, len(events), keys, truncate=truncate,
                       last=self.reader.read_all and not new_position.gaps)
-        if not keys:
+        changes = len(keys) if keys is not None else sum(e.op != OP_TRUNCATE for e in events)
+        if not changes:
+            batch.keys = []
             return batch
         gap_ids = {e.id for e in events if e.id <= position.cursor}
         batch.window = (position.cursor, max(e.id for e in events), gap_ids)
         cap = self.budget.cap(limit)
         try:
-            if self._use_text() and not truncate and self.budget.fits(len(keys)):
+            # (without keys, the events bound the number of rows from above)
+            if text and not truncate and self.budget.fits(changes):
                 text = self._copy_out(src, [self._text_batch_query(*batch.window)], cap)
                 if text is not None:
                     batch.text = text[0]

@@ -9,7 +9,7 @@ import logging
 import sqlalchemy as sa
 
 from ..connections import begin
-from ..dialects.base import TextRefused, TextRows, TextTooLarge
+from ..dialects.base import GONE_FLAG, KEPT_FLAG, NEW_FLAG, OP_INSERT, TextRefused, TextRows, TextTooLarge
 from ..errors import DATA
 from ..errors import describe as describe_error
 from .budget import BatchTooLarge
@@ -59,12 +59,20 @@ class TextPath:
 
     def _text_batch_query(self, *window):
         """One row per distinct key of the events of ``window`` (see EventReader.window): a
-        "gone" flag (no source row, or the row fails the filter), then the
+        "gone" flag (no source row, or the row fails the filter; with the destination's
+        ``splits_new_rows``, one of GONE_FLAG, NEW_FLAG, KEPT_FLAG), then the
         destination columns (key columns from the row, or from the event for a gone key).
         One index probe per key on the source table."""
         ev_keys = self.reader.key_columns
-        keys = (sa.select(*ev_keys).where(self.reader.window(*window)).distinct()
-                .subquery("pdr_e"))
+        if self.dst_dialect.splits_new_rows:
+            # "new": the key's first event of the window is its INSERT (see NEW_FLAG)
+            pdr_id, op = self.reader.table.c.pdr_id, self.reader.table.c.pdr_op
+            first_insert = sa.func.min(sa.case((op == OP_INSERT, pdr_id))) == sa.func.min(pdr_id)
+            keys = (sa.select(*ev_keys, first_insert.label("pdr_new")).where(self.reader.window(*window))
+                    .group_by(*ev_keys).subquery("pdr_e"))
+        else:
+            keys = (sa.select(*ev_keys).where(self.reader.window(*window)).distinct()
+                    .subquery("pdr_e"))
         src_keys = self.source_key_columns
         on = [s == keys.c[e.name] for s, e in zip(src_keys, ev_keys)]
         if self.mapping.filter:
@@ -74,7 +82,10 @@ class TextPath:
         # else the event's
         from_key = {name: sa.func.coalesce(self.source.c[name], keys.c[e.name])
                     for name, e in zip(self.source_key, ev_keys)}
-        return (sa.select(src_keys[0].is_(None).label("pdr_gone"), *self._text_columns(from_key))
+        gone = src_keys[0].is_(None)
+        if self.dst_dialect.splits_new_rows:
+            gone = sa.case((gone, GONE_FLAG), (keys.c.pdr_new, NEW_FLAG), else_=KEPT_FLAG)
+        return (sa.select(gone.label(MARK_COLUMN), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
     def _copy_out(self, src, queries, cap=None) -> list[TextRows] | None:

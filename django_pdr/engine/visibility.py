@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from ..dialects.base import Horizon
+from ..dialects.base import OP_TRUNCATE, Horizon
 
 
 #: Gap ranges per query; a read examines every gap, in queries of this many ranges.
@@ -133,13 +133,21 @@ class EventReader:
         # several keys may share an event id: a read never splits one event row's keys
         self.arrays = self.table is not event_table
 
-    def _rows(self, conn, where, limit):
+    def _rows(self, conn, where, limit, keys=True):
         """(events, full): ``limit`` events in id order, ``full`` when there may be more.
         Only whole event rows: when a full read ends inside the keys of an event row,
         that row's keys are left for the next read; an event row with more keys than
-        ``limit`` is read whole, alone."""
-        query = sa.select(*self.columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
-        rows = conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+        ``limit`` is read whole, alone.  ``keys`` False: events without their keys (None),
+        read as the driver's plain tuples (ids and operation codes need no conversion)."""
+        columns = self.columns if keys else self.columns[:2]
+
+        def fetch(query):
+            if keys:
+                return conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+            return self.dialect.plain_rows(conn, query)
+
+        query = sa.select(*columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
+        rows = fetch(query)
         full = len(rows) >= limit
         if full and self.arrays:
             last = rows[-1][0]
@@ -147,13 +155,26 @@ class EventReader:
                 while rows[-1][0] == last:
                     rows.pop()
             else:
-                rows = conn.execute(sa.select(*self.columns).where(self.table.c.pdr_id == last)).fetchall()
+                rows = fetch(sa.select(*columns).where(self.table.c.pdr_id == last))
+        if not keys:
+            return [Event(row[0], None, row[1]) for row in rows], full
         return [Event(row[0], tuple(row[2:]), row[1]) for row in rows], full
 
-    def read(self, conn, position: Position, limit: int):
+    def window_keys(self, conn, cursor: int, last_id: int, gap_ids) -> list[tuple]:
+        """The distinct keys of the events in a window (see ``window``), in the order of
+        their first event: the keys of a batch read without them (``read(keys=False)``)."""
+        query = (sa.select(*self.key_columns).where(self.window(cursor, last_id, gap_ids))
+                 .where(self.table.c.pdr_op != OP_TRUNCATE)
+                 .group_by(*self.key_columns).order_by(sa.func.min(self.table.c.pdr_id)))
+        keys = [tuple(row) for row in conn.execute(query).fetchall()]
+        conn.rollback()
+        return keys
+
+    def read(self, conn, position: Position, limit: int, keys: bool = True):
         """Return (events, new_position); at most ``limit`` events, or the keys of one event
         row that alone has more (PostgreSQL key arrays: at most 1,000).  Every gap is
-        examined (in queries of GAP_RANGES_PER_QUERY ranges) before new events are read."""
+        examined (in queries of GAP_RANGES_PER_QUERY ranges) before new events are read.
+        ``keys`` False: the events without their keys (see ``_rows``, ``window_keys``)."""
         gaps = [replace(g) for g in position.gaps]  # never the caller's objects
         events: list[Event] = []
 
@@ -173,7 +194,7 @@ class EventReader:
                 remaining.extend(part)
                 continue
             where = sa.or_(*[self.table.c.pdr_id.between(g.lo, g.hi) for g in part])
-            found, full = self._rows(conn, where, room)
+            found, full = self._rows(conn, where, room, keys)
             events.extend(found)
             ids = sorted({e.id for e in found})
             for gap in part:
@@ -189,7 +210,7 @@ class EventReader:
         #: after this read: True when it read every event visible after the cursor
         self.read_all = False
         if room > 0 and not exhausted:
-            new, full = self._rows(conn, self.table.c.pdr_id > cursor, room)
+            new, full = self._rows(conn, self.table.c.pdr_id > cursor, room, keys)
             self.read_all = not full
             expected = cursor + 1
             for event in new:
