@@ -90,18 +90,21 @@ class Streaming:
         self._confirm_capture(src, position)
         if not events and new_position.to_json() == position.to_json():
             return None
-        truncate = any(e.op == OP_TRUNCATE for e in events)
+        # events by index (id, key, op): plain tuples when read without keys
+        truncated = sum(e[2] == OP_TRUNCATE for e in events)
+        truncate = truncated > 0
         keys = None if text else list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
                      "inc": self.incarnation}
         batch = Batch(new_state, len(events), keys, truncate=truncate,
                       last=self.reader.read_all and not new_position.gaps)
-        changes = len(keys) if keys is not None else sum(e.op != OP_TRUNCATE for e in events)
+        changes = len(keys) if keys is not None else len(events) - truncated
         if not changes:
             batch.keys = []
             return batch
-        gap_ids = {e.id for e in events if e.id <= position.cursor}
-        batch.window = (position.cursor, max(e.id for e in events), gap_ids)
+        cursor = position.cursor
+        gap_ids = {e[0] for e in events if e[0] <= cursor}
+        batch.window = (cursor, max(e[0] for e in events), gap_ids)
         cap = self.budget.cap(limit)
         try:
             # (without keys, the events bound the number of rows from above)

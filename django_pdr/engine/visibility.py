@@ -139,7 +139,9 @@ class EventReader:
         that row's keys are left for the next read; an event row with more keys than
         ``limit`` is read whole, alone.  ``keys`` False: events without their keys (None),
         read as the driver's plain tuples (ids and operation codes need no conversion)."""
-        columns = self.columns if keys else self.columns[:2]
+        # without keys: (id, NULL, op) rows as the driver builds them, shaped like Event
+        # (index 0 the id, 2 the operation), so that no object is made per event
+        columns = self.columns if keys else [self.table.c.pdr_id, sa.null().label("pdr_key"), self.table.c.pdr_op]
 
         def fetch(query):
             if keys:
@@ -157,7 +159,7 @@ class EventReader:
             else:
                 rows = fetch(sa.select(*columns).where(self.table.c.pdr_id == last))
         if not keys:
-            return [Event(row[0], None, row[1]) for row in rows], full
+            return rows, full
         return [Event(row[0], tuple(row[2:]), row[1]) for row in rows], full
 
     def window_keys(self, conn, cursor: int, last_id: int, gap_ids) -> list[tuple]:
@@ -171,7 +173,8 @@ class EventReader:
         return keys
 
     def read(self, conn, position: Position, limit: int, keys: bool = True):
-        """Return (events, new_position); at most ``limit`` events, or the keys of one event
+        """Return (events, new_position); at most ``limit`` events (Event, or with ``keys``
+        False plain (id, None, op) tuples: read them by index), or the keys of one event
         row that alone has more (PostgreSQL key arrays: at most 1,000).  Every gap is
         examined (in queries of GAP_RANGES_PER_QUERY ranges) before new events are read.
         ``keys`` False: the events without their keys (see ``_rows``, ``window_keys``)."""
@@ -196,7 +199,7 @@ class EventReader:
             where = sa.or_(*[self.table.c.pdr_id.between(g.lo, g.hi) for g in part])
             found, full = self._rows(conn, where, room, keys)
             events.extend(found)
-            ids = sorted({e.id for e in found})
+            ids = sorted({e[0] for e in found})
             for gap in part:
                 if not full and gap.settled_by(horizon):
                     continue  # every id here is visible (read now) or never will be
@@ -214,11 +217,11 @@ class EventReader:
             self.read_all = not full
             expected = cursor + 1
             for event in new:
-                if event.id > expected:
-                    gaps.append(Gap(expected, event.id - 1))
-                expected = event.id + 1
+                if event[0] > expected:
+                    gaps.append(Gap(expected, event[0] - 1))
+                expected = event[0] + 1
             if new:
-                cursor = new[-1].id
+                cursor = new[-1][0]
             events.extend(new)
         conn.rollback()  # end the read snapshot (and the horizon check's transaction)
         return events, Position(cursor, gaps)
