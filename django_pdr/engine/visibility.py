@@ -132,6 +132,7 @@ class EventReader:
         self.columns = [self.table.c.pdr_id, self.table.c.pdr_op, *self.key_columns]
         # several keys may share an event id: a read never splits one event row's keys
         self.arrays = self.table is not event_table
+        self._plain = None  # see _plain_keys
 
     def _rows(self, conn, where, limit, keys=True):
         """(events, full): ``limit`` events in id order, ``full`` when there may be more.
@@ -144,7 +145,7 @@ class EventReader:
         columns = self.columns if keys else [self.table.c.pdr_id, sa.null().label("pdr_key"), self.table.c.pdr_op]
 
         def fetch(query):
-            if keys:
+            if keys and not self._plain_keys(conn):
                 return conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
             return self.dialect.plain_rows(conn, query)
 
@@ -161,6 +162,22 @@ class EventReader:
         if not keys:
             return rows, full
         return [Event(row[0], tuple(row[2:]), row[1]) for row in rows], full
+
+    def _plain_keys(self, conn) -> bool:
+        """True when the driver's values of the key columns are what SQLAlchemy would make
+        of them (no result processing: integers, plain strings), so that events with their
+        keys may be read as the driver's tuples."""
+        if self._plain is None:
+            dialect = conn.dialect
+
+            def plain(type_):
+                try:  # (some types' processors depend on the driver's column type code)
+                    return type_.dialect_impl(dialect).result_processor(dialect, None) is None
+                except Exception:
+                    return False
+
+            self._plain = all(plain(column.type) for column in self.key_columns)
+        return self._plain
 
     def window_keys(self, conn, cursor: int, last_id: int, gap_ids) -> list[tuple]:
         """The distinct keys of the events in a window (see ``window``), in the order of
