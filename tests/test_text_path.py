@@ -302,3 +302,38 @@ def test_new_keys_go_straight_into_the_target_and_a_key_found_there_is_upserted(
     call_command("pdr-reflect", verbosity=0)
     assert calls == [300, None, 300]  # back: 300 new rows straight in, the update upserted
     check()
+
+
+@pytest.mark.parametrize("source_kind", ["postgresql", "sqlite"])
+def test_events_of_the_next_batch_are_read_ahead_on_a_second_connection(make_target, settings, monkeypatch,
+                                                                       source_kind):
+    """While a batch's rows are read, the events of the batch after it are read by another
+    thread on its own connection; every batch uses them (none is read twice) and the
+    mirror ends equal to the source (the text path and the Python path)."""
+    import threading
+
+    from django_pdr.engine import stream
+
+    settings.PDR = {"BATCH_SIZE": 100}
+    reads, real = [], stream.Streaming._read_events
+
+    def spy(runner, src, pos, limit, text):
+        reads.append((threading.current_thread().name.split("_")[0], pos["c"]))
+        return real(runner, src, pos, limit, text)
+
+    monkeypatch.setattr(stream.Streaming, "_read_events", spy)
+    source, dest = make_target(source_kind), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(20))")
+    dest.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(20))")
+    reflection = Reflection.objects.create(source=watch(source.model("src"), "t"), destination=dest.model("dst"),
+                                           destination_table="t")
+    call_command("pdr-reflect", verbosity=0)
+    source.execute(*[f"INSERT INTO t VALUES ({i}, 'v{i}')" for i in range(1, 1001)],
+                   "UPDATE t SET v = 'changed' WHERE id > 900", "DELETE FROM t WHERE id <= 50")
+    reads.clear()
+    call_command("pdr-reflect", verbosity=0)
+    assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
+    ahead = [pos for thread, pos in reads if thread == "pdr-events"]
+    assert len(ahead) >= 10, reads  # 1,150 events in batches of 100
+    assert len({pos for _, pos in reads}) == len(reads), "a batch's events were read twice"
+    assert runner_for(reflection).text_path == (source_kind == "postgresql")

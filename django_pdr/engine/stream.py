@@ -4,11 +4,15 @@ is read while batch N commits.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+
+import sqlalchemy as sa
 
 from .. import keycodec
 from ..dialects.base import OP_TRUNCATE, TextRows
@@ -57,6 +61,42 @@ class Streaming:
 
     A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
 
+    _planner = _planner_src = _planned = _planner_engine = None
+
+    @contextlib.contextmanager
+    def _planning(self, src):
+        """For one ``stream``: a thread and a source connection of their own that read the
+        events of batch N+2 while the rows of batch N+1 are read (and batch N commits).
+        Each batch's rows are still read after its events, and the rows of successive
+        batches in successive snapshots (one reading thread): only the event reads run
+        ahead.  Opened at the first full batch (a pass that finds a few events never
+        needs them), and only from the connections the pool keeps (never its overflow,
+        which other passes may need): without, events are read in turn."""
+        self._planner_engine = getattr(src, "engine", None)
+        try:
+            yield
+        finally:
+            planner, conn = self._planner, self._planner_src
+            self._planner = self._planner_src = self._planned = self._planner_engine = None
+            if planner is not None:
+                planner.shutdown(wait=True)  # an event read under way ends first
+            if conn is not None:
+                conn.close()
+
+    def _planner_ready(self) -> bool:
+        if self._planner is None and self._planner_engine is not None:
+            engine, self._planner_engine = self._planner_engine, None  # one try per stream
+            pool = engine.pool
+            if not isinstance(pool, sa.pool.QueuePool) or pool.checkedout() >= pool.size():
+                return False
+            try:
+                self._planner_src = engine.connect()
+            except Exception as exc:
+                logger.debug("%s: no second source connection (%r); events read in turn", self.reflection, exc)
+                return False
+            self._planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-events")
+        return self._planner is not None
+
     def python_batch(self, src, batch: Batch, cap: int | None = None) -> Batch:
         """The same batch as Python rows (after the text path failed, or a key got held);
         ``cap``: bytes its rows may take before BatchTooLarge (see read_batch)."""
@@ -81,13 +121,42 @@ class Streaming:
                 logger.info("%s: %s; reading %d events instead of %d", self.reflection, exc, smaller, limit)
                 limit = smaller
 
+    def _read_events(self, src, pos: dict, limit: int, text: bool):
+        """(events, new position, read_all): the events after ``pos`` (see EventReader.read),
+        then the capture confirmed.  The text path reads the batch's keys on the source,
+        with its rows: its events are read without them (ids and operations only)."""
+        position = Position.from_json(pos)
+        events, new_position = self.reader.read(src, position, limit, keys=not text)
+        read_all = self.reader.read_all
+        self._confirm_capture(src, position)
+        return events, new_position, read_all
+
+    def _plan_next(self, pos: dict, limit: int, text: bool):
+        """Read the events of the batch after ``pos`` now, on the planner's own connection,
+        while this batch's rows are read (see stream)."""
+        if self._planner_ready():
+            key = (json.dumps(pos, sort_keys=True), limit, text)
+            self._planned = (key, self._planner.submit(self._read_events, self._planner_src, pos, limit, text))
+
+    def _take_plan(self, pos: dict, limit: int, text: bool):
+        """The events read ahead for ``pos`` (see _plan_next), or None: none was, or for
+        another position, limit or path (the batch before was read again, shorter)."""
+        planned, self._planned = self._planned, None
+        if planned is None:
+            return None
+        key, future = planned
+        try:
+            found = future.result()  # (never two event reads at once)
+        except Exception as exc:  # read again here, where a failure is handled
+            logger.debug("%s: events read ahead failed (%r); reading them again", self.reflection, exc)
+            return None
+        return found if key == (json.dumps(pos, sort_keys=True), limit, text) else None
+
     def _read_batch(self, src, state: dict, limit: int) -> Batch | None:
         position = Position.from_json(state["pos"])
-        # the text path reads the batch's keys on the source, with its rows: the events
-        # are read without them (ids and operations only, a fraction of the read's cost)
         text = self._use_text()
-        events, new_position = self.reader.read(src, position, limit, keys=not text)
-        self._confirm_capture(src, position)
+        found = self._take_plan(state["pos"], limit, text)
+        events, new_position, read_all = found or self._read_events(src, state["pos"], limit, text)
         if not events and new_position.to_json() == position.to_json():
             return None
         # events by index (id, key, op): plain tuples when read without keys
@@ -96,8 +165,9 @@ class Streaming:
         keys = None if text else list(dict.fromkeys(e.key for e in events if e.op != OP_TRUNCATE))
         new_state = {"phase": STREAM, "pos": new_position.to_json(), "loaded": state.get("loaded", 0),
                      "inc": self.incarnation}
-        batch = Batch(new_state, len(events), keys, truncate=truncate,
-                      last=self.reader.read_all and not new_position.gaps)
+        batch = Batch(new_state, len(events), keys, truncate=truncate, last=read_all and not new_position.gaps)
+        if not batch.last:
+            self._plan_next(new_state["pos"], limit, text)
         changes = len(keys) if keys is not None else len(events) - truncated
         if not changes:
             batch.keys = []
@@ -167,7 +237,7 @@ class Streaming:
                     and (deadline is None or now < deadline))
 
         saved_at = time.monotonic()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-read") as pool, self._planning(src):
             future = pool.submit(self.read_batch, src, state)
             while True:
                 batch, future = future.result(), None
