@@ -337,3 +337,30 @@ def test_events_of_the_next_batch_are_read_ahead_on_a_second_connection(make_tar
     assert len(ahead) >= 10, reads  # 1,150 events in batches of 100
     assert len({pos for _, pos in reads}) == len(reads), "a batch's events were read twice"
     assert runner_for(reflection).text_path == (source_kind == "postgresql")
+
+
+def test_each_load_chunk_is_read_while_the_one_before_commits(make_target, settings, monkeypatch):
+    """The initial load reads chunk N+1 in a helper thread while chunk N commits; each
+    chunk is read once and the load ends equal to the source."""
+    import threading
+
+    from django_pdr.engine import load
+
+    settings.PDR = {"LOAD_CHUNK_SIZE": 3}
+    reads, real = [], load.Loading._load_text
+
+    def spy(runner, src, after):
+        reads.append((threading.current_thread().name.split("_")[0], after))
+        return real(runner, src, after)
+
+    monkeypatch.setattr(load.Loading, "_load_text", spy)
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)",
+                   "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g")
+    dest.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    Reflection.objects.create(source=watch(source.model("src"), "t"), destination=dest.model("dst"),
+                              destination_table="t")
+    call_command("pdr-reflect", verbosity=0)
+    assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
+    assert [after for _, after in reads] == [None, (3,), (6,), (9,)]
+    assert [thread for thread, _ in reads][1:] == ["pdr-load"] * 3

@@ -14,6 +14,7 @@ reflection's columns, set to NULL).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
@@ -36,7 +37,11 @@ PYTHON_LOAD_CHUNK = 10000
 class Loading:
     """The initial load and resync.
 
-    A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
+    A part of ``ReflectionRunner`` (runner.py), whose state it shares.  A text chunk's
+    successor is read while it commits (``_prefetch_chunk``): the runner calls
+    ``drop_prefetch`` when the load loop ends."""
+
+    _prefetcher = None
 
     def _load_python(self, src, after):
         """The next chunk as Python rows: (rows read, last key or None at the end, upserts, filtered).
@@ -122,11 +127,51 @@ class Loading:
             return self._swap_in(src, dst, new_state, new_state)
         return new_state
 
+    _prefetch = None  # (the key the chunk starts after, encoded; future of _load_text's result)
+
+    def _prefetch_chunk(self, src, after):
+        """Start reading the chunk after key ``after`` (as text) in a helper thread, while
+        the current chunk commits: loads alternate reading and writing no more."""
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-load")
+        self._prefetch = (keycodec.encode_key(after), self._prefetcher.submit(self._load_text, src, after))
+
+    def drop_prefetch(self):
+        """Wait for a chunk read ahead and forget it (before ``src`` is used or closed)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            try:
+                prefetch[1].result()
+            except Exception:
+                pass
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True)
+            self._prefetcher = None
+
+    def _prefetched(self, after):
+        """The chunk read ahead for ``after``, or None (none, another key, or its read failed:
+        the caller reads it again, where a failure is handled)."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is None:
+            return None
+        key, future = prefetch
+        try:
+            found = future.result()
+        except Exception as exc:
+            logger.debug("%s: a load chunk read ahead failed (%r); reading it again", self.reflection, exc)
+            return None
+        return found if key == keycodec.encode_key(after) else None
+
     def _load_one_chunk(self, src, dst, state, expected, after):
-        text = self._load_text(src, after) if self._use_text() else None
+        use_text = self._use_text()
+        text = self._prefetched(after) if use_text else None
+        if text is None and use_text:
+            text = self._load_text(src, after)
         if text is not None:
             count, last, rows_text = text
             new_state = self._load_state(state, count, last)
+            if last is not None:
+                self._prefetch_chunk(src, last)
             try:
                 # the load emptied its target (or made a shadow) and reads keys in order, one
                 # range after another: no key of this chunk is there (fan-in keeps rows)
@@ -134,7 +179,7 @@ class Loading:
                                   fresh=not self.partners and not self.statement)
                 return new_state
             except TextPathFailed:
-                pass  # the same chunk as Python rows, below
+                self.drop_prefetch()  # the source connection is the Python path's now
         count, last, upserts, filtered = self._load_python(src, after)
         new_state = self._load_state(state, count, last)
         self._commit(dst, expected, new_state, upserts, [], filtered, loading=True)

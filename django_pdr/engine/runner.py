@@ -106,6 +106,15 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         if self.held_keys:
             self.retry_dead_letters(src, dst, state)
             self.held_keys = held_keys(r)
+        try:
+            state, starting = self._loop(src, dst, state, starting, result, stop, max_seconds, started)
+        finally:
+            self.drop_prefetch()  # a load chunk read ahead, before the source connection goes
+        return self._record(src, state, starting, result)
+
+    def _loop(self, src, dst, state, starting, result, stop, max_seconds, started):
+        """Load chunks, then stream batches, until caught up, stopped or out of time."""
+        r = self.reflection
         while not stop():
             if state["phase"] == LOAD:
                 if starting:
@@ -122,6 +131,11 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
             deadline = None if max_seconds is None else started + max_seconds
             state = self.stream(src, dst, state, result, stop, deadline, linger=self.linger)
             break
+        return state, starting
+
+    def _record(self, src, state, starting, result):
+        """The pass's closing write: progress, lag and a sample (nothing for an idle poll)."""
+        r = self.reflection
         if not (result.events or result.position_changed or result.loaded or starting
                 or r.status != "running" or r.pending_events is None or r.pending_events):
             return result  # an idle poll of a healthy reflection: nothing new to record
