@@ -766,6 +766,7 @@ END
     text_format = "copy"
     renders_text = ("copy", "values")
     splits_new_rows = True
+    splits_new_rows_above = SMALL_TEXT_ROWS  # smaller batches take the JSON path, no staging table
 
     def _type_text(self, type_) -> str:
         text = type_.compile(dialect=self.sa).upper()

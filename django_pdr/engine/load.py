@@ -164,8 +164,10 @@ class Loading:
 
     def _load_one_chunk(self, src, dst, state, expected, after):
         use_text = self._use_text()
-        text = self._prefetched(after) if use_text else None
-        if text is None and use_text:
+        text = self._prefetched(after)  # (always: the source connection is free after it)
+        if not use_text:
+            text = None
+        elif text is None:
             text = self._load_text(src, after)
         if text is not None:
             count, last, rows_text = text

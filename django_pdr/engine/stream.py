@@ -179,7 +179,9 @@ class Streaming:
         try:
             # (without keys, the events bound the number of rows from above)
             if text and not truncate and self.budget.fits(changes):
-                text = self._copy_out(src, [self._text_batch_query(*batch.window)], cap)
+                # a small batch is written without a staging table anyway: the plainer query
+                split = changes > self.dst_dialect.splits_new_rows_above
+                text = self._copy_out(src, [self._text_batch_query(*batch.window, split_new=split)], cap)
                 if text is not None:
                     batch.text = text[0]
                     return batch

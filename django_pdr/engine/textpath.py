@@ -57,14 +57,15 @@ class TextPath:
             return src_keys[0].in_(keys)
         return sa.tuple_(*src_keys).in_(keys)
 
-    def _text_batch_query(self, *window):
+    def _text_batch_query(self, *window, split_new: bool = True):
         """One row per distinct key of the events of ``window`` (see EventReader.window): a
         "gone" flag (no source row, or the row fails the filter; with the destination's
-        ``splits_new_rows``, one of GONE_FLAG, NEW_FLAG, KEPT_FLAG), then the
+        ``splits_new_rows`` and ``split_new``, one of GONE_FLAG, NEW_FLAG, KEPT_FLAG), then the
         destination columns (key columns from the row, or from the event for a gone key).
         One index probe per key on the source table."""
         ev_keys = self.reader.key_columns
-        if self.dst_dialect.splits_new_rows:
+        split_new = split_new and self.dst_dialect.splits_new_rows
+        if split_new:
             # "new": the key's first event of the window is its INSERT (see NEW_FLAG)
             pdr_id, op = self.reader.table.c.pdr_id, self.reader.table.c.pdr_op
             first_insert = sa.func.min(sa.case((op == OP_INSERT, pdr_id))) == sa.func.min(pdr_id)
@@ -83,7 +84,7 @@ class TextPath:
         from_key = {name: sa.func.coalesce(self.source.c[name], keys.c[e.name])
                     for name, e in zip(self.source_key, ev_keys)}
         gone = src_keys[0].is_(None)
-        if self.dst_dialect.splits_new_rows:
+        if split_new:
             gone = sa.case((gone, GONE_FLAG), (keys.c.pdr_new, NEW_FLAG), else_=KEPT_FLAG)
         return (sa.select(gone.label(MARK_COLUMN), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
