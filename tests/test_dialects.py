@@ -1640,6 +1640,32 @@ def test_driver_statement_orders_positional_parameters_and_uses_engine_processor
     assert bind_processor(sa.Numeric(24, 6), psycopg2.dialect()) is None
 
 
+def test_driver_statement_compiles_a_shape_once_and_binds_each_statements_own_values():
+    from sqlalchemy.dialects.postgresql import psycopg2
+
+    from django_pdr.dialects.base import Dialect
+
+    class Conn:
+        dialect = psycopg2.dialect()
+
+    t = sa.table("t", sa.column("a", sa.Integer), sa.column("b", sa.String))
+
+    def window(lo, hi, name="x"):
+        return sa.select(t.c.a, sa.literal(name).label("n")).where(t.c.a > lo, t.c.a <= hi)
+
+    sql, params = Dialect.driver_statement(Conn(), window(5, 9))
+    cached = dict(Conn.dialect._pdr_compiled)
+    assert len(cached) == 1
+    sql2, params2 = Dialect.driver_statement(Conn(), window(7, 11, "y"))
+    assert sql2 == sql and Conn.dialect._pdr_compiled == cached  # compiled once
+    assert sorted(params.values(), key=str) == [5, 9, "x"] and sorted(params2.values(), key=str) == [11, 7, "y"]
+    # an IN list is spelled into the SQL: never served from the cache with other values
+    one = Dialect.driver_statement(Conn(), sa.select(t.c.a).where(t.c.a.in_([1, 2])))
+    two = Dialect.driver_statement(Conn(), sa.select(t.c.a).where(t.c.a.in_([3, 4, 5])))
+    assert sorted(one[1].values()) == [1, 2] and sorted(two[1].values()) == [3, 4, 5]
+    assert one[0].count("%(") == 2 and two[0].count("%(") == 3
+
+
 def test_a_collation_does_not_cross_engines():
     from sqlalchemy.dialects import mysql as myt
 

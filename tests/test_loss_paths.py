@@ -255,7 +255,7 @@ def test_item6_two_workers_cannot_both_commit_from_one_sqlite_checkpoint(make_ta
     assert isinstance(outcome["b"], StaleCheckpoint), outcome
 
 
-def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_path(make_target):
+def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_path(make_target, monkeypatch):
     """PostgreSQL → PostgreSQL text batches move the checkpoint in one UPDATE from the state
     they read (Checkpoint.advance) before their rows: the second worker waits for the first
     one's lock, finds the checkpoint moved, and abandons its batch."""
@@ -264,11 +264,49 @@ def test_item6_two_workers_cannot_both_commit_from_one_checkpoint_on_the_text_pa
     source, dest, st, reflection = mirror(make_target, "postgresql", "postgresql")
     worker.run_round()
     source.execute("INSERT INTO t VALUES (1, 'a')")
+    # a batch this small goes in one statement (the next test); here in a transaction.
     # A pauses in apply_marked: only a text batch gets there (applying.wait fails otherwise)
+    monkeypatch.setattr(PostgreSQLDialect, "apply_marked_guarded", lambda *args, **kwargs: None)
     outcome = _race_two_workers(st, reflection, PostgreSQLDialect, "apply_marked")
     assert outcome["a"][1] == 1, outcome  # one event applied
     assert isinstance(outcome["b"], StaleCheckpoint), outcome
     assert same(source, dest)
+
+
+def test_item6_a_batch_written_in_one_statement_writes_nothing_once_its_checkpoint_moved(make_target,
+                                                                                        monkeypatch):
+    """A small PostgreSQL → PostgreSQL text batch is written in one statement that moves the
+    checkpoint first (PostgreSQLDialect.apply_marked_guarded): a worker whose batch was read
+    from a checkpoint another worker has moved since writes nothing, not even its rows,
+    and abandons the batch; the newer row the other worker wrote stays."""
+    from django_pdr.connections import connect
+    from django_pdr.dialects.postgresql import PostgreSQLDialect
+
+    source, dest, st, reflection = mirror(make_target, "postgresql", "postgresql")
+    worker.run_round()
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    outcomes, real = [], PostgreSQLDialect.apply_marked_guarded
+
+    def spy(self, *args, **kwargs):
+        outcomes.append(real(self, *args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(PostgreSQLDialect, "apply_marked_guarded", spy)
+    runners = ReflectionRunner(reflection), ReflectionRunner(reflection)
+    with connect(st.database) as src, connect(reflection.destination) as dst:
+        batches = []
+        for runner in runners:
+            runner.prepare(src, dst)
+            state, _ = runner._reconcile(runner.read_state(dst), runner._check_capture(src))
+            batches.append((state, runner.read_batch(src, state)))
+        (state_a, batch_a), (state_b, batch_b) = batches
+        moved, _, _ = runners[0].commit_batch(dst, state_a, batch_a)
+        source.execute("UPDATE t SET v = 'b' WHERE id = 1")
+        runners[0].batch_once(src, dst, moved)  # A goes on: 'b' is written
+        with pytest.raises(StaleCheckpoint):
+            runners[1].commit_batch(dst, state_b, batch_b)  # B's batch, read when the row said 'a'
+    assert outcomes == [(True, 1), (True, 1), (False, 0)], outcomes
+    assert same(source, dest) and rows(dest.engine, "t", ["id"])[0]["v"] == "b"
 
 
 # -- 7. changes the triggers never see --------------------------------------------------

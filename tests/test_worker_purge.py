@@ -45,3 +45,75 @@ def test_purges_wait_for_enough_events_or_time_and_the_interval(make_target, mon
     source.execute("INSERT INTO t VALUES (2, 'x')")
     worker.run_round()  # a one-shot pass purges at once
     assert _events(source, st) == 0
+
+
+def test_make_durable_waits_once_per_process_and_after_each_asynchronous_commit(monkeypatch):
+    from django_pdr.engine import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_commits", {})
+    flushes = []
+
+    class Dialect:
+        commits_asynchronously = True
+
+        def make_durable(self, conn):
+            flushes.append(conn)
+
+    checkpoint.make_durable(Dialect(), "dst", 7)  # first in this process: an earlier one's commits
+    checkpoint.make_durable(Dialect(), "dst", 7)
+    assert flushes == ["dst"]
+    checkpoint.committed_asynchronously(7)
+    checkpoint.committed_asynchronously(7)
+    checkpoint.make_durable(Dialect(), "dst", 8)  # another destination: its own first flush
+    checkpoint.make_durable(Dialect(), "dst", 7)
+    checkpoint.make_durable(Dialect(), "dst", 7)
+    assert flushes == ["dst"] * 3
+    Dialect.commits_asynchronously = False
+    checkpoint.committed_asynchronously(9)
+    checkpoint.make_durable(Dialect(), "dst", 9)  # an engine that never commits asynchronously
+    assert flushes == ["dst"] * 3
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_a_position_is_recorded_for_purges_only_once_the_destination_holds_it_on_disk(
+        make_target, monkeypatch, settings, asynchronous):
+    """Small PostgreSQL batches commit without waiting for their flush (as PostgreSQL's own
+    subscriptions do): the position purges go by is recorded only after the destination
+    flushed them (a destination crash may lose such batches; their events are still there)."""
+    from django_pdr.dialects.postgresql import PostgreSQLDialect
+    from django_pdr.engine import checkpoint
+
+    settings.PDR = {"ASYNCHRONOUS_COMMIT": asynchronous}
+    monkeypatch.setattr(checkpoint, "_commits", {})
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    st = watch(source.model("src"), "t")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    worker.run_round()  # initial load
+    seen, commits = [], []
+    real_durable, real_guarded = PostgreSQLDialect.make_durable, PostgreSQLDialect.apply_marked_guarded
+
+    def durable(self, conn):
+        seen.append(Reflection.objects.get(pk=reflection.pk).position)  # as recorded before the flush
+        return real_durable(self, conn)
+
+    def guarded(self, *args, **kwargs):
+        commits.append(kwargs.get("asynchronous"))
+        return real_guarded(self, *args, **kwargs)
+
+    monkeypatch.setattr(PostgreSQLDialect, "make_durable", durable)
+    monkeypatch.setattr(PostgreSQLDialect, "apply_marked_guarded", guarded)
+    before = Reflection.objects.get(pk=reflection.pk).position
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    worker.run_round()
+    after = Reflection.objects.get(pk=reflection.pk).position
+    assert commits == [asynchronous] and after["c"] > before["c"]
+    # (the load's first recording in this process flushed once, for an earlier process's
+    # commits) after an asynchronous commit, the flush comes before the new position is
+    # recorded; without one, nothing waits
+    assert seen == ([before] if asynchronous else [])
+    source.execute("INSERT INTO t VALUES (2, 'b')")
+    seen.clear()
+    worker.run_round()
+    assert seen == ([after] if asynchronous else [])

@@ -7,6 +7,7 @@ can be printed and unit-tested without a server.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -126,6 +127,27 @@ def bulk_key_name(position: int) -> str:
     """Name of the event-table column that holds an array of values of primary-key
     column ``position`` (engines whose triggers write one event row per many keys)."""
     return f"pdr_a{position}"
+
+
+#: Compiled statements per SQLAlchemy dialect and cache key (see _compiled), at most this many.
+COMPILED_CACHE_SIZE = 200
+
+
+def _compiled(dialect, query):
+    """(compiled, cache key) of ``query`` for ``dialect``, with expanding parameters
+    rendered in: compiled once per statement shape, as SQLAlchemy's own cache does for
+    statements it executes (``driver_statement`` compiles statements it does not run).
+    The key is None for a statement that cannot be cached."""
+    key = query._generate_cache_key()
+    cache = dialect.__dict__.setdefault("_pdr_compiled", {})
+    compiled = cache.get(key.key) if key is not None else None
+    if compiled is None:
+        compiled = query.compile(dialect=dialect, cache_key=key, compile_kwargs={"render_postcompile": True})
+        if key is not None and not compiled.post_compile_params:  # (IN lists are spelled in)
+            if len(cache) >= COMPILED_CACHE_SIZE:
+                cache.clear()
+            cache[key.key] = compiled
+    return compiled, key
 
 
 class Dialect:
@@ -476,6 +498,15 @@ class Dialect:
         part of the source key (joined and compared with the event table's keys)."""
         return False
 
+    def statement_transactions(self, conn):
+        """A context for statements on ``conn`` that need no transaction around them (reads
+        that need no snapshot across statements: each sees what is committed when it
+        starts, as in READ COMMITTED; writes done in one statement): engines whose driver
+        opens and ends a transaction with round trips of their own run each statement in
+        one of its own instead (autocommit).  ``conn`` must be outside a transaction; it
+        is left outside one."""
+        return contextlib.nullcontext()
+
     def copy_out(self, conn, queries: list, fmt: str = "copy", limit: int | None = None) -> list["TextRows"]:
         """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot.
         A query's columns are labelled: "pdr_gone" (a batch's flag: no row, delete the key),
@@ -502,6 +533,25 @@ class Dialect:
         Raises TextRefused when this connection cannot take text rows now."""
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
+    def apply_marked_guarded(self, conn, table: sa.Table, names: list[str], key_names: list[str],
+                             update_names: list[str], rows: "TextRows", guard, *,
+                             asynchronous: bool = False) -> tuple[bool, int] | None:
+        """``apply_marked`` as one statement in a transaction of its own (``conn`` outside a
+        transaction), only if ``guard`` (an UPDATE: a checkpoint's move, see
+        checkpoint.Checkpoint.advance_statement) changes a row: (True, rows written), or
+        (False, 0) with nothing written.  None when this engine or batch does not allow it
+        (the caller writes the batch in a transaction, as usual).  ``asynchronous``: with
+        ``commits_asynchronously``, the commit does not wait for the flush to disk."""
+        return None
+
+    #: Transactions can commit without waiting for their flush to disk (``make_durable``
+    #: then waits for every one committed before).
+    commits_asynchronously = False
+
+    def make_durable(self, conn) -> None:
+        """Return once every transaction committed on ``conn``'s server before is on disk
+        (``conn`` outside a transaction)."""
+
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
                      update_names: list[str], rows: "TextRows", fresh: bool = False) -> int:
         """In ``conn``'s transaction: upsert ``rows`` (``copy_out``'s form, no flag);
@@ -515,12 +565,15 @@ class Dialect:
     def driver_statement(conn, query) -> tuple[str, dict | tuple]:
         """``query`` compiled for ``conn``'s driver: (SQL, parameters), each value through
         its type's bind processor, as SQLAlchemy would send it."""
-        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-        params = compiled.construct_params()
+        compiled, key = _compiled(conn.dialect, query)
+        params = compiled.construct_params(extracted_parameters=key.bindparams if key is not None else None)
         for name, value in params.items():
-            if name not in compiled.binds:  # an expanded IN list: not used on the text path
-                raise NotImplementedError(f"parameter {name!r} has no type")
-            process = bind_processor(compiled.binds[name].type, conn.dialect)
+            bind = compiled.binds.get(name)
+            if bind is None:  # one value of an IN list ("<name>_<n>"): the list's type
+                bind = compiled.binds.get(name.rpartition("_")[0])
+                if bind is None or not bind.expanding:
+                    raise NotImplementedError(f"parameter {name!r} has no type")
+            process = bind_processor(bind.type, conn.dialect)
             if process is not None:
                 params[name] = process(value)
         if compiled.positional:

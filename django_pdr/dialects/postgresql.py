@@ -1,6 +1,7 @@
 """PostgreSQL: statement-level triggers with transition tables, xid8 snapshots."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -799,6 +800,26 @@ END
         conn.exec_driver_sql("; ".join(["SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
                                         *self.key_lookup_settings()]))
 
+    @contextlib.contextmanager
+    def statement_transactions(self, conn):
+        # psycopg2 sends BEGIN before a transaction's first statement and ROLLBACK after:
+        # two round trips of their own around each read.  In autocommit mode it sends
+        # neither, and SQLAlchemy's rollback is then a no-op in the driver.
+        from psycopg2.extensions import STATUS_READY
+
+        raw = conn.connection.dbapi_connection
+        if raw.autocommit or raw.status != STATUS_READY:
+            yield
+            return
+        raw.autocommit = True
+        try:
+            yield
+        finally:
+            try:
+                raw.autocommit = False  # (no transaction was opened meanwhile)
+            except Exception as exc:  # a connection broken meanwhile: never reused as it is
+                conn.invalidate(exc)
+
     def copy_out(self, conn, queries, fmt="copy", limit=None):
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
         # driver spells them in (mogrify), as it would for a query.
@@ -808,6 +829,11 @@ END
             raise NotImplementedError(f"PostgreSQL does not spell rows as {fmt!r}")
         out = []
         counter = TextCounter(limit)
+        # one query (a batch, a load chunk) is one snapshot by itself: sent with the
+        # settings in one string, which PostgreSQL runs as one implicit transaction (SET
+        # LOCAL holds in it), in autocommit mode — one round trip instead of four
+        single = fmt == "copy" and len(queries) == 1
+        prefix = "".join(f"{statement}; " for statement in self.key_lookup_settings()) if single else ""
 
         def work(cursor):
             from psycopg2.extensions import encodings
@@ -821,10 +847,17 @@ END
                     out.append(TextRows(fmt, rows, len(rows), counter.largest))
                 else:
                     sink = _CopySink(counter)
-                    cursor.copy_expert(f"COPY ({sql}) TO STDOUT", sink)
+                    cursor.copy_expert(f"{prefix}COPY ({sql}) TO STDOUT", sink)
                     # the rows as psycopg2 wrote them: never joined (COPY FROM reads the list)
                     out.append(TextRows(fmt, sink.parts, counter.rows - counted, counter.largest))
 
+        if single:
+            with self.statement_transactions(conn):
+                try:
+                    self.run_on_driver(conn, "COPY ... TO STDOUT", work)
+                finally:
+                    conn.rollback()
+            return out
         self._read_only_snapshot(conn)
         try:
             self.run_on_driver(conn, "COPY ... TO STDOUT", work)
@@ -856,32 +889,81 @@ END
             named.close()
         return rows
 
+    def _marked_statements(self, target, columns, keys, action, gone, present) -> list[tuple[str, str, str]]:
+        """(CTE name, statement, JSON parameter) per kind of a small marked batch: the rows
+        as JSON read by the target's own column types (json_populate_recordset feeds each
+        string to the type's input function, as COPY does): no temporary table, made and
+        dropped with each transaction (catalog writes), and fewer round trips."""
+        rowtype = f"NULL::{_esc(target)}"
+        out = []
+        if gone:
+            match = " AND ".join(f"pdr_t.{_esc(k)} = pdr_g.{_esc(k)}" for k in keys)
+            out.append(("pdr_deleted", f"DELETE FROM {_esc(target)} AS pdr_t USING json_populate_recordset({rowtype}, "
+                                       f"%s) AS pdr_g WHERE {match}", json.dumps(gone, ensure_ascii=False)))
+        if present:
+            cols = _esc(", ".join(columns))
+            out.append(("pdr_written", f"INSERT INTO {_esc(target)} ({cols}) SELECT {cols} FROM "
+                                       f"json_populate_recordset({rowtype}, %s) ON CONFLICT ({_esc(', '.join(keys))}) "
+                                       f"{_esc(action)}", json.dumps(present, ensure_ascii=False)))
+        return out
+
+    commits_asynchronously = True
+
+    def make_durable(self, conn):
+        # a transaction with an xid writes a commit record, and with synchronous_commit on
+        # (the default) waits for the WAL to be flushed up to it: every earlier commit too
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+        conn.commit()
+
+    def apply_marked_guarded(self, conn, table, names, key_names, update_names, rows, guard, *,
+                             asynchronous=False):
+        small = _small_text_batch(table, names, rows)
+        if small is None:
+            return None
+        target, columns, keys, action = self._names(table, names, key_names, update_names)
+        parts = self._marked_statements(target, columns, keys, action, *small)
+        settings = "".join(f"{statement}; " for statement in [
+            *self.key_lookup_settings(), *(["SET LOCAL synchronous_commit = off"] if asynchronous else [])])
+        result = []
+
+        def work(cursor):
+            # one statement, one implicit transaction: the guard's UPDATE runs first (the
+            # others read its result), and nothing is written when it matched no row
+            from psycopg2.extensions import encodings
+
+            guarded = cursor.mogrify(*self.driver_statement(conn, guard.returning(sa.literal_column("1"))))
+            ctes = [f"pdr_moved AS ({_esc(guarded.decode(encodings.get(cursor.connection.encoding, 'utf-8')))})"]
+            counts = ["(SELECT count(*) FROM pdr_moved)"]
+            for name, statement, _ in parts:
+                where = " AND EXISTS (SELECT FROM pdr_moved)" if name == "pdr_deleted" else ""
+                if name == "pdr_written":  # (INSERT ... SELECT: the condition goes on the SELECT)
+                    statement = statement.replace(" ON CONFLICT ", " WHERE EXISTS (SELECT FROM pdr_moved) ON CONFLICT ",
+                                                  1)
+                ctes.append(f"{name} AS ({statement}{where} RETURNING 1)")
+                counts.append(f"(SELECT count(*) FROM {name})")
+            cursor.execute(f"{settings}WITH {', '.join(ctes)} SELECT {', '.join(counts)}",
+                           [parameter for _, _, parameter in parts])
+            result.extend(cursor.fetchone())
+
+        with self.statement_transactions(conn):
+            try:
+                self.run_on_driver(conn, f"INSERT INTO {target}", work)
+            finally:
+                conn.rollback()  # (nothing to end: the statement committed or failed whole)
+        return result[0] == 1, sum(result[1:])
+
     def apply_marked(self, conn, table, names, key_names, update_names, rows):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
         small = _small_text_batch(table, names, rows)
         if small is not None:
-            gone, present = small
+            parts = self._marked_statements(target, columns, keys, action, *small)
 
             def work(cursor):
-                # one statement per kind, the rows as JSON read by the target's own column
-                # types (json_populate_recordset feeds each string to the type's input
-                # function, as COPY does): no temporary table, made and dropped with each
-                # transaction (catalog writes), and fewer round trips
                 nonlocal written
-                rowtype = f"NULL::{_esc(target)}"
                 settings = "".join(f"{statement}; " for statement in self.key_lookup_settings())
-                if gone:
-                    match = " AND ".join(f"pdr_t.{_esc(k)} = pdr_g.{_esc(k)}" for k in keys)
-                    cursor.execute(f"{settings}DELETE FROM {_esc(target)} AS pdr_t USING "
-                                   f"json_populate_recordset({rowtype}, %s) AS pdr_g WHERE {match}",
-                                   (json.dumps(gone, ensure_ascii=False),))
-                    written += max(cursor.rowcount, 0)
-                if present:
-                    cols = _esc(", ".join(columns))
-                    cursor.execute(f"INSERT INTO {_esc(target)} ({cols}) SELECT {cols} FROM "
-                                   f"json_populate_recordset({rowtype}, %s) ON CONFLICT ({_esc(', '.join(keys))}) "
-                                   f"{_esc(action)}", (json.dumps(present, ensure_ascii=False),))
+                for _, statement, parameter in parts:
+                    cursor.execute(f"{settings}{statement}", (parameter,))
                     written += max(cursor.rowcount, 0)
 
             self.run_on_driver(conn, f"INSERT INTO {target}", work)

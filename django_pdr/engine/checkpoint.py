@@ -13,6 +13,7 @@ the same checkpoint (the second finds it moved: ``StaleCheckpoint``).
 from __future__ import annotations
 
 import json
+import threading
 
 import sqlalchemy as sa
 from django.utils import timezone
@@ -73,17 +74,22 @@ class Checkpoint:
                 f"{self.label}: the checkpoint moved under this worker (another worker applied "
                 f"the batch); starting again from the new checkpoint.")
 
+    def advance_statement(self, expected: dict | None, state: dict):
+        """The UPDATE that moves the row from ``expected`` to ``state`` (see ``advance``),
+        or None where it cannot be used."""
+        if expected is None or not self.dialect.exact_text_equality:
+            return None
+        return (sa.update(self.table).where(self._where, self.table.c.state == json.dumps(expected))
+                .values(state=json.dumps(state), updated_at=_now()))
+
     def advance(self, dst, expected: dict | None, state: dict) -> bool:
         """As the first statement of ``dst``'s transaction: ``fence`` and ``write`` at once —
         one UPDATE from ``expected`` to ``state``, which locks the row until the transaction
         ends.  False when it did nothing (the stored text is not ``expected`` as this
         version spells it: moved by another worker, never written, written otherwise, or
         an engine whose text comparison folds case): the caller then fences and writes."""
-        if expected is None or not self.dialect.exact_text_equality:
-            return False
-        moved = dst.execute(sa.update(self.table).where(self._where, self.table.c.state == json.dumps(expected))
-                            .values(state=json.dumps(state), updated_at=_now()))
-        return moved.rowcount == 1
+        statement = self.advance_statement(expected, state)
+        return statement is not None and dst.execute(statement).rowcount == 1
 
     def write(self, dst, state: dict):
         """In ``dst``'s transaction (after ``fence`` or ``lock``): store ``state``."""
@@ -95,3 +101,37 @@ class Checkpoint:
 
 def _now():
     return timezone.now().replace(tzinfo=None)
+
+
+# -- durability of asynchronous commits (PDR["ASYNCHRONOUS_COMMIT"]) -------------------------
+# Purges delete the events every reflection's recorded position (in Django's database)
+# has passed: a position is recorded only once the destination holds it on disk.  (A
+# worker that takes over another one's reflection does so after its lease expired, long
+# after the destination flushed what the other one committed: PostgreSQL's WAL writer
+# flushes asynchronous commits within three wal_writer_delay, 0.6 s by default.)
+
+_durability_lock = threading.Lock()
+#: destination (Database pk) -> [batches committed there without waiting for their flush,
+#: how many of them a make_durable covered; -1 before the first in this process, which
+#: also covers what an earlier process committed]
+_commits: dict = {}
+
+
+def committed_asynchronously(destination) -> None:
+    with _durability_lock:
+        _commits.setdefault(destination, [0, -1])[0] += 1
+
+
+def make_durable(dialect, dst, destination) -> None:
+    """Before a position of a reflection into ``destination`` is recorded: wait until every
+    batch committed there without waiting for its flush is on disk (at once when none is)."""
+    if not dialect.commits_asynchronously:
+        return
+    with _durability_lock:
+        committed, covered = _commits.setdefault(destination, [0, -1])
+    if covered >= committed:
+        return
+    dialect.make_durable(dst)
+    with _durability_lock:
+        entry = _commits[destination]
+        entry[1] = max(entry[1], committed)

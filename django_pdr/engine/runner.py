@@ -26,6 +26,7 @@ from ..errors import describe as describe_error
 from ..maintenance import measure, record_sample
 from .apply import Applying
 from .budget import Budget
+from .checkpoint import make_durable
 from .describe import _PREPARED, Describing
 from .load import Loading
 from .positions import LOAD, STREAM, CaptureChanged, Reconciling
@@ -76,6 +77,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
         r = self.reflection
         started = time.monotonic()
         with connect(self.source_table.database) as src, connect(r.destination) as dst:
+            self._dst = dst  # (see _save_progress)
             try:
                 self.prepare_cached(src, dst)
                 return self._run(src, dst, result, stop, max_seconds, started)
@@ -173,8 +175,13 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
             resolve(letter)
             logger.info("%s: dead-lettered row %s applied on retry", self.reflection, list(key))
 
+    _dst = None  # the destination connection of the pass under way
+
     def _save_progress(self, *, status, state, events=0, rows=0, **measured):
         r = self.reflection
+        dialect = getattr(self, "dst_dialect", None)
+        if self._dst is not None and dialect is not None:  # the position recorded below is what purges go by
+            make_durable(dialect, self._dst, r.destination_id)
         fields = {"status": status, "position": dict(state.get("pos", {}), i=state.get("inc")),
                   "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}, **measured}
         if events or rows or status == "running":

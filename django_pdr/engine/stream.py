@@ -126,9 +126,12 @@ class Streaming:
         then the capture confirmed.  The text path reads the batch's keys on the source,
         with its rows: its events are read without them (ids and operations only)."""
         position = Position.from_json(pos)
-        events, new_position = self.reader.read(src, position, limit, keys=not text)
-        read_all = self.reader.read_all
-        self._confirm_capture(src, position)
+        # statements read what is committed when each starts (see visibility.py): no
+        # transaction around them, where the driver would spend round trips on one
+        with self.src_dialect.statement_transactions(src):
+            events, new_position = self.reader.read(src, position, limit, keys=not text)
+            read_all = self.reader.read_all
+            self._confirm_capture(src, position)
         return events, new_position, read_all
 
     def _plan_next(self, pos: dict, limit: int, text: bool):

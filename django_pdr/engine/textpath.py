@@ -8,12 +8,13 @@ import logging
 
 import sqlalchemy as sa
 
+from .. import conf
 from ..connections import begin
 from ..dialects.base import GONE_FLAG, KEPT_FLAG, NEW_FLAG, OP_INSERT, TextRefused, TextRows, TextTooLarge
 from ..errors import DATA
 from ..errors import describe as describe_error
 from .budget import BatchTooLarge
-from .checkpoint import StaleCheckpoint
+from .checkpoint import StaleCheckpoint, committed_asynchronously
 
 logger = logging.getLogger("django_pdr.reflect")
 
@@ -120,6 +121,17 @@ class TextPath:
         in one destination transaction."""
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         try:
+            guard = self.checkpoint.advance_statement(expected, new_state) if marked else None
+            if guard is not None:
+                # a small batch, where the engine allows: rows and checkpoint in one statement
+                asynchronous = self.dst_dialect.commits_asynchronously and conf.get("ASYNCHRONOUS_COMMIT")
+                done = self.dst_dialect.apply_marked_guarded(dst, self.dest, names, keys, values, text, guard,
+                                                             asynchronous=asynchronous)
+                if done is not None and done[0]:
+                    if asynchronous:
+                        committed_asynchronously(self.reflection.destination_id)
+                    return done[1]
+                # (not moved: nothing was written; the transaction below fences)
             with begin(dst):
                 # one round trip less: the state these rows lead to is known before they are
                 # written (none is set aside on this path: a refused batch is redone)
