@@ -103,6 +103,45 @@ def test_item1_capture_removed_outside_is_an_error(make_target, kind, sql):
     assert same(source, dest)
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "mysql", "sqlite"])
+def test_item1_events_purged_under_a_pass_are_seen_by_the_event_read_itself(make_target, settings, monkeypatch,
+                                                                            kind):
+    """Events the reflection has not applied, purged while its pass runs (by hand, or by a
+    worker that trusted a position restored from a backup): the event read carries the
+    registry row in its own statement (one snapshot), sees the purged floor past its
+    position, and the pass stops instead of skipping them."""
+    import sqlalchemy as sa
+
+    from django_pdr.engine import positions
+    from django_pdr.engine.visibility import EventReader
+
+    settings.PDR = {"ON_CAPTURE_RESET": "error"}
+    source, dest, st, reflection = mirror(make_target, kind, "sqlite")
+    source.execute("INSERT INTO t VALUES (1, 'a')")
+    worker.run_round()
+    source.execute(*[f"INSERT INTO t VALUES ({i}, 'b')" for i in range(2, 7)])
+    with source.engine.connect() as conn:
+        plan = capture.plan(conn, st)
+        ids = [row[0] for row in conn.execute(sa.select(plan.event.c.pdr_id).order_by(plan.event.c.pdr_id))]
+    real_read, seen = EventReader.read, []
+
+    def purging_read(self, conn, *args, **kwargs):  # the first two new events go before the read
+        if not seen:
+            with source.engine.begin() as rogue:
+                rogue.execute(sa.update(plan.registry).where(plan.registry.c.event_table == plan.event.name)
+                              .values(purged_through=ids[1]))
+                rogue.execute(sa.delete(plan.event).where(plan.event.c.pdr_id <= ids[1]))
+        out = real_read(self, conn, *args, **kwargs)
+        seen.append(self.confirmed)
+        return out
+
+    monkeypatch.setattr(EventReader, "read", purging_read)
+    with pytest.raises(CommandError, match="purged"):
+        call_command("pdr-reflect", verbosity=0)
+    assert seen[0] is not None and seen[0][1] == ids[1]  # read with the events, in one statement
+    assert sorted(r["id"] for r in rows(dest.engine, "t", ["id"])) == [1]  # nothing skipped over
+
+
 # -- 3. MariaDB: a frozen INNODB_TRX view never closes a gap ---------------------------
 
 def test_item3_stale_innodb_trx_never_closes_a_gap_early(make_target):

@@ -507,8 +507,10 @@ class Dialect:
         is left outside one."""
         return contextlib.nullcontext()
 
-    def copy_out(self, conn, queries: list, fmt: str = "copy", limit: int | None = None) -> list["TextRows"]:
-        """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot.
+    def copy_out(self, conn, queries: list, fmt: str = "copy", limit: int | None = None,
+                 values: dict | None = None) -> list["TextRows"]:
+        """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot
+        (``values``: of the queries' named ``bindparam``s).
         A query's columns are labelled: "pdr_gone" (a batch's flag: no row, delete the key),
         "pdr_k<i>" (key columns, also on a gone row), "pdr_c<i>" (the other columns).
         Raises NotImplementedError for a value with no text spelling (the caller then
@@ -562,11 +564,12 @@ class Dialect:
         raise NotImplementedError(f"{self.label}: text rows cannot be written")
 
     @staticmethod
-    def driver_statement(conn, query) -> tuple[str, dict | tuple]:
+    def driver_statement(conn, query, values: dict | None = None) -> tuple[str, dict | tuple]:
         """``query`` compiled for ``conn``'s driver: (SQL, parameters), each value through
-        its type's bind processor, as SQLAlchemy would send it."""
+        its type's bind processor, as SQLAlchemy would send it; ``values``: of its named
+        ``bindparam``s."""
         compiled, key = _compiled(conn.dialect, query)
-        params = compiled.construct_params(extracted_parameters=key.bindparams if key is not None else None)
+        params = compiled.construct_params(values, extracted_parameters=key.bindparams if key is not None else None)
         for name, value in params.items():
             bind = compiled.binds.get(name)
             if bind is None:  # one value of an IN list ("<name>_<n>"): the list's type
@@ -579,6 +582,11 @@ class Dialect:
         if compiled.positional:
             return str(compiled), tuple(params[name] for name in compiled.positiontup)
         return str(compiled), params
+
+    #: One statement reads one snapshot: what it reads first and last was committed
+    #: alike (not Firebird 3's READ COMMITTED, where a statement sees commits made while
+    #: it runs).
+    statement_snapshot = True
 
     #: Source rows of a batch can be read by joining the event table's key columns with
     #: the source key (False: by a list of the keys, chunked by max_parameters).

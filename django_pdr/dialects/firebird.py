@@ -224,6 +224,8 @@ class FirebirdDialect(Dialect):
 
     #: Seconds a statement waits for a row lock before failing (a transient error).
     lock_timeout = 30
+    #: READ COMMITTED (below): a statement sees what commits while it runs.
+    statement_snapshot = False
 
     @classmethod
     def prepare_engine(cls, engine):

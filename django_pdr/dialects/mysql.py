@@ -353,7 +353,7 @@ class MySQLDialect(Dialect):
             return False
         return copy_spelling(source_type, dest_type) is not None
 
-    def copy_out(self, conn, queries, fmt="copy", limit=None):
+    def copy_out(self, conn, queries, fmt="copy", limit=None, values=None):
         if fmt != "copy":
             raise NotImplementedError(f"MySQL does not spell rows as {fmt!r}")
         out = []
@@ -366,7 +366,7 @@ class MySQLDialect(Dialect):
                 # unbuffered: the lines come as they are read, counted against ``limit``
                 lines, stream = [], cursor.connection.cursor(SSCursor)
                 try:
-                    stream.execute(*self.driver_statement(conn, copy_query(query)))
+                    stream.execute(*self.driver_statement(conn, copy_query(query), values))
                     for (line,) in stream:
                         if line is None:
                             # a line MySQL could not build (longer than max_allowed_packet: its

@@ -820,7 +820,7 @@ END
             except Exception as exc:  # a connection broken meanwhile: never reused as it is
                 conn.invalidate(exc)
 
-    def copy_out(self, conn, queries, fmt="copy", limit=None):
+    def copy_out(self, conn, queries, fmt="copy", limit=None, values=None):
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
         # driver spells them in (mogrify), as it would for a query.
         if fmt == "values":
@@ -840,7 +840,7 @@ END
 
             codec = encodings.get(cursor.connection.encoding, "utf-8")
             for query in queries:
-                sql = cursor.mogrify(*self.driver_statement(conn, query)).decode(codec)
+                sql = cursor.mogrify(*self.driver_statement(conn, query, values)).decode(codec)
                 counted = counter.rows
                 if fmt == "values":
                     rows = self._values_rows(cursor, sql, counter)

@@ -142,6 +142,7 @@ class Describing:
             logger.info("%s: rows pass as text (every column has the same type on both sides)", r)
         self._value_types(capture.event)
         self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
+        self.reader.confirm_with(capture.registry, capture.event.name)
         self.convert = row_converter(self.dest, self.mapping.dest_columns)
 
     def _value_types(self, event: sa.Table):

@@ -75,15 +75,23 @@ class Reconciling:
         logger.warning("%s: %s: resyncing the destination", r, reason)
         return self.start_state(registered), True
 
-    def _confirm_capture(self, src, position: Position):
+    def _confirm_capture(self, src, position: Position, seen: tuple | None = None):
         """After reading events from ``position``: the event table is still the incarnation
         this pass started with, and nothing unread was purged meanwhile (a purge moves the
         registry in its own transaction, so a read that missed purged events is followed
-        by this read of the registry seeing it)."""
-        registered = registration(src, self.capture)
-        src.rollback()
-        if (registered is None or registered.incarnation != self.incarnation
-                or registered.purged_through > position.horizon):
+        by this read of the registry seeing it).  ``seen``: (incarnation, purged floor)
+        as the read's last statement saw them along with its events (EventReader.confirming):
+        one snapshot, so a purge that removed events it should have found shows in them,
+        and no read of the registry of its own is needed."""
+        if seen is not None:
+            incarnation, floor = seen
+        else:
+            registered = registration(src, self.capture)
+            src.rollback()
+            if registered is None:
+                raise CaptureChanged()
+            incarnation, floor = registered.incarnation, registered.purged_through
+        if incarnation != self.incarnation or floor > position.horizon:
             raise CaptureChanged()
 
     def start_state(self, registered) -> dict:

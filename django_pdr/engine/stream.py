@@ -131,7 +131,7 @@ class Streaming:
         with self.src_dialect.statement_transactions(src):
             events, new_position = self.reader.read(src, position, limit, keys=not text)
             read_all = self.reader.read_all
-            self._confirm_capture(src, position)
+            self._confirm_capture(src, position, self.reader.confirmed)
         return events, new_position, read_all
 
     def _plan_next(self, pos: dict, limit: int, text: bool):
@@ -184,7 +184,8 @@ class Streaming:
             if text and not truncate and self.budget.fits(changes):
                 # a small batch is written without a staging table anyway: the plainer query
                 split = changes > self.dst_dialect.splits_new_rows_above
-                text = self._copy_out(src, [self._text_batch_query(*batch.window, split_new=split)], cap)
+                query, values = self._text_batch(*batch.window, split_new=split)
+                text = self._copy_out(src, [query], cap, values)
                 if text is not None:
                     batch.text = text[0]
                     return batch

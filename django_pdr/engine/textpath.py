@@ -58,6 +58,22 @@ class TextPath:
             return src_keys[0].in_(keys)
         return sa.tuple_(*src_keys).in_(keys)
 
+    _batch_queries = None  # split_new -> the batch query of a window without gaps
+
+    def _text_batch(self, cursor: int, last_id: int, gap_ids, split_new: bool = True):
+        """(query, values) of ``_text_batch_query``: a window without gaps (a streaming
+        table's usual batch) as one query per ``split_new``, made once, whose bounds are
+        bound parameters (``values``): neither built nor compiled for each batch."""
+        if gap_ids:
+            return self._text_batch_query(cursor, last_id, gap_ids, split_new=split_new), None
+        if self._batch_queries is None:
+            self._batch_queries = {}
+        query = self._batch_queries.get(split_new)
+        if query is None:
+            bounds = (sa.bindparam("pdr_cursor", type_=sa.BigInteger()), sa.bindparam("pdr_last", type_=sa.BigInteger()))
+            query = self._batch_queries[split_new] = self._text_batch_query(*bounds, (), split_new=split_new)
+        return query, {"pdr_cursor": cursor, "pdr_last": last_id}
+
     def _text_batch_query(self, *window, split_new: bool = True):
         """One row per distinct key of the events of ``window`` (see EventReader.window): a
         "gone" flag (no source row, or the row fails the filter; with the destination's
@@ -90,12 +106,12 @@ class TextPath:
         return (sa.select(gone.label(MARK_COLUMN), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
-    def _copy_out(self, src, queries, cap=None) -> list[TextRows] | None:
+    def _copy_out(self, src, queries, cap=None, values=None) -> list[TextRows] | None:
         """The queries' results as text for the destination, or None (a value with no text
         spelling, or a query the source refuses): the caller then takes the Python path.
         Text past ``cap`` characters stops the read with BatchTooLarge (budget.py)."""
         try:
-            out = self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format, cap)
+            out = self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format, cap, values)
             if cap is not None:
                 self.budget.observed(max((rows.largest for rows in out), default=0))
             return out

@@ -133,6 +133,21 @@ class EventReader:
         # several keys may share an event id: a read never splits one event row's keys
         self.arrays = self.table is not event_table
         self._plain = None  # see _plain_keys
+        #: (incarnation, purged floor) scalar subqueries of the capture's registry row, read
+        #: as two more columns of every event read (``confirm_with``)
+        self.confirming = None
+        #: after ``read``: (incarnation, purged floor) as its last statement saw them, or
+        #: None (no such columns, or that statement found no event)
+        self.confirmed = None
+
+    def confirm_with(self, registry: sa.Table, event_name: str):
+        """Read the registry row of the event table with each event read, in the same
+        statement (see ``Streaming._read_events``): only for engines whose statement reads
+        one snapshot (``Dialect.statement_snapshot``)."""
+        if self.dialect.statement_snapshot:
+            row = registry.c.event_table == event_name
+            self.confirming = [sa.select(registry.c.incarnation).where(row).scalar_subquery().label("pdr_inc"),
+                               sa.select(registry.c.purged_through).where(row).scalar_subquery().label("pdr_floor")]
 
     def _rows(self, conn, where, limit, keys=True):
         """(events, full): ``limit`` events in id order, ``full`` when there may be more.
@@ -143,11 +158,17 @@ class EventReader:
         # without keys: (id, NULL, op) rows as the driver builds them, shaped like Event
         # (index 0 the id, 2 the operation), so that no object is made per event
         columns = self.columns if keys else [self.table.c.pdr_id, sa.null().label("pdr_key"), self.table.c.pdr_op]
+        extra = self.confirming or []
+        columns = [*columns, *extra]
 
         def fetch(query):
             if keys and not self._plain_keys(conn):
-                return conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
-            return self.dialect.plain_rows(conn, query)
+                found = conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+            else:
+                found = self.dialect.plain_rows(conn, query)
+            if extra:  # the registry row as this statement saw it (NULL: no row)
+                self.confirmed = (found[0][-2], int(found[0][-1])) if found and found[0][-2] is not None else None
+            return found
 
         query = sa.select(*columns).where(where).order_by(self.table.c.pdr_id).limit(limit)
         rows = fetch(query)
@@ -160,8 +181,9 @@ class EventReader:
             else:
                 rows = fetch(sa.select(*columns).where(self.table.c.pdr_id == last))
         if not keys:
-            return rows, full
-        return [Event(row[0], tuple(row[2:]), row[1]) for row in rows], full
+            return rows, full  # (with the registry's two columns last, if read: never used)
+        end = len(self.columns)
+        return [Event(row[0], tuple(row[2:end]), row[1]) for row in rows], full
 
     def _plain_keys(self, conn) -> bool:
         """True when the driver's values of the key columns are what SQLAlchemy would make
@@ -197,6 +219,7 @@ class EventReader:
         ``keys`` False: the events without their keys (see ``_rows``, ``window_keys``)."""
         gaps = [replace(g) for g in position.gaps]  # never the caller's objects
         events: list[Event] = []
+        self.confirmed = None
 
         # 1. Observe the transaction horizon (before reading the gaps it may settle).
         horizon = self.dialect.transaction_horizon(conn, self.event_table) if gaps else None
