@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -620,46 +621,61 @@ class Bench:
         return runs
 
     # -- (b) latency ----------------------------------------------------------------
-    def _latency_run(self, write_conn, read_conn, seconds, rate):
+    def _latency_run(self, write_conns, read_conn, seconds, rate):
+        """One-row durable commits at ``rate``/s spread over the connections of
+        ``write_conns`` (one thread each, ids interleaved), for ``seconds``; a poller on the
+        destination notes when each id appears (every 5 ms: the ids above the lowest one
+        not seen yet, so that ids committed out of order by several writers are timed
+        each)."""
         commits: dict[int, float] = {}
         visible: dict[int, float] = {}
         stop = threading.Event()
-        state = {"max": 0}
         base = 10 ** 9
+        writers = len(write_conns)
+        written = [0] * writers
 
         def poller():
             cur = read_conn.cursor()
+            low = base  # every id at or below it was seen
             while not stop.is_set():
-                cur.execute(f"SELECT max(id) FROM t WHERE id > {base}")
-                m = cur.fetchone()[0] or base
+                cur.execute(f"SELECT id FROM t WHERE id > {low}")
                 now = time.monotonic()
-                if m > state["max"]:
-                    for i in range(max(state["max"] + 1, base + 1), m + 1):
-                        visible[i] = now
-                    state["max"] = m
+                for (i,) in cur.fetchall():
+                    visible.setdefault(i, now)
+                while low + 1 in visible:
+                    low += 1
                 time.sleep(0.005)
+
+        def writer(t, conn):
+            cur = conn.cursor()  # durable commits (synchronous_commit=on): with it off, WAL reaches the
+            # walsender only at the WAL writer's next flush (wal_writer_delay 200 ms), which would bias the baseline
+            interval = writers / rate
+            i = 0
+            while True:
+                due = t0 + i * interval + t * interval / writers
+                now = time.monotonic()
+                if now - t0 >= seconds:
+                    break
+                if due > now:
+                    time.sleep(due - now)
+                key = base + 1 + i * writers + t
+                cur.execute(f"INSERT INTO t (id, n, name) VALUES ({key}, {i}, 'latency')")
+                conn.commit()
+                commits[key] = time.monotonic()
+                i += 1
+            written[t] = i
 
         reader = threading.Thread(target=poller, daemon=True)
         reader.start()
-        cur = write_conn.cursor()  # durable commits (synchronous_commit=on): with it off, WAL reaches the
-        # walsender only at the WAL writer's next flush (wal_writer_delay 200 ms), which would bias the baseline
-        interval = 1.0 / rate
         t0 = time.monotonic()
-        i = 0
-        while True:
-            due = t0 + i * interval
-            now = time.monotonic()
-            if now - t0 >= seconds:
-                break
-            if due > now:
-                time.sleep(due - now)
-            i += 1
-            cur.execute(f"INSERT INTO t (id, n, name) VALUES ({base + i}, {i}, 'latency')")
-            write_conn.commit()
-            commits[base + i] = time.monotonic()
+        threads = [threading.Thread(target=writer, args=(t, conn)) for t, conn in enumerate(write_conns)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 30
-        while state["max"] < base + i and time.monotonic() < deadline:
+        while any(k not in visible for k in list(commits)) and time.monotonic() < deadline:
             time.sleep(0.01)
         stop.set()
         reader.join()
@@ -670,8 +686,9 @@ class Bench:
         def pct(p):
             return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
 
-        return {"rate": i / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99), "max": lat[-1] if lat else 0,
-                "samples": len(lat), "missing": missing, "commits": i}
+        return {"rate": len(commits) / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99),
+                "max": lat[-1] if lat else 0, "samples": len(lat), "missing": missing, "commits": len(commits),
+                "writers": writers}
 
     def start_worker(self, refl, interval, label):
         """``pdr-reflect -i interval -r refl`` as a real process (stop it with stop_worker)."""
@@ -721,7 +738,7 @@ class Bench:
             return tuple(counts)
         return finish
 
-    def latency(self, seconds, rate, interval):
+    def latency(self, seconds, rate, interval, writers=1):
         out = {}
         # PDR: pdr-reflect -i <interval> as a real process
         src = Source.create("postgresql", self.pga, "lat_src")
@@ -734,10 +751,10 @@ class Bench:
         proc = self.start_worker(refl, interval, "latency")
         try:
             time.sleep(3)
-            w, r = src.connect(), dst.connect()
+            ws, r = [src.connect() for _ in range(writers)], dst.connect()
             r.autocommit = True
-            pid = w.get_backend_pid()
-            heard = self._notification_counter("lat_src", lambda p: p == pid)
+            pids = {w.get_backend_pid() for w in ws}
+            heard = self._notification_counter("lat_src", lambda p: p in pids)
             spy = None
             if self.py_spy:  # the worker's stacks (all threads, idle included) while it keeps up
                 spy = subprocess.Popen([os.path.join(os.path.dirname(PY), "py-spy"), "record", "--pid",
@@ -745,12 +762,12 @@ class Bench:
                                         "--rate", "200", "-d", str(int(seconds)), "-o", self.py_spy],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-            out["pdr"] = self._latency_run(w, r, seconds, rate)
+            out["pdr"] = self._latency_run(ws, r, seconds, rate)
             if spy is not None:
                 spy.wait()
             out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
             out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = heard()
-            w.close(), r.close()
+            [w.close() for w in ws], r.close()
         finally:
             self.stop_worker(proc)
         log(f"latency PDR: {out['pdr']}")
@@ -768,10 +785,10 @@ class Bench:
         t0 = time.time()
         while ldst.summary()[0] < 1 and time.time() - t0 < 60:
             time.sleep(0.05)
-        w, r = lsrc.connect(), ldst.connect()
+        ws, r = [lsrc.connect() for _ in range(writers)], ldst.connect()
         r.autocommit = True
-        out["lr"] = self._latency_run(w, r, seconds, rate)
-        w.close(), r.close()
+        out["lr"] = self._latency_run(ws, r, seconds, rate)
+        [w.close() for w in ws], r.close()
         pg_admin(self.pgb, "DROP SUBSCRIPTION latlr_sub", db="latlr_dst")
         log(f"latency logical replication: {out['lr']}")
         return out
@@ -1016,6 +1033,8 @@ def main():
     parser.add_argument("--capture-runs", type=int, default=7, help="(c): rounds of off/on/asleep/quiet runs")
     parser.add_argument("--latency-seconds", type=float)
     parser.add_argument("--latency-rate", type=float, default=1000)
+    parser.add_argument("--latency-writers", type=int,
+                        help="(b): writer connections sharing --latency-rate (default: one per 1,000 commits/s)")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="pdr-reflect -i for the latency test (default 1: the worker's default settings)")
     parser.add_argument("--py-spy", metavar="FILE", help="(b): record the worker's stacks into FILE (py-spy raw format; diagnosis, py-spy must be installed)")
@@ -1073,7 +1092,8 @@ def main():
             res["load"] = bench.initial_load(load_rows, 3)
             res["load_lr"] = bench.native_initial_load(load_rows, 3)
         if "b" in only:
-            res["latency"] = bench.latency(lat_seconds, args.latency_rate, args.interval)
+            writers = args.latency_writers or max(1, math.ceil(args.latency_rate / 1000))
+            res["latency"] = bench.latency(lat_seconds, args.latency_rate, args.interval, writers)
         if "c" in only:
             res["capture"] = bench.capture_overhead(cap_seconds, cap_runs, 200_000)
     finally:
@@ -1146,7 +1166,7 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
             notified = (f"; {p['notified']:,} commits notified ({p['notified'] / max(1, p['commits']):.1%}), "
                         f"the worker {p['notified_by_worker']:,} times")
         print(f"| (b) latency commit→visible PG→PG, django-pdr (`pdr-reflect -i {args.interval}`; "
-              f"{p['rate']:,.0f} tx/s for {lat_seconds:.0f} s) | p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
+              f"{p['rate']:,.0f} tx/s from {p.get('writers', 1)} connection(s) for {lat_seconds:.0f} s) | p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
               f"p99 {p['p99']:.1f} ms | {p['samples']:,} commits, {p['missing']} unseen; worker CPU "
               f"{p.get('worker_cpu', float('nan')) * 100:.0f}% of a core{notified} | p50 ≤ 2× native, p99 ≤ 4× native | "
               f"p50 {p['p50'] / max(l['p50'], 1e-9):.1f}× native, p99 {p['p99'] / max(l['p99'], 1e-9):.1f}× native |")
