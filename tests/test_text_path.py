@@ -364,3 +364,43 @@ def test_each_load_chunk_is_read_while_the_one_before_commits(make_target, setti
     assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
     assert [after for _, after in reads] == [None, (3,), (6,), (9,)]
     assert [thread for thread, _ in reads][1:] == ["pdr-load"] * 3
+
+
+def test_events_found_in_gaps_take_the_text_path_too(make_target, monkeypatch):
+    """An event committed late under a lower id (a gap) is read with the batch's other
+    events: the batch query then lists the gap's ids (an IN list, spelled into the COPY's
+    SQL) and still takes the text path."""
+    from django_pdr.engine.stream import Streaming
+    from django_pdr.engine.textpath import TextPath
+
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    for target in (source, dest):
+        target.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40))")
+    st = watch(source.model("src"), "t")
+    reflection = Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    call_command("pdr-reflect", verbosity=0)
+    slow = source.engine.connect()
+    slow_tx = slow.begin()
+    slow.exec_driver_sql("INSERT INTO t VALUES (1, 'late, lower id')")
+    source.execute("INSERT INTO t VALUES (2, 'b')")
+    call_command("pdr-reflect", verbosity=0)
+    slow_tx.commit()
+    slow.close()
+    source.execute("INSERT INTO t VALUES (3, 'c')", "UPDATE t SET v = 'b2' WHERE id = 2")
+    windows, python = [], []
+    real_batch, real_python = TextPath._text_batch, Streaming.python_batch
+
+    def text_batch(self, cursor, last_id, gap_ids, **kwargs):
+        windows.append(sorted(gap_ids))
+        return real_batch(self, cursor, last_id, gap_ids, **kwargs)
+
+    def python_batch(self, *args, **kwargs):
+        python.append(args)
+        return real_python(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextPath, "_text_batch", text_batch)
+    monkeypatch.setattr(Streaming, "python_batch", python_batch)
+    call_command("pdr-reflect", verbosity=0)
+    assert len(windows) == 1 and len(windows[0]) == 1 and not python, (windows, python)
+    assert rows(dest.engine, "t", ["id"]) == rows(source.engine, "t", ["id"])
+    assert [r["v"] for r in rows(dest.engine, "t", ["id"])] == ["late, lower id", "b2", "c"]

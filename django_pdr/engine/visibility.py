@@ -49,6 +49,11 @@ from ..dialects.base import OP_TRUNCATE, Horizon
 
 #: Gap ranges per query; a read examines every gap, in queries of this many ranges.
 GAP_RANGES_PER_QUERY = 500
+#: A read carries the registry row (EventReader.confirm_with) while the read before it
+#: found fewer events than this: a streaming table's small batches, where the round trip
+#: of a separate registry read is a large part of the latency.  Not while catching up: two
+#: more values in every event row cost more there than one read per batch.
+CONFIRM_WITH_EVENTS_BELOW = 1000
 
 
 @dataclass
@@ -139,11 +144,13 @@ class EventReader:
         #: after ``read``: (incarnation, purged floor) as its last statement saw them, or
         #: None (no such columns, or that statement found no event)
         self.confirmed = None
+        self._streaming = True  # the last read found fewer than CONFIRM_WITH_EVENTS_BELOW events
 
     def confirm_with(self, registry: sa.Table, event_name: str):
-        """Read the registry row of the event table with each event read, in the same
-        statement (see ``Streaming._read_events``): only for engines whose statement reads
-        one snapshot (``Dialect.statement_snapshot``)."""
+        """Read the registry row of the event table with the event reads of a streaming
+        table (see CONFIRM_WITH_EVENTS_BELOW), in the same statement (see
+        ``Streaming._read_events``): only for engines whose statement reads one snapshot
+        (``Dialect.statement_snapshot``)."""
         if self.dialect.statement_snapshot:
             row = registry.c.event_table == event_name
             self.confirming = [sa.select(registry.c.incarnation).where(row).scalar_subquery().label("pdr_inc"),
@@ -158,7 +165,7 @@ class EventReader:
         # without keys: (id, NULL, op) rows as the driver builds them, shaped like Event
         # (index 0 the id, 2 the operation), so that no object is made per event
         columns = self.columns if keys else [self.table.c.pdr_id, sa.null().label("pdr_key"), self.table.c.pdr_op]
-        extra = self.confirming or []
+        extra = (self.confirming or []) if self._streaming else []
         columns = [*columns, *extra]
 
         def fetch(query):
@@ -264,6 +271,7 @@ class EventReader:
                 cursor = new[-1][0]
             events.extend(new)
         conn.rollback()  # end the read snapshot (and the horizon check's transaction)
+        self._streaming = len(events) < CONFIRM_WITH_EVENTS_BELOW
         return events, Position(cursor, gaps)
 
     def start_position(self, floor: int) -> Position:
