@@ -144,3 +144,41 @@ def test_source_outage(own_server, make_target, settings):
     assert table_rows(dest.engine) != expected  # the update made before the outage arrived
     assert table_rows(dest.engine) == table_rows(source_engine)
     source_engine.dispose()
+
+
+@pytest.mark.parametrize("own_server", ["postgresql"], indirect=True)
+def test_destination_crash_loses_no_change_of_batches_committed_asynchronously(own_server, make_target, settings):
+    """Small batches into PostgreSQL commit with synchronous_commit off (PDR
+    ASYNCHRONOUS_COMMIT): the destination stopped the hard way (immediate shutdown: what
+    its WAL buffers held is lost, as in a crash) loses such batches with their
+    checkpoint; their events were not purged (positions are recorded after a flush), and
+    after the restart the mirror is whole again."""
+    import signal
+
+    settings.PDR = {"RETRY_BACKOFF": 0.2, "RETRY_BACKOFF_MAX": 1, "CONNECT_TIMEOUT": 2, "PURGE_INTERVAL": 0.2}
+    source = make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
+    st = watch(source.model("src"), "t")
+    Reflection.objects.create(source=st, destination=server_database(own_server, "crash-dst"), destination_table="t")
+    dest_engine = server_engine(own_server)
+    writer = Writer(source.engine, seed=7, batch=5, pause=0.002)
+    stop, thread = run_worker_thread(0.2)
+    try:
+        writer.start()
+        assert wait_until(lambda: len(table_rows(dest_engine)) > 300, 30)
+        for _ in range(3):  # crashes while changes stream in
+            time.sleep(2)
+            own_server._signal(signal.SIGQUIT)  # immediate shutdown: no flush of the WAL buffers
+            assert own_server._wait_exit(10)
+            restart(own_server)
+        time.sleep(2)
+        writer.stop()
+        assert writer.error is None
+        assert wait_until(lambda: table_rows(dest_engine) == table_rows(source.engine), 60)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        writer.stop()
+    with source.engine.connect() as conn:  # purges did go on meanwhile
+        assert conn.exec_driver_sql(f'SELECT count(*) FROM "{st.event_table}"').scalar() < writer.changes
+    dest_engine.dispose()
