@@ -1746,3 +1746,21 @@ def test_firebird_horizon_from_one_monitoring_snapshot():
         dialect.transaction_horizon(_Monitoring((120, None, 0)), None)
     gap = Gap(5, 5, proof=120)
     assert not gap.settled_by(Horizon(130, 119)) and gap.settled_by(Horizon(130, 120))
+
+
+def test_a_small_batch_writes_under_its_condition_whatever_its_names_hold():
+    """The condition of a small batch written in one statement (the checkpoint moved) goes
+    on the DELETE's WHERE and the INSERT's SELECT, never by editing the SQL text: a name
+    holding "ON CONFLICT" is left as it is."""
+    target, columns, keys, action = '"t ON CONFLICT x"', ['"k ON CONFLICT "', '"v"'], ['"k ON CONFLICT "'], \
+        'DO UPDATE SET "v" = EXCLUDED."v"'
+    parts = pg()._marked_statements(target, columns, keys, action, [{"k": "1"}], [{"k": "2", "v": "a"}],
+                                    only_if="EXISTS (SELECT FROM pdr_moved)")
+    (_, delete, _), (_, insert, parameter) = parts
+    assert delete.endswith('pdr_t."k ON CONFLICT " = pdr_g."k ON CONFLICT " AND EXISTS (SELECT FROM pdr_moved)')
+    assert insert == ('INSERT INTO "t ON CONFLICT x" ("k ON CONFLICT ", "v") SELECT "k ON CONFLICT ", "v" FROM '
+                      'json_populate_recordset(NULL::"t ON CONFLICT x", %s) WHERE EXISTS (SELECT FROM pdr_moved) '
+                      'ON CONFLICT ("k ON CONFLICT ") DO UPDATE SET "v" = EXCLUDED."v"')
+    assert parameter == '[{"k": "2", "v": "a"}]'
+    plain = pg()._marked_statements(target, columns, keys, action, [], [{"k": "2", "v": "a"}])
+    assert " WHERE " not in plain[0][1]

@@ -1,5 +1,6 @@
 """A destination or source server stopped for 30 s mid-run: reported, backed off,
 other reflections keep flowing, nothing lost after the restart."""
+import contextlib
 import time
 
 import pytest
@@ -45,6 +46,23 @@ def server_engine(server):
                             pool_pre_ping=True)
 
 
+@contextlib.contextmanager
+def writing_while_a_worker_runs(writer, source_engine, dest_engine, interval=0.2):
+    """Run ``writer`` and a worker thread for the ``with`` block; then stop the writer and
+    wait until the destination equals the source."""
+    stop, thread = run_worker_thread(interval)
+    try:
+        writer.start()
+        yield
+        writer.stop()
+        assert writer.error is None
+        assert wait_until(lambda: table_rows(dest_engine) == table_rows(source_engine), 60)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        writer.stop()
+
+
 def wait_until(condition, timeout):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -68,9 +86,7 @@ def test_destination_outage(own_server, make_target, settings):
     Reflection.objects.create(source=st, destination=other.model("steady"), destination_table="t")
     dest_engine = server_engine(own_server)
     writer = Writer(source.engine, seed=5, batch=10, pause=0.05)
-    stop, thread = run_worker_thread(0.2)
-    try:
-        writer.start()
+    with writing_while_a_worker_runs(writer, source.engine, dest_engine):
         assert wait_until(lambda: len(table_rows(dest_engine)) > 50, 30)
         own_server.stop(remove=False)
         outage_started = time.time()
@@ -83,13 +99,6 @@ def test_destination_outage(own_server, make_target, settings):
         time.sleep(max(0, OUTAGE_SECONDS - (time.time() - outage_started)))
         restart(own_server)
         outage = time.time() - outage_started
-        writer.stop()
-        assert writer.error is None
-        assert wait_until(lambda: table_rows(dest_engine) == table_rows(source.engine), 60)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        writer.stop()
     down.refresh_from_db()
     assert outage >= OUTAGE_SECONDS
     # backed off: a handful of attempts in 30 s, not one per poll (0.2 s)
@@ -162,9 +171,7 @@ def test_destination_crash_loses_no_change_of_batches_committed_asynchronously(o
     Reflection.objects.create(source=st, destination=server_database(own_server, "crash-dst"), destination_table="t")
     dest_engine = server_engine(own_server)
     writer = Writer(source.engine, seed=7, batch=5, pause=0.002)
-    stop, thread = run_worker_thread(0.2)
-    try:
-        writer.start()
+    with writing_while_a_worker_runs(writer, source.engine, dest_engine):
         assert wait_until(lambda: len(table_rows(dest_engine)) > 300, 30)
         for _ in range(3):  # crashes while changes stream in
             time.sleep(2)
@@ -172,13 +179,6 @@ def test_destination_crash_loses_no_change_of_batches_committed_asynchronously(o
             assert own_server._wait_exit(10)
             restart(own_server)
         time.sleep(2)
-        writer.stop()
-        assert writer.error is None
-        assert wait_until(lambda: table_rows(dest_engine) == table_rows(source.engine), 60)
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-        writer.stop()
     with source.engine.connect() as conn:  # purges did go on meanwhile
         assert conn.exec_driver_sql(f'SELECT count(*) FROM "{st.event_table}"').scalar() < writer.changes
     dest_engine.dispose()

@@ -889,22 +889,26 @@ END
             named.close()
         return rows
 
-    def _marked_statements(self, target, columns, keys, action, gone, present) -> list[tuple[str, str, str]]:
+    def _marked_statements(self, target, columns, keys, action, gone, present,
+                           only_if: str = "") -> list[tuple[str, str, str]]:
         """(CTE name, statement, JSON parameter) per kind of a small marked batch: the rows
         as JSON read by the target's own column types (json_populate_recordset feeds each
         string to the type's input function, as COPY does): no temporary table, made and
-        dropped with each transaction (catalog writes), and fewer round trips."""
+        dropped with each transaction (catalog writes), and fewer round trips.
+        ``only_if``: a condition both statements write under (SQL)."""
         rowtype = f"NULL::{_esc(target)}"
         out = []
         if gone:
-            match = " AND ".join(f"pdr_t.{_esc(k)} = pdr_g.{_esc(k)}" for k in keys)
+            match = " AND ".join([*(f"pdr_t.{_esc(k)} = pdr_g.{_esc(k)}" for k in keys), *filter(None, [only_if])])
             out.append(("pdr_deleted", f"DELETE FROM {_esc(target)} AS pdr_t USING json_populate_recordset({rowtype}, "
                                        f"%s) AS pdr_g WHERE {match}", json.dumps(gone, ensure_ascii=False)))
         if present:
             cols = _esc(", ".join(columns))
+            where = f" WHERE {only_if}" if only_if else ""
             out.append(("pdr_written", f"INSERT INTO {_esc(target)} ({cols}) SELECT {cols} FROM "
-                                       f"json_populate_recordset({rowtype}, %s) ON CONFLICT ({_esc(', '.join(keys))}) "
-                                       f"{_esc(action)}", json.dumps(present, ensure_ascii=False)))
+                                       f"json_populate_recordset({rowtype}, %s){where} "
+                                       f"ON CONFLICT ({_esc(', '.join(keys))}) {_esc(action)}",
+                        json.dumps(present, ensure_ascii=False)))
         return out
 
     commits_asynchronously = True
@@ -921,25 +925,22 @@ END
         if small is None:
             return None
         target, columns, keys, action = self._names(table, names, key_names, update_names)
-        parts = self._marked_statements(target, columns, keys, action, *small)
+        # one statement, one implicit transaction: the guard's UPDATE runs first (the
+        # others read its result), and nothing is written when it matched no row
+        parts = self._marked_statements(target, columns, keys, action, *small,
+                                        only_if="EXISTS (SELECT FROM pdr_moved)")
         settings = "".join(f"{statement}; " for statement in [
             *self.key_lookup_settings(), *(["SET LOCAL synchronous_commit = off"] if asynchronous else [])])
         result = []
 
         def work(cursor):
-            # one statement, one implicit transaction: the guard's UPDATE runs first (the
-            # others read its result), and nothing is written when it matched no row
             from psycopg2.extensions import encodings
 
             guarded = cursor.mogrify(*self.driver_statement(conn, guard.returning(sa.literal_column("1"))))
             ctes = [f"pdr_moved AS ({_esc(guarded.decode(encodings.get(cursor.connection.encoding, 'utf-8')))})"]
             counts = ["(SELECT count(*) FROM pdr_moved)"]
             for name, statement, _ in parts:
-                where = " AND EXISTS (SELECT FROM pdr_moved)" if name == "pdr_deleted" else ""
-                if name == "pdr_written":  # (INSERT ... SELECT: the condition goes on the SELECT)
-                    statement = statement.replace(" ON CONFLICT ", " WHERE EXISTS (SELECT FROM pdr_moved) ON CONFLICT ",
-                                                  1)
-                ctes.append(f"{name} AS ({statement}{where} RETURNING 1)")
+                ctes.append(f"{name} AS ({statement} RETURNING 1)")
                 counts.append(f"(SELECT count(*) FROM {name})")
             cursor.execute(f"{settings}WITH {', '.join(ctes)} SELECT {', '.join(counts)}",
                            [parameter for _, _, parameter in parts])
