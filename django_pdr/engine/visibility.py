@@ -139,7 +139,7 @@ class EventReader:
         self.arrays = self.table is not event_table
         self._plain = None  # see _plain_keys
         #: (incarnation, purged floor) scalar subqueries of the capture's registry row, read
-        #: as two more columns of every event read (``confirm_with``)
+        #: as two more columns of a streaming table's event reads (``confirm_with``)
         self.confirming = None
         #: after ``read``: (incarnation, purged floor) as its last statement saw them, or
         #: None (no such columns, or that statement found no event)
