@@ -82,13 +82,17 @@ class TextCounter:
 class TextRows:
     """Rows spelled as text by the source engine for the destination engine (``fmt``):
     ``data`` is COPY text for "copy" (one str, or a list of str to be read in turn: a
-    large batch is never joined), a list of literals for "values";
-    ``largest``: characters of the longest row."""
+    large batch is never joined), a list of literals for "values", a list of rows in the
+    engine's binary COPY form for "binary" (bytes, no header or trailer);
+    ``largest``: characters (bytes) of the longest row; ``types``: for "binary", the
+    columns' exact types (``binary_types``), checked again by the transactions that read
+    and write the rows."""
 
     fmt: str
     data: object
     count: int
     largest: int = 0
+    types: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -498,6 +502,18 @@ class Dialect:
         part of the source key (joined and compared with the event table's keys)."""
         return False
 
+    def copies_binary_to(self, other: "Dialect") -> bool:
+        """Rows of columns of identical types can pass to ``other`` in this engine's binary
+        COPY form (``copy_out`` with fmt "binary"; see ``binary_types``)."""
+        return False
+
+    def binary_types(self, conn, table: sa.Table, names: list[str]) -> list[str] | None:
+        """The exact types of ``table``'s columns ``names`` (with their modifiers), as the
+        binary form needs them equal on both sides; None when one of them has no binary
+        form that is the same in every database of the engine (types of extensions, enums
+        and other types the user defined: their identifiers differ between databases)."""
+        return None
+
     def statement_transactions(self, conn):
         """A context for statements on ``conn`` that need no transaction around them (reads
         that need no snapshot across statements: each sees what is committed when it
@@ -508,9 +524,11 @@ class Dialect:
         return contextlib.nullcontext()
 
     def copy_out(self, conn, queries: list, fmt: str = "copy", limit: int | None = None,
-                 values: dict | None = None) -> list["TextRows"]:
+                 values: dict | None = None, check: tuple | None = None) -> list["TextRows"]:
         """The results of ``queries`` spelled in the text form ``fmt``, read in one snapshot
-        (``values``: of the queries' named ``bindparam``s).
+        (``values``: of the queries' named ``bindparam``s).  For fmt "binary", ``check`` is
+        (table, column names, their ``binary_types``): the read fails unless the columns
+        still have those types, and they keep them until it ends.
         A query's columns are labelled: "pdr_gone" (a batch's flag: no row, delete the key),
         "pdr_k<i>" (key columns, also on a gone row), "pdr_c<i>" (the other columns).
         Raises NotImplementedError for a value with no text spelling (the caller then
@@ -553,6 +571,19 @@ class Dialect:
     def make_durable(self, conn) -> None:
         """Return once every transaction committed on ``conn``'s server before is on disk
         (``conn`` outside a transaction)."""
+
+    def commit_asynchronously(self, conn) -> None:
+        """In ``conn``'s transaction (with ``commits_asynchronously``): its commit will not
+        wait for the flush to disk."""
+
+    #: Destination connections one load chunk may be written by at once (``apply_copied``
+    #: with ``fresh``, disjoint rows each; see engine/load.py).
+    load_writers = 1
+
+    def bound_lock_waits(self, conn, seconds: float) -> None:
+        """In ``conn``'s transaction: a wait for a lock (a row, a key another transaction is
+        inserting) fails after ``seconds`` instead of lasting (where ``load_writers`` > 1)."""
+        raise NotImplementedError(f"{self.label}: lock waits cannot be bounded")
 
     def apply_copied(self, conn, table: sa.Table, names: list[str], key_names: list[str],
                      update_names: list[str], rows: "TextRows", fresh: bool = False) -> int:

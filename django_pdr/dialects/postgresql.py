@@ -1,12 +1,14 @@
 """PostgreSQL: statement-level triggers with transition tables, xid8 snapshots."""
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime
 import decimal
 import hashlib
 import io
+import itertools
 import json
 import math
 import re
@@ -17,7 +19,7 @@ from sqlalchemy.dialects import postgresql as pg
 
 from ..errors import ValueRefused
 from .base import (GONE_FLAG, KEPT_FLAG, NEW_FLAG, OP_DELETE, OP_INSERT, OP_TRUNCATE, OP_UPDATE, Dialect, Horizon, JSONText, TextCounter,
-                   TextRows, bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
+                   TextRefused, TextRows, bulk_key_name, column_list, event_key_name, json_has_nul, unencodable)
 from .crosstext import values_query, values_spelling
 
 
@@ -246,31 +248,89 @@ def _copy_row_pieces(row) -> list[str]:
 class _CopySource:
     """COPY FROM's file: text handed out in pieces of about ``PIECE`` characters, never
     copied whole (``io.StringIO`` keeps 4 bytes a character).  ``parts``: one str (a
-    batch's text) or a list of them (rows), let go of once read."""
+    batch's text) or a list of str or of bytes (rows), let go of once read.  Runs of
+    small parts are joined in one step (their lengths summed once, in C): no Python step
+    per row."""
 
     PIECE = 1 << 16
 
     def __init__(self, parts):
         self.parts = [parts] if isinstance(parts, str) else parts
         self.at, self.offset = 0, 0
+        self.ends = list(itertools.accumulate(map(len, self.parts)))  # where each part ends
+        self.empty = b"" if self.parts and isinstance(self.parts[0], bytes) else ""
 
     def read(self, size=-1):
-        pieces, length, parts = [], 0, self.parts
-        while self.at < len(parts) and length < self.PIECE:
-            part = parts[self.at]
-            if self.offset or len(part) > 4 * self.PIECE:  # a large part: a slice of it
-                piece = part[self.offset:self.offset + 4 * self.PIECE]
-                self.offset += len(piece)
-            else:
-                piece, self.offset = part, len(part)
+        parts, at = self.parts, self.at
+        if at >= len(parts):
+            return self.empty
+        part = parts[at]
+        if self.offset or len(part) > 4 * self.PIECE:  # a large part: a slice of it
+            piece = part[self.offset:self.offset + 4 * self.PIECE]
+            self.offset += len(piece)
             if self.offset >= len(part):
-                parts[self.at] = ""  # read: let it go
-                self.at, self.offset = self.at + 1, 0
-            pieces.append(piece)
-            length += len(piece)
-        return pieces[0] if len(pieces) == 1 else "".join(pieces)
+                parts[at] = self.empty  # read: let it go
+                self.at, self.offset = at + 1, 0
+            return piece
+        # the small parts from here that fit in PIECE (at least one; never a large one)
+        before = self.ends[at - 1] if at else 0
+        end = max(at + 1, bisect.bisect_right(self.ends, before + self.PIECE, at))
+        piece = part if end == at + 1 else self.empty.join(parts[at:end])
+        parts[at:end] = itertools.repeat(self.empty, end - at)
+        self.at = end
+        return piece
 
     readline = read
+
+
+#: PostgreSQL's binary COPY: the header (signature, flags, no header extension) and the
+#: trailer around the rows.
+BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+BINARY_TRAILER = b"\xff\xff"
+#: Type identifiers below this one are the built-in types, the same in every database.
+FIRST_NORMAL_OID = 16384
+
+
+class _BinarySource(_CopySource):
+    """COPY FROM's file for rows in the binary form (a list of bytes): the header, the
+    rows (let go of once read), the trailer."""
+
+    def __init__(self, rows):
+        super().__init__(rows)
+        self.state = 0
+
+    def read(self, size=-1):
+        if self.state == 0:
+            self.state = 1
+            return BINARY_HEADER
+        piece = super().read(size)
+        if piece or self.state == 2:
+            return piece
+        self.state = 2
+        return BINARY_TRAILER
+
+    readline = read
+
+
+class _BinarySink:
+    """COPY TO's file for the binary form: one bytes a row (the first one begins with the
+    header, the last one is the trailer), counted."""
+
+    def __init__(self, counter: TextCounter):
+        self.parts, self.counter = [], counter
+
+    def write(self, data):
+        self.counter.add(len(data))
+        self.parts.append(data)  # (bytes: psycopg2 makes one a row for a file that is not a text file)
+        return len(data)
+
+    def rows(self) -> list:
+        parts = self.parts
+        if not parts or not parts[0].startswith(BINARY_HEADER) or not parts[-1].endswith(BINARY_TRAILER):
+            raise NotImplementedError("PostgreSQL sent binary COPY data of an unexpected form")
+        parts[0] = parts[0][len(BINARY_HEADER):]
+        parts[-1] = parts[-1][:-len(BINARY_TRAILER)]
+        return [part for part in parts if part]  # (a row is never empty: it starts with its field count)
 
 
 class _CopySink(io.TextIOBase):
@@ -774,6 +834,33 @@ END
         text = text.replace("TIMESTAMP(6)", "TIMESTAMP").replace("TIME(6)", "TIME")
         return text.replace("TIMESTAMP WITHOUT TIME ZONE", "TIMESTAMP").replace("TIME WITHOUT TIME ZONE", "TIME")
 
+    def copies_binary_to(self, other):
+        return isinstance(other, PostgreSQLDialect)
+
+    def binary_types(self, conn, table, names):
+        found = {name: (oid, spelled) for name, oid, spelled in conn.execute(
+            sa.text("SELECT a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod) "
+                    "FROM pg_catalog.pg_attribute a WHERE a.attrelid = CAST(:t AS regclass) "
+                    "AND a.attnum > 0 AND NOT a.attisdropped"), {"t": self.raw_table(table)})}
+        if any(name not in found or found[name][0] >= FIRST_NORMAL_OID for name in names):
+            return None
+        return [found[name][1] for name in names]
+
+    def _types_check(self, cursor, table, names, types, lock_mode) -> bytes:
+        """``table`` locked (``lock_mode``: at least one that ALTER TABLE waits for) until
+        the transaction ends, then a statement that fails unless its columns ``names``
+        have ``types`` (see ``binary_types``): rows in the binary form are read as those
+        types, and a column of another type of the same size would take them silently."""
+        message = (f"pdr: the column types of {self.raw_table(table)} are no longer those the reflection "
+                   f"was described with; it describes them again")
+        return cursor.mogrify(
+            f"LOCK TABLE {self.qualified(table.schema, table.name)} IN {lock_mode} MODE; "
+            "SELECT CAST(CASE WHEN ARRAY(SELECT format_type(a.atttypid, a.atttypmod) "
+            "FROM unnest(CAST(%s AS text[])) WITH ORDINALITY AS n(name, i) LEFT JOIN pg_catalog.pg_attribute a "
+            "ON a.attrelid = CAST(%s AS regclass) AND a.attname = n.name AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY n.i) = CAST(%s AS text[]) THEN '0' ELSE %s END AS integer); ",
+            (list(names), self.raw_table(table), list(types), message))
+
     def text_compatible(self, source_type, dest_type, dest=None, *, is_key=False):
         if is_key and getattr(source_type, "collation", None):
             # a nondeterministic collation compares different spellings equal: the batch
@@ -820,19 +907,19 @@ END
             except Exception as exc:  # a connection broken meanwhile: never reused as it is
                 conn.invalidate(exc)
 
-    def copy_out(self, conn, queries, fmt="copy", limit=None, values=None):
+    def copy_out(self, conn, queries, fmt="copy", limit=None, values=None, check=None):
         # COPY takes no parameters: each SELECT is compiled with parameters as usual and the
         # driver spells them in (mogrify), as it would for a query.
         if fmt == "values":
             queries = [values_query(query) for query in queries]
-        elif fmt != "copy":
+        elif fmt not in ("copy", "binary") or (fmt == "binary" and check is None):
             raise NotImplementedError(f"PostgreSQL does not spell rows as {fmt!r}")
         out = []
         counter = TextCounter(limit)
         # one query (a batch, a load chunk) is one snapshot by itself: sent with the
         # settings in one string, which PostgreSQL runs as one implicit transaction (SET
         # LOCAL holds in it), in autocommit mode — one round trip instead of four
-        single = fmt == "copy" and len(queries) == 1
+        single = fmt != "values" and len(queries) == 1
         prefix = "".join(f"{statement}; " for statement in self.key_lookup_settings()) if single else ""
 
         def work(cursor):
@@ -845,6 +932,13 @@ END
                 if fmt == "values":
                     rows = self._values_rows(cursor, sql, counter)
                     out.append(TextRows(fmt, rows, len(rows), counter.largest))
+                elif fmt == "binary":
+                    # the table locked (its column types stay), then its types checked
+                    sink = _BinarySink(counter)
+                    checked = self._types_check(cursor, *check, "ACCESS SHARE").decode(codec)
+                    cursor.copy_expert(f"{prefix}{checked}COPY ({sql}) TO STDOUT (FORMAT binary)", sink)
+                    rows = sink.rows()
+                    out.append(TextRows(fmt, rows, len(rows), counter.largest, types=tuple(check[2])))
                 else:
                     sink = _CopySink(counter)
                     cursor.copy_expert(f"{prefix}COPY ({sql}) TO STDOUT", sink)
@@ -918,6 +1012,14 @@ END
         # (the default) waits for the WAL to be flushed up to it: every earlier commit too
         conn.exec_driver_sql("SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
         conn.commit()
+
+    def commit_asynchronously(self, conn):
+        conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+
+    load_writers = 2
+
+    def bound_lock_waits(self, conn, seconds):
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(seconds * 1000))}")
 
     def apply_marked_guarded(self, conn, table, names, key_names, update_names, rows, guard, *,
                              asynchronous=False):
@@ -1013,9 +1115,17 @@ END
     def apply_copied(self, conn, table, names, key_names, update_names, rows, fresh=False):
         target, columns, keys, action = self._names(table, names, key_names, update_names)
         written = 0
+        if rows.fmt == "binary" and not fresh:
+            raise TextRefused("rows in the binary form are only written straight into their table")
 
         def work(cursor):
             nonlocal written
+            if rows.fmt == "binary":  # the table locked (its column types stay), its types checked
+                cursor.execute(self._types_check(cursor, table, names, rows.types, "ROW EXCLUSIVE"))
+                cursor.copy_expert(f"COPY {target} ({', '.join(columns)}) FROM STDIN (FORMAT binary)",
+                                   _BinarySource(rows.data))
+                written = rows.count
+                return
             if fresh:  # straight into the target: no staging table, no key lookups
                 cursor.copy_expert(f"COPY {target} ({', '.join(columns)}) FROM STDIN", _CopySource(rows.data))
                 written = rows.count

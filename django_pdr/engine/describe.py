@@ -43,7 +43,7 @@ PREPARED_MAX = 64
 
 _DESCRIBED = ("capture", "src_dialect", "source", "source_key", "reader", "mapping", "removed_columns",
               "dst_dialect", "statement", "delete_statement", "dest", "checkpoint", "convert", "dest_key_columns",
-              "source_key_columns", "text_path")
+              "source_key_columns", "text_path", "binary_types")
 
 
 def forget_descriptions():
@@ -140,6 +140,7 @@ class Describing:
         self.text_path = self._text_path_possible()
         if self.text_path:
             logger.info("%s: rows pass as text (every column has the same type on both sides)", r)
+        self.binary_types = self._binary_types(src, dst)
         self._value_types(capture.event)
         self.reader = EventReader(self.src_dialect, capture.event, len(self.source_key))
         self.reader.confirm_with(capture.registry, capture.event.name)
@@ -162,6 +163,26 @@ class Describing:
             for column in table.columns:
                 if isinstance(column.type, sa.JSON):
                     column.type = dialect.json_text_type()
+
+    def describe_again(self):
+        """Forget this reflection's description: the next pass describes its tables afresh
+        (a check found a column of another type than described)."""
+        with _PREPARED_LOCK:
+            _PREPARED.pop(self.reflection.pk, None)
+
+    def _binary_types(self, src, dst) -> tuple | None:
+        """The destination columns' exact types when the rows of a load chunk can pass in
+        the engines' binary form (cheaper to read and to write than text): text path, and
+        every column of the same built-in type on both sides, modifiers included."""
+        if not self.text_path or not self.src_dialect.copies_binary_to(self.dst_dialect):
+            return None
+        try:
+            source = self.src_dialect.binary_types(src, self.source, [c.source for c in self.mapping.columns])
+            dest = self.dst_dialect.binary_types(dst, self.dest, self.mapping.dest_columns)
+        finally:
+            src.rollback()
+            dst.rollback()
+        return tuple(dest) if source is not None and source == dest else None
 
     def _text_path_possible(self) -> bool:
         """Rows can pass from source to destination in the engines' own text form (no

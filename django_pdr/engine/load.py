@@ -13,15 +13,18 @@ reflection's columns, set to NULL).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import sqlalchemy as sa
 
 from .. import keycodec
 from ..connections import begin
+from ..errors import describe as describe_error
 from ..schema import create_table, reflect_table
 from .budget import BatchTooLarge, row_bytes
+from .checkpoint import StaleCheckpoint, committed_asynchronously
 from .positions import STREAM
 from .textpath import TextPathFailed
 from .visibility import Position
@@ -32,6 +35,10 @@ logger = logging.getLogger("django_pdr.reflect")
 #: Most rows of a load chunk read as Python values (LOAD_CHUNK_SIZE is larger by default:
 #: a text-path chunk is held as its text, a few times smaller than its rows as objects).
 PYTHON_LOAD_CHUNK = 10000
+
+#: A text chunk of at least this many rows is written by two destination connections at
+#: once where the engine allows it (Dialect.load_writers; see Loading._commit_halves).
+SPLIT_LOAD_ROWS = 5000
 
 
 class Loading:
@@ -89,7 +96,7 @@ class Loading:
             upper = tuple(upper)
             bounds.append(sa.not_(self.src_dialect.key_after(columns, upper)))
         try:
-            out = self._copy_out(src, [self._text_rows_query(*bounds)], self.budget.cap(limit))
+            out = self._copy_out(src, [self._text_rows_query(*bounds)], self.budget.cap(limit), binary=True)
         except BatchTooLarge as exc:
             self.budget.surprised(exc.largest)
             return None
@@ -177,17 +184,122 @@ class Loading:
             try:
                 # the load emptied its target (or made a shadow) and reads keys in order, one
                 # range after another: no key of this chunk is there (fan-in keeps rows)
-                self._commit_text(dst, expected, new_state, rows_text, marked=False,
-                                  fresh=not self.partners and not self.statement)
+                fresh = not self.partners and not self.statement
+                if not (fresh and self._commit_halves(dst, expected, new_state, rows_text)):
+                    self._commit_text(dst, expected, new_state, rows_text, marked=False, fresh=fresh,
+                                      asynchronous=True)
                 return new_state
             except TextPathFailed:
                 self.drop_prefetch()  # the source connection is the Python path's now
+                if rows_text.fmt == "binary":
+                    self.describe_again()  # (the check of the column types may be what failed)
         count, last, upserts, filtered = self._load_python(src, after)
         new_state = self._load_state(state, count, last)
         self._commit(dst, expected, new_state, upserts, [], filtered, loading=True)
         if last is None:  # the load is complete: its events follow from the start position
             self._confirm_capture(src, Position.from_json(state["pos"]))
         return new_state
+
+    # -- a chunk written by two destination connections at once ------------------------
+    # COPY into an indexed table is the destination server's work, one core per
+    # connection: where the engine allows (Dialect.load_writers), a chunk's first half is
+    # written by a second connection (a helper thread) while this one writes the second.
+    # The first half's transaction fences (locks the checkpoint row, checks it did not
+    # move) and commits first; this one then moves the checkpoint and commits — only once
+    # the first half is committed, so a checkpoint never covers rows that are not there.
+    # A crash between the two leaves rows past the checkpoint: the chunk is then done
+    # again, its COPY fails on them and it is redone by upserts (the Python path), and
+    # the events since the load began (replayed after it) delete what the source deleted.
+
+    _helper = None  # (second destination connection, its thread), or False: none this load
+    #: Seconds the first half's transaction waits for a lock before the chunk takes the
+    #: Python path: its keys are disjoint from the second half's, so it waits only where
+    #: two source keys are one destination key (the halves would wait on each other).
+    HALF_LOCK_WAIT = 2.0
+
+    def _load_helper(self, dst):
+        """(the second connection's opening, its thread), or None: opened in that thread,
+        while this one goes on (a connection takes a few milliseconds to open)."""
+        if self._helper is None:
+            self._helper = False
+            pool = dst.engine.pool
+            if self.dst_dialect.load_writers > 1 and isinstance(pool, sa.pool.QueuePool) \
+                    and pool.checkedout() < pool.size():
+                thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdr-half")
+                self._helper = thread.submit(dst.engine.connect), thread
+        return self._helper or None
+
+    def drop_helper(self):
+        helper, self._helper = self._helper, None
+        if helper:
+            opening, thread = helper
+            thread.shutdown(wait=True)
+            if opening.exception() is None:
+                opening.result().close()
+
+    def _write_first_half(self, opening, table, expected, text, asynchronous):
+        names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
+        conn = opening.result()  # (opened by this thread before: at once)
+        with begin(conn):
+            self.dst_dialect.bound_lock_waits(conn, self.HALF_LOCK_WAIT)
+            if asynchronous:
+                self.dst_dialect.commit_asynchronously(conn)
+            self.checkpoint.fence(conn, expected)
+            self.dst_dialect.apply_copied(conn, table, names, keys, values, text, fresh=True)
+
+    def _commit_halves(self, dst, expected, new_state, text) -> bool:
+        """Write a fresh chunk by two connections (see above): False when it cannot be
+        split (the caller writes it whole); TextPathFailed when the destination refused a
+        half (the chunk is redone by the Python path, which reads it again)."""
+        if text.fmt not in ("copy", "binary") or not isinstance(text.data, list) or text.count < SPLIT_LOAD_ROWS:
+            return False
+        helper = self._load_helper(dst)
+        if helper is None:
+            return False
+        opening, thread = helper
+        if opening.done() and opening.exception() is not None:
+            logger.debug("%s: no second destination connection (%r); chunks written by one",
+                         self.reflection, opening.exception())
+            self._helper = False
+            thread.shutdown(wait=False)
+            return False
+        middle = len(text.data) // 2
+        first = dataclasses.replace(text, data=text.data[:middle], count=middle)
+        second = dataclasses.replace(text, data=text.data[middle:], count=text.count - middle)
+        asynchronous = self._asynchronous()
+        if asynchronous:  # (counted before: a make_durable after this covers both commits)
+            committed_asynchronously(self.reflection.destination_id)
+        names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
+        half = thread.submit(self._write_first_half, opening, self.dest, expected, first, asynchronous)
+        try:
+            with begin(dst):
+                if asynchronous:
+                    self.dst_dialect.commit_asynchronously(dst)
+                self.dst_dialect.apply_copied(dst, self.dest, names, keys, values, second, fresh=True)
+                half.result()  # the first half committed (or its error ends this transaction)
+                if not self.checkpoint.advance(dst, expected, new_state):
+                    self.checkpoint.fence(dst, expected)
+                    self.checkpoint.write(dst, new_state)
+        except StaleCheckpoint:
+            raise
+        except Exception as exc:
+            wait([half])  # (this transaction's error: the first half ends before anything else)
+            if opening.exception() is not None:  # no second connection: the chunk is written whole
+                logger.debug("%s: no second destination connection (%r); chunks written by one",
+                             self.reflection, opening.exception())
+                self._helper = False
+                thread.shutdown(wait=False)
+                return False
+            error = exc if half.exception() is None else half.exception()
+            if isinstance(error, StaleCheckpoint):
+                raise error from None
+            if getattr(error, "connection_invalidated", False) or getattr(exc, "connection_invalidated", False) \
+                    or not isinstance(error, sa.exc.DBAPIError):
+                raise
+            logger.info("%s: destination refused a load chunk's half (%s); redoing the chunk with Python rows",
+                        self.reflection, describe_error(error))
+            raise TextPathFailed() from error
+        return True
 
     def _start_load(self, dst, state, expected):
         """Before the first chunk: start from a clean slate — rows deleted at the source while no

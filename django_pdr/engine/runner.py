@@ -112,6 +112,7 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
             state, starting = self._loop(src, dst, state, starting, result, stop, max_seconds, started)
         finally:
             self.drop_prefetch()  # a load chunk read ahead, before the source connection goes
+            self.drop_helper()  # the load's second destination connection
         return self._record(src, state, starting, result)
 
     def _loop(self, src, dst, state, starting, result, stop, max_seconds, started):
@@ -180,9 +181,12 @@ class ReflectionRunner(Describing, Reconciling, Loading, Streaming, TextPath, Ap
     def _save_progress(self, *, status, state, events=0, rows=0, **measured):
         r = self.reflection
         dialect = getattr(self, "dst_dialect", None)
-        if self._dst is not None and dialect is not None:  # the position recorded below is what purges go by
+        position = dict(state.get("pos", {}), i=state.get("inc"))
+        if self._dst is not None and dialect is not None and position != r.position:
+            # the position recorded below is what purges go by (the same one again, as
+            # during a load, allows no more than it did when it was first recorded)
             make_durable(dialect, self._dst, r.destination_id)
-        fields = {"status": status, "position": dict(state.get("pos", {}), i=state.get("inc")),
+        fields = {"status": status, "position": position,
                   "load_progress": {"phase": state["phase"], "loaded": state.get("loaded", 0)}, **measured}
         if events or rows or status == "running":
             fields.update(last_error="", failures=0, next_attempt_at=None)

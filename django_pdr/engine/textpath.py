@@ -106,12 +106,18 @@ class TextPath:
         return (sa.select(gone.label(MARK_COLUMN), *self._text_columns(from_key))
                 .select_from(keys.outerjoin(self.source, sa.and_(*on))))
 
-    def _copy_out(self, src, queries, cap=None, values=None) -> list[TextRows] | None:
+    def _copy_out(self, src, queries, cap=None, values=None, binary: bool = False) -> list[TextRows] | None:
         """The queries' results as text for the destination, or None (a value with no text
         spelling, or a query the source refuses): the caller then takes the Python path.
-        Text past ``cap`` characters stops the read with BatchTooLarge (budget.py)."""
+        Text past ``cap`` characters stops the read with BatchTooLarge (budget.py).
+        ``binary``: in the engines' binary form where ``binary_types`` allows (queries of
+        the plain columns, ``_text_rows_query``)."""
         try:
-            out = self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format, cap, values)
+            if binary and self.binary_types:
+                check = (self.source, [c.source for c in self.mapping.columns], self.binary_types)
+                out = self.src_dialect.copy_out(src, queries, "binary", cap, values, check=check)
+            else:
+                out = self.src_dialect.copy_out(src, queries, self.dst_dialect.text_format, cap, values)
             if cap is not None:
                 self.budget.observed(max((rows.largest for rows in out), default=0))
             return out
@@ -126,21 +132,29 @@ class TextPath:
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
+            if binary and self.binary_types:
+                self.describe_again()  # (the check of the column types may be what failed)
             logger.info("%s: source refused the text query (%s); using Python rows", self.reflection,
                         describe_error(exc))
             return None
 
+    def _asynchronous(self) -> bool:
+        """Commits of this reflection's destination may skip waiting for their flush to disk
+        (PDR["ASYNCHRONOUS_COMMIT"]; checkpoint.make_durable before a position is recorded)."""
+        return bool(self.dst_dialect.commits_asynchronously and conf.get("ASYNCHRONOUS_COMMIT"))
+
     def _commit_text(self, dst, expected: dict | None, new_state: dict, text: TextRows, *, marked: bool,
-                     fresh: bool = False) -> int:
+                     fresh: bool = False, asynchronous: bool = False) -> int:
         """Write text rows (``marked``: with the leading "gone" flag of a batch; else the
         plain rows of a load chunk; ``fresh``: see Dialect.apply_copied) and the checkpoint
-        in one destination transaction."""
+        in one destination transaction (``asynchronous``: committed without waiting for
+        its flush, where ``_asynchronous`` allows)."""
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         try:
             guard = self.checkpoint.advance_statement(expected, new_state) if marked else None
             if guard is not None:
                 # a small batch, where the engine allows: rows and checkpoint in one statement
-                asynchronous = self.dst_dialect.commits_asynchronously and conf.get("ASYNCHRONOUS_COMMIT")
+                asynchronous = self._asynchronous()
                 done = self.dst_dialect.apply_marked_guarded(dst, self.dest, names, keys, values, text, guard,
                                                              asynchronous=asynchronous)
                 if done is not None and done[0]:
@@ -148,7 +162,12 @@ class TextPath:
                         committed_asynchronously(self.reflection.destination_id)
                     return done[1]
                 # (not moved: nothing was written; the transaction below fences)
+            asynchronous = asynchronous and self._asynchronous()
+            if asynchronous:  # (counted before: a make_durable after this covers the commit)
+                committed_asynchronously(self.reflection.destination_id)
             with begin(dst):
+                if asynchronous:
+                    self.dst_dialect.commit_asynchronously(dst)
                 # one round trip less: the state these rows lead to is known before they are
                 # written (none is set aside on this path: a refused batch is redone)
                 advanced = self.checkpoint.advance(dst, expected, new_state)
