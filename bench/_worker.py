@@ -86,6 +86,8 @@ def main():
     import django
 
     django.setup()
+    if os.environ.get("PDR_BENCH_HOOK"):  # a Python file run here first: instrumentation of an experiment
+        exec(open(os.environ["PDR_BENCH_HOOK"]).read(), {})
     from django_pdr import worker
     from django_pdr.engine import runner as reflect
     from django_pdr.engine import visibility

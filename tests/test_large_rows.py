@@ -118,6 +118,44 @@ def test_copy_source_hands_out_the_text_in_pieces():
         assert all(len(p) <= 5 * _CopySource.PIECE for p in pieces)
 
 
+def test_copy_source_joins_runs_of_small_rows_and_hands_out_bytes_too():
+    rows = [f"{i}\tv{i}\n" for i in range(50_000)]
+    source, pieces = _CopySource(list(rows)), []
+    while piece := source.read(8192):
+        pieces.append(piece)
+    assert "".join(pieces) == "".join(rows) and len(pieces) < 100
+    assert all(len(p) <= _CopySource.PIECE for p in pieces)
+    binary = [bytes([i % 256]) * 100 for i in range(2000)] + [b"x" * (5 * _CopySource.PIECE), b"tail"]
+    source, pieces = _CopySource(list(binary)), []
+    while piece := source.read(8192):
+        pieces.append(piece)
+    assert b"".join(pieces) == b"".join(binary) and all(isinstance(p, bytes) for p in pieces)
+
+
+def test_binary_rows_lose_their_header_and_trailer_and_get_them_back():
+    from django_pdr.dialects.postgresql import BINARY_HEADER, BINARY_TRAILER, _BinarySink, _BinarySource
+
+    sink = _BinarySink(TextCounter(None))
+    for part in (BINARY_HEADER + b"\x00\x01row1", b"\x00\x01row2", BINARY_TRAILER):
+        sink.write(part)
+    assert sink.rows() == [b"\x00\x01row1", b"\x00\x01row2"]
+    source, out = _BinarySource([b"\x00\x01row1", b"\x00\x01row2"]), []
+    while piece := source.read(8192):
+        out.append(piece)
+    assert b"".join(out) == BINARY_HEADER + b"\x00\x01row1\x00\x01row2" + BINARY_TRAILER
+    empty = _BinarySink(TextCounter(None))
+    empty.write(BINARY_HEADER + BINARY_TRAILER)  # no row: the header and the trailer in one message
+    assert empty.rows() == []
+    source, out = _BinarySource([]), []
+    while piece := source.read(8192):
+        out.append(piece)
+    assert out == [BINARY_HEADER, BINARY_TRAILER]
+    strange = _BinarySink(TextCounter(None))
+    strange.write(b"PGCOPY\n\xff\r\n\x00\x00\x01\x00\x00" + bytes(4))  # (flags PostgreSQL does not send)
+    with pytest.raises(NotImplementedError):
+        strange.rows()
+
+
 @pytest.mark.parametrize("value", [0, -1, "64MB", 1.5, True])
 def test_batch_bytes_must_be_a_positive_integer(value):
     with override_settings(PDR={"BATCH_BYTES": value}):

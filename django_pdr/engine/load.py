@@ -96,7 +96,9 @@ class Loading:
             upper = tuple(upper)
             bounds.append(sa.not_(self.src_dialect.key_after(columns, upper)))
         try:
-            out = self._copy_out(src, [self._text_rows_query(*bounds)], self.budget.cap(limit), binary=True)
+            binary = bool(self.binary_types)
+            out = self._copy_out(src, [self._text_rows_query(*bounds, plain=binary)], self.budget.cap(limit),
+                                 binary=binary)
         except BatchTooLarge as exc:
             self.budget.surprised(exc.largest)
             return None

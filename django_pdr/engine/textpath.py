@@ -34,18 +34,22 @@ class TextPath:
 
     A part of ``ReflectionRunner`` (runner.py), whose state it shares."""
 
-    def _text_columns(self, replace=None):
+    def _text_columns(self, replace=None, plain=False):
         """The destination's columns as labelled source expressions (see Dialect.copy_out):
         "pdr_k<j>" for destination key column j, "pdr_c<i>" for the others; ``replace``
-        gives another expression for some source columns."""
+        gives another expression for some source columns; ``plain``: the columns as they
+        are, of their own types (none read through an expression of its type, such as
+        JSON's text): for the binary form, whose types are checked on the table."""
         keys = {name: j for j, name in enumerate(self.mapping.dest_key)}
         replace = replace or {}
-        return [replace.get(c.source, self.source.c[c.source]).label(
-                    f"pdr_k{keys[c.dest]}" if c.dest in keys else f"pdr_c{i}")
-                for i, c in enumerate(self.mapping.columns)]
+        columns = [replace.get(c.source, self.source.c[c.source]) for c in self.mapping.columns]
+        if plain:
+            columns = [sa.type_coerce(column, sa.types.NullType()) for column in columns]
+        return [column.label(f"pdr_k{keys[c.dest]}" if c.dest in keys else f"pdr_c{i}")
+                for i, (c, column) in enumerate(zip(self.mapping.columns, columns))]
 
-    def _text_rows_query(self, *where):
-        query = sa.select(*self._text_columns()).where(*where)
+    def _text_rows_query(self, *where, plain=False):
+        query = sa.select(*self._text_columns(plain=plain)).where(*where)
         if self.mapping.filter:
             query = query.where(self.mapping.filter_clause())
         return query
