@@ -1,6 +1,7 @@
 """Long crash test: kill -9 the worker many times during catch-up with concurrent writers.
 
     python tests/live_servers.py run -- python bench/crash.py [--kills 50] [--pairs postgresql:postgresql,...]
+    ... bench/crash.py --kills 25 --preload 300000 --resync-every 3   # kills during initial loads and resyncs
 
 For each pair: a writer thread makes random inserts, updates, deletes and key
 changes on the source while a `pdr-reflect -i 0.05` process is started and
@@ -29,6 +30,12 @@ def main():
     parser.add_argument("--writer-batch", type=int, default=50, help="row changes per source transaction")
     parser.add_argument("--bulk", type=float, default=0.0,
                         help="share of source transactions that also change over 1,000 rows in one statement")
+    parser.add_argument("--preload", type=int, default=0,
+                        help="rows in the source table before its reflection exists: the first runs are killed "
+                             "during its initial load")
+    parser.add_argument("--resync-every", type=int, default=0,
+                        help="request a resync after every N kills: later runs are killed while they reload "
+                             "the destination (into a shadow table)")
     args = parser.parse_args()
 
     workdir = tempfile.mkdtemp(prefix="pdr-crash-")
@@ -52,6 +59,12 @@ def main():
         source, dest = Target(source_kind, Path(workdir)), Target(dest_kind, Path(workdir))
         try:
             source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(40), n int)")
+            if args.preload:
+                step = 5000
+                for first in range(1, args.preload + 1, step):
+                    last = min(first + step, args.preload + 1)
+                    source.execute("INSERT INTO t (id, v, n) VALUES " + ", ".join(
+                        f"({i}, 'pre-{i}', {i % 977})" for i in range(first, last)))
             st = SourceTable(database=source.model(f"src-{pair}"), table="t")
             st.full_clean()
             st.save()
@@ -60,10 +73,19 @@ def main():
                                       batch_size=2000)
             env = django_env(django_db)
             writer = Writer(source.engine, seed=rng.randrange(10 ** 6), batch=args.writer_batch, pause=0.0,
-                            bulk=args.bulk)
+                            bulk=args.bulk, first_id=args.preload + 1)
             started = time.time()
             writer.start()
-            kills = kill_cycle(env, args.kills, rng, args.min_run, args.max_run)
+            in_load = []
+
+            def resync(done, st=st):
+                progress = Reflection.objects.filter(source=st).values_list("load_progress", flat=True).first()
+                if (progress or {}).get("phase") == "load":
+                    in_load.append(done)  # killed while it (re)loaded the destination
+                if args.resync_every and done % args.resync_every == 0:
+                    Reflection.objects.filter(source=st).update(resync_requested=True)
+
+            kills = kill_cycle(env, args.kills, rng, args.min_run, args.max_run, between=resync)
             writer.stop()
             if writer.error:
                 raise writer.error
@@ -74,6 +96,8 @@ def main():
             diffs = len(set(src_rows) ^ set(dst_rows))
             results.append((pair, kills, writer.changes, len(src_rows), diffs, time.time() - started))
             bulk = f" ({writer.bulk_statements} statements of over 1,000 rows)" if args.bulk else ""
+            if args.preload or args.resync_every:
+                bulk += f", {len(in_load)} kills during a load"
             print(f"{pair}: {kills} kills, {writer.changes} row changes (events){bulk}, {len(src_rows)} rows compared, "
                   f"{diffs} differences, {time.time() - started:.0f} s", flush=True)
         finally:

@@ -161,8 +161,9 @@ class Writer(threading.Thread):
         self.join(timeout=60)
 
 
-def kill_cycle(env, kills: int, rng: random.Random, min_run=0.2, max_run=1.5, log=None) -> int:
-    """Start the worker and SIGKILL it at random moments, ``kills`` times."""
+def kill_cycle(env, kills: int, rng: random.Random, min_run=0.2, max_run=1.5, log=None, between=None) -> int:
+    """Start the worker and SIGKILL it at random moments, ``kills`` times (``between(n)``:
+    called after the n-th kill, before the next start)."""
     done = 0
     for _ in range(kills):
         proc = start_worker(env, "-i", "0.05", log=log)
@@ -170,6 +171,8 @@ def kill_cycle(env, kills: int, rng: random.Random, min_run=0.2, max_run=1.5, lo
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         done += 1
+        if between is not None:
+            between(done)
     return done
 
 
