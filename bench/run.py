@@ -32,7 +32,8 @@ Measures (see docs/performance.md for what each one means):
       200k-row INSERT ... SELECT with/without;
   (d) worker peak RSS at the backlog size (and at 5M with --mem5m);
   (e) initial load rows/s PG->PG, and PostgreSQL's own initial table
-      synchronisation (a subscription with copy_data = true) of the same table.
+      synchronisation (a subscription with copy_data = true) of the same table,
+      5 of each, alternating.
 """
 from __future__ import annotations
 
@@ -944,51 +945,53 @@ class Bench:
         return conn
 
     # -- (e) initial load ------------------------------------------------------------------
-    def initial_load(self, rows, runs):
+    def initial_loads(self, rows, runs):
+        """``runs`` loads by django-pdr and as many native synchronisations of the same
+        table, alternating (one of each in turn: the machine's drift hits both alike)."""
         src = Source.create("postgresql", self.pga, "load_src")
         src.execute("INSERT INTO t SELECT g, g % 1000, 'name-' || md5(g::text), g * 0.5, g * 0.01, "
                     f"now(), g % 2 = 0 FROM generate_series(1, {rows}) g")
         pg_admin(self.pga, "VACUUM ANALYZE", db="load_src")
+        src.execute("CREATE PUBLICATION load_pub FOR TABLE t")
         src_db = src.model("load-src")
-        out = []
+        ours, native = [], []
         for i in range(runs):
-            dst = dest_pg(self.pgb, f"load_dst_{i}")
-            refl = self.reflection(src_db, "t", dst.model(f"load-dst-{i}"), "load")
-            rep = self.timed_worker(refl)
-            ok = dst.summary() == src.summary()
-            rep.update(ok=ok, rate=rep["loaded"] / rep["seconds"])
-            out.append(rep)
-            log(f"initial load run {i + 1}: {rep['loaded']:,} rows in {rep['seconds']:.1f} s -> "
-                f"{rep['rate']:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
-        return out
+            ours.append(self.initial_load(src, src_db, i))
+            native.append(self.native_initial_load(src, rows, i))
+        return ours, native
 
-    def native_initial_load(self, rows, runs):
+    def initial_load(self, src, src_db, i):
+        dst = dest_pg(self.pgb, f"load_dst_{i}")
+        refl = self.reflection(src_db, "t", dst.model(f"load-dst-{i}"), "load")
+        rep = self.timed_worker(refl)
+        ok = dst.summary() == src.summary()
+        rep.update(ok=ok, rate=rep["loaded"] / rep["seconds"])
+        log(f"initial load run {i + 1}: {rep['loaded']:,} rows in {rep['seconds']:.1f} s -> "
+            f"{rep['rate']:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
+        return rep
+
+    def native_initial_load(self, src, rows, i):
         """PostgreSQL's own initial table synchronisation of the same table (a subscription
         with copy_data = true), timed from CREATE SUBSCRIPTION until the table is
         synchronised (pg_subscription_rel state 's' or 'r': its copy committed)."""
-        src = Source("postgresql", self.pga, "load_src")
-        src.execute("CREATE PUBLICATION load_pub FOR TABLE t")
-        out = []
-        for i in range(runs):
-            name = f"load_lr_{i}"
-            dst = dest_pg(self.pgb, name)
-            dst.execute(DDL["postgresql"])
-            watch = pg_connect(self.pgb, name, autocommit=True)
-            cur = watch.cursor()
-            t0 = time.monotonic()
-            cur.execute(f"CREATE SUBSCRIPTION {name} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
-                        f"password={PASSWORD} dbname=load_src' PUBLICATION load_pub "
-                        f"WITH (copy_data = true, slot_name = '{name}')")
-            wait_for(cur, "SELECT count(*), count(*) FILTER (WHERE srsubstate IN ('s', 'r')) FROM pg_subscription_rel",
-                     lambda row: row[0] and row[1] == row[0], 600, "native initial synchronisation did not finish")
-            seconds = time.monotonic() - t0
-            cur.execute(f"DROP SUBSCRIPTION {name}")
-            watch.close()
-            ok = dst.summary() == src.summary()
-            out.append({"seconds": seconds, "rate": rows / seconds, "ok": ok})
-            log(f"native initial synchronisation run {i + 1}: {rows:,} rows in {seconds:.1f} s -> "
-                f"{rows / seconds:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
-        return out
+        name = f"load_lr_{i}"
+        dst = dest_pg(self.pgb, name)
+        dst.execute(DDL["postgresql"])
+        watch = pg_connect(self.pgb, name, autocommit=True)
+        cur = watch.cursor()
+        t0 = time.monotonic()
+        cur.execute(f"CREATE SUBSCRIPTION {name} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
+                    f"password={PASSWORD} dbname=load_src' PUBLICATION load_pub "
+                    f"WITH (copy_data = true, slot_name = '{name}')")
+        wait_for(cur, "SELECT count(*), count(*) FILTER (WHERE srsubstate IN ('s', 'r')) FROM pg_subscription_rel",
+                 lambda row: row[0] and row[1] == row[0], 600, "native initial synchronisation did not finish")
+        seconds = time.monotonic() - t0
+        cur.execute(f"DROP SUBSCRIPTION {name}")
+        watch.close()
+        ok = dst.summary() == src.summary()
+        log(f"native initial synchronisation run {i + 1}: {rows:,} rows in {seconds:.1f} s -> "
+            f"{rows / seconds:,.0f} rows/s; {'matches' if ok else 'DIFFERS'}")
+        return {"seconds": seconds, "rate": rows / seconds, "ok": ok}
 
 
 # --------------------------------------------------------------------------- report
@@ -1089,8 +1092,7 @@ def main():
         if args.mem5m and ("d" in only):
             res["mem5m"] = bench.catchup_pair("PG→PG 5M", "postgresql", "postgresql", 5_000_000, 1, seed=11)
         if "e" in only:
-            res["load"] = bench.initial_load(load_rows, 3)
-            res["load_lr"] = bench.native_initial_load(load_rows, 3)
+            res["load"], res["load_lr"] = bench.initial_loads(load_rows, 5)
         if "b" in only:
             writers = args.latency_writers or max(1, math.ceil(args.latency_rate / 1000))
             res["latency"] = bench.latency(lat_seconds, args.latency_rate, args.interval, writers)
