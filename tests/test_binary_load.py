@@ -103,6 +103,15 @@ def test_a_binary_load_by_two_writers_carries_every_value_exactly(make_target, s
     # each chunk of 9 rows: its first half written by the helper thread, the rest by the pass
     assert sorted(count for thread, _, count in writers if thread == "pdr-half") == [2, 4, 4, 4, 4]
     assert sum(count for _, _, count in writers) == 40
+    # a resync reloads into a shadow table (made from the destination's reflected types):
+    # binary too, then swapped in
+    source.execute("UPDATE t SET t = 'after' WHERE id = 5", "DELETE FROM t WHERE id = 6")
+    dest.execute("UPDATE t SET t = 'drifted' WHERE id = 7")
+    Reflection.objects.filter(pk=reflection.pk).update(resync_requested=True)
+    spies["formats"].clear()
+    call_command("pdr-reflect", verbosity=0)
+    assert _spelled(dest) == _spelled(source) and len(_spelled(dest)) == 39
+    assert spies["formats"][:4] == ["binary"] * 4 and "python" not in spies  # (then the events, as text)
 
 
 def test_columns_of_different_types_pass_as_text(make_target, settings, spies):

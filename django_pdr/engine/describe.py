@@ -166,7 +166,9 @@ class Describing:
 
     def describe_again(self):
         """Forget this reflection's description: the next pass describes its tables afresh
-        (a check found a column of another type than described)."""
+        (a check found a column of another type than described); this one goes on without
+        the binary form."""
+        self.binary_types = None
         with _PREPARED_LOCK:
             _PREPARED.pop(self.reflection.pk, None)
 
