@@ -41,9 +41,10 @@ DEFAULTS = {
     # full pass (destination checkpoint read, tables described afresh) about this often, in
     # seconds, spread over the interval.
     "FULL_PASS_INTERVAL": 3600.0,
-    # Batches and load chunks written on the text path commit without waiting for the
-    # destination to flush them to disk, as PostgreSQL's own subscriptions do (PostgreSQL
-    # destinations: synchronous_commit off for them).  Before a position is
+    # Small batches of a streaming table (those applied in one statement) and load chunks
+    # on the text path commit without waiting for the destination to flush them to disk,
+    # as PostgreSQL's own subscriptions do (PostgreSQL destinations: synchronous_commit
+    # off for them).  Before a position is
     # recorded where purges read it, the destination is made durable up to it: a
     # destination crash loses at most such batches, which are applied again from the
     # events, never purged meanwhile.  False: every batch waits for its flush.

@@ -201,8 +201,7 @@ class Streaming:
         if batch.text is not None:
             if not self._use_text():  # a key became held since the batch was read
                 raise TextPathFailed()
-            return new_state, count, self._commit_text(dst, state, new_state, batch.text, marked=True,
-                                                       asynchronous=True)
+            return new_state, count, self._commit_text(dst, state, new_state, batch.text, marked=True)
         upserts, deletes, removals = batch.upserts, batch.deletes, batch.removals
         if self.held_keys:
             # per-key order: a dead-lettered key waits until its retry applies the current row
