@@ -117,3 +117,31 @@ def test_a_position_is_recorded_for_purges_only_once_the_destination_holds_it_on
     seen.clear()
     worker.run_round()
     assert seen == ([after] if asynchronous else [])
+
+
+@pytest.mark.live
+def test_only_small_batches_and_load_chunks_commit_asynchronously(make_target, monkeypatch):
+    """A large streaming batch (past the one-statement size) commits in a transaction that
+    waits for its flush, as before ASYNCHRONOUS_COMMIT; the small batches' one-statement path
+    and the load chunks do not wait."""
+    from django_pdr.dialects.postgresql import PostgreSQLDialect
+
+    source, dest = make_target("postgresql"), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v text)",
+                   "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 10) g")
+    st = watch(source.model("src"), "t")
+    Reflection.objects.create(source=st, destination=dest.model("dst"), destination_table="t")
+    transactions, real = [], PostgreSQLDialect.commit_asynchronously
+
+    def spy(self, conn):
+        transactions.append(conn)
+        return real(self, conn)
+
+    monkeypatch.setattr(PostgreSQLDialect, "commit_asynchronously", spy)
+    worker.run_round()  # the load: its chunk commits asynchronously
+    assert len(transactions) == 1
+    source.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(11, 2000) g")
+    worker.run_round()  # one batch of 1,990 rows: a transaction that waits for its flush
+    assert len(transactions) == 1
+    with dest.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM t").scalar() == 2000

@@ -239,6 +239,14 @@ class Loading:
             if opening.exception() is None:
                 opening.result().close()
 
+    def _without_helper(self, opening, thread) -> bool:
+        """The second connection could not open: this load's chunks are written by one."""
+        logger.debug("%s: no second destination connection (%r); chunks written by one",
+                     self.reflection, opening.exception())
+        self._helper = False
+        thread.shutdown(wait=False)
+        return False
+
     def _write_first_half(self, opening, table, expected, text, asynchronous):
         names, keys, values = self.mapping.dest_columns, self.mapping.dest_key, self.mapping.value_columns
         conn = opening.result()  # (opened by this thread before: at once)
@@ -260,11 +268,7 @@ class Loading:
             return False
         opening, thread = helper
         if opening.done() and opening.exception() is not None:
-            logger.debug("%s: no second destination connection (%r); chunks written by one",
-                         self.reflection, opening.exception())
-            self._helper = False
-            thread.shutdown(wait=False)
-            return False
+            return self._without_helper(opening, thread)
         middle = len(text.data) // 2
         first = dataclasses.replace(text, data=text.data[:middle], count=middle)
         second = dataclasses.replace(text, data=text.data[middle:], count=text.count - middle)
@@ -287,11 +291,7 @@ class Loading:
         except Exception as exc:
             wait([half])  # (this transaction's error: the first half ends before anything else)
             if opening.exception() is not None:  # no second connection: the chunk is written whole
-                logger.debug("%s: no second destination connection (%r); chunks written by one",
-                             self.reflection, opening.exception())
-                self._helper = False
-                thread.shutdown(wait=False)
-                return False
+                return self._without_helper(opening, thread)
             error = exc if half.exception() is None else half.exception()
             if isinstance(error, StaleCheckpoint):
                 raise error from None

@@ -117,7 +117,8 @@ class TextPath:
         ``binary``: in the engines' binary form where ``binary_types`` allows (queries of
         the plain columns, ``_text_rows_query``)."""
         try:
-            if binary and self.binary_types:
+            binary = binary and bool(self.binary_types)
+            if binary:
                 check = (self.source, [c.source for c in self.mapping.columns], self.binary_types)
                 out = self.src_dialect.copy_out(src, queries, "binary", cap, values, check=check)
             else:
@@ -136,7 +137,7 @@ class TextPath:
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated:
                 raise
-            if binary and self.binary_types:
+            if binary:
                 self.describe_again()  # (the check of the column types may be what failed)
             logger.info("%s: source refused the text query (%s); using Python rows", self.reflection,
                         describe_error(exc))
@@ -158,11 +159,11 @@ class TextPath:
             guard = self.checkpoint.advance_statement(expected, new_state) if marked else None
             if guard is not None:
                 # a small batch, where the engine allows: rows and checkpoint in one statement
-                asynchronous = self._asynchronous()
+                quick = self._asynchronous()  # (this path only: ``asynchronous`` is the transaction's below)
                 done = self.dst_dialect.apply_marked_guarded(dst, self.dest, names, keys, values, text, guard,
-                                                             asynchronous=asynchronous)
+                                                             asynchronous=quick)
                 if done is not None and done[0]:
-                    if asynchronous:
+                    if quick:
                         committed_asynchronously(self.reflection.destination_id)
                     return done[1]
                 # (not moved: nothing was written; the transaction below fences)
