@@ -1424,9 +1424,11 @@ def body_lines(statement):
 
 
 def test_text_path_pairs():
-    # PostgreSQL spells COPY text (for itself) and MySQL literals; MySQL spells COPY text
+    # PostgreSQL spells COPY text (for itself) and MySQL literals; MySQL and SQLite spell COPY text
     assert pg().copies_text_to(pg()) and pg().copies_text_to(my()) and my().copies_text_to(pg())
-    assert not my().copies_text_to(my()) and not lite().copies_text_to(pg()) and not pg().copies_text_to(lite())
+    assert lite().copies_text_to(pg())
+    assert not my().copies_text_to(my()) and not lite().copies_text_to(my()) and not pg().copies_text_to(lite())
+    assert not lite().copies_text_to(lite())
 
 
 def test_postgresql_text_path_to_postgresql_only_for_the_same_types():

@@ -1,11 +1,13 @@
 """Rows spelled as text by one engine for another, in one place.
 
-PostgreSQL spells its rows as MySQL row literals (``values_query``), MySQL/MariaDB
-spells its rows as PostgreSQL COPY lines (``copy_query``): the text path between the
-two families (see ``Dialect.copy_out``, ``docs/concepts.md``).  Each spelling is the
+PostgreSQL spells its rows as MySQL row literals (``values_query``), MySQL/MariaDB and
+SQLite spell theirs as PostgreSQL COPY lines (``copy_query``, ``sqlite_copy_query``): the
+text path between engines (see ``Dialect.copy_out``, ``docs/concepts.md``).  Each spelling is the
 text the destination reads as exactly the value the Python path would write, or SQL NULL.
 """
 from __future__ import annotations
+
+import math
 
 import sqlalchemy as sa
 
@@ -197,3 +199,133 @@ def copy_query(query):
             parts.append("\t")
         parts.append(spelled(column))
     return sa.select(sa.cast(sa.func.concat(*parts), sa.LargeBinary))
+
+
+# -- SQLite rows spelled as PostgreSQL COPY text ("copy") ------------------------------
+# A SQLite value has the storage class it was stored with (``typeof``), whatever the
+# column's declared type.  Each spelling below covers only the storage classes, and for
+# text only the forms, that the Python path reads as a value it writes with the same
+# meaning; any other value (a REAL in an INTEGER column, a timestamp with a zone or
+# without seconds, a BLOB, text in a NUMERIC column) has no spelling: its line is NULL and
+# the batch takes the Python path (``SQLiteDialect.copy_out``).
+# REAL values are spelled by Python, as the Python path spells them (``repr``: the
+# shortest text that reads back as the same double; SQLite's own printf gives 15 or 17
+# digits, and a NUMERIC destination rounds 1.005 and 1.0049999999999999 apart): the query
+# returns them between pieces of the line (``sqlite_copy_query``).
+
+#: The text forms of a timestamp both paths read alike: SQLAlchemy's storage format with
+#: and without microseconds (any other form, "T", fewer digits, a zone, is left to the
+#: Python path).  Hours above 23 are refused apart (PostgreSQL reads "24:00:00").
+_SQLITE_DAY = "[0-9][0-9][0-9][0-9]-[01][0-9]-[0-3][0-9]"
+_SQLITE_SECOND = _SQLITE_DAY + " [0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
+_SQLITE_MICROSECOND = _SQLITE_SECOND + ".[0-9][0-9][0-9][0-9][0-9][0-9]"
+
+#: A REAL (or INTEGER) value of a number column, spelled by Python (``sqlite_number_text``).
+SQLITE_NUMBER = "number"
+
+
+def _stored(expr, storage: str):
+    return sa.func.typeof(expr) == storage
+
+
+def _sqlite_integer(expr):
+    return sa.case((_stored(expr, "integer"), sa.cast(expr, sa.Text)))
+
+
+def _sqlite_flag(expr):
+    number = sa.type_coerce(expr, sa.Integer)
+    return sa.case((sa.and_(_stored(expr, "integer"), number == 0), "f"),
+                   (sa.and_(_stored(expr, "integer"), number == 1), "t"))
+
+
+def _sqlite_escaped(expr):
+    """Text in COPY's text form (backslash, newline, carriage return and tab escaped)."""
+    text = sa.type_coerce(expr, sa.Text)
+    for char, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        text = sa.func.replace(text, sa.literal(char, sa.Text), sa.literal(escaped, sa.Text))
+    return sa.case((_stored(expr, "text"), text))
+
+
+def _sqlite_form(*patterns, hour=False):
+    def spell(expr):
+        text = sa.type_coerce(expr, sa.Text)
+        checks = [_stored(expr, "text"), sa.or_(*[text.op("GLOB")(p) for p in patterns]),
+                  text.op("NOT GLOB")("0000*")]  # (year 0: Python has none)
+        if hour:
+            checks.append(sa.func.substr(text, 12, 2) < "24")
+        return sa.case((sa.and_(*checks), text))
+
+    return spell
+
+
+def sqlite_copy_spelling(source_type, dest_type=None):
+    """How a SQLite value of the declared ``source_type`` is spelled in COPY text: a
+    function of the SQL expression, SQLITE_NUMBER (spelled by Python), or None when the
+    text path does not take it; with ``dest_type`` (a PostgreSQL column type), None also
+    when the pair is not exactly what the Python path writes."""
+    if isinstance(source_type, sa.Boolean):
+        return _sqlite_flag if accepts(dest_type, sa.Boolean) else None
+    if isinstance(source_type, sa.Integer):
+        return _sqlite_integer if accepts(dest_type, sa.Integer, never=(sa.Boolean,)) else None
+    if isinstance(source_type, (sa.Float, sa.Numeric)):  # read as stored (SQLiteDialect.refine_reflected)
+        # (SQLAlchemy 2.1's Float is no Numeric)
+        return SQLITE_NUMBER if accepts(dest_type, sa.Float, sa.Numeric) else None
+    if isinstance(source_type, sa.DateTime):
+        if getattr(source_type, "timezone", False) or getattr(dest_type, "timezone", False):
+            return None  # an aware value is converted to UTC on the Python path
+        return _sqlite_form(_SQLITE_SECOND, _SQLITE_MICROSECOND, hour=True) if accepts(dest_type, sa.DateTime) else None
+    if isinstance(source_type, sa.Date):
+        return _sqlite_form(_SQLITE_DAY) if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
+    if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.Enum, sa.JSON)):
+        return _sqlite_escaped if accepts(dest_type, sa.String, never=(sa.Enum,)) else None
+    return None
+
+
+def sqlite_number_text(value) -> str:
+    """A number column's value in COPY text, as the Python path writes it (``_copy_value``
+    of the float, of ``Decimal(repr(float))`` for a numeric column: the same digits)."""
+    kind = type(value)
+    if kind is float:
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)  # (SQLite stores no NaN)
+    if kind is int:
+        return str(value)
+    if value is None:
+        return "\\N"
+    raise NotImplementedError(f"a {kind.__name__} value in a number column")
+
+
+def sqlite_copy_query(query) -> tuple:
+    """(select, positions): ``query`` (labelled columns: see Dialect.copy_out) as pieces of
+    one COPY text line per row: the text pieces spelled by SQLite, and at ``positions``
+    the values of number columns as stored, for ``sqlite_number_text``.  A piece is NULL
+    when a value in it has no spelling."""
+    rows = query.subquery("pdr_q")
+    outputs, positions, piece = [], [], []
+
+    def close():
+        text = sa.literal("", sa.Text)
+        for part in piece:
+            text = text.concat(part)
+        outputs.append(text)
+        piece.clear()
+
+    for index, column in enumerate(rows.c):
+        if index:
+            piece.append(sa.literal("\t", sa.Text))
+        if column.name == "pdr_gone":
+            # a batch's flag: a letter (Dialect.splits_new_rows), or whether the key is gone
+            piece.append(column if isinstance(column.type, sa.String) else sa.case((column, "t"), else_="f"))
+            continue
+        spell = sqlite_copy_spelling(column.type)
+        if spell is None:
+            raise NotImplementedError(f"no COPY text for SQLite type {column.type!r}")
+        if spell is SQLITE_NUMBER:
+            close()
+            positions.append(len(outputs))
+            outputs.append(sa.type_coerce(column, sa.types.NullType()))
+            continue
+        piece.append(sa.case((column.is_(None), "\\N"), else_=spell(column)))
+    close()
+    return sa.select(*[o.label(f"pdr_p{i}") for i, o in enumerate(outputs)]), positions

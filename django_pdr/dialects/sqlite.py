@@ -7,7 +7,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from ..errors import ValueRefused
-from .base import OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, column_list, event_key_name, unencodable
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextCounter, TextRows, column_list, event_key_name,
+                   unencodable)
+from .crosstext import sqlite_copy_query, sqlite_copy_spelling, sqlite_number_text
+
+#: Rows of one fetch of ``copy_out`` (the line pieces are small; the counter sees each).
+COPY_FETCH_ROWS = 1000
 
 
 class SQLiteDialect(Dialect):
@@ -147,6 +152,58 @@ class SQLiteDialect(Dialect):
                 # destination's converter takes a REAL's shortest decimal spelling), not
                 # rounded to the declared scale through its binary expansion
                 column.type.asdecimal = False
+
+    # -- rows passed as text ---------------------------------------------------------
+    #: Read: rows spelled in PostgreSQL's COPY text form (``crosstext.sqlite_copy_query``).
+    renders_text = ("copy",)
+
+    def text_compatible(self, source_type, dest_type, dest=None, *, is_key=False):
+        if dest is None or dest.text_format != "copy":
+            return False
+        if is_key and (not isinstance(source_type, sa.Integer) or isinstance(source_type, sa.Boolean)):
+            # a key is joined with the event table's copy of it: integers compare alike
+            # whatever their storage; text may carry a collation (NOCASE, RTRIM) that
+            # folds keys the Python path keeps apart
+            return False
+        return sqlite_copy_spelling(source_type, dest_type) is not None
+
+    def copy_out(self, conn, queries, fmt="copy", limit=None, values=None, check=None):
+        if fmt != "copy":
+            raise NotImplementedError(f"SQLite does not spell rows as {fmt!r}")
+        out = []
+        counter = TextCounter(limit)
+
+        def work(cursor):
+            if len(queries) > 1 and not cursor.connection.in_transaction:
+                cursor.execute("BEGIN")  # one snapshot for every query (rolled back below)
+            for query in queries:
+                select, numbers = sqlite_copy_query(query)
+                cursor.execute(*self.driver_statement(conn, select, values))
+                lines = []
+                while True:
+                    part = cursor.fetchmany(COPY_FETCH_ROWS)
+                    if not part:
+                        break
+                    for row in part:
+                        if numbers:
+                            row = list(row)
+                            for at in numbers:
+                                row[at] = sqlite_number_text(row[at])
+                        if None in row:
+                            raise NotImplementedError("a value SQLite stores in a form the text path does not spell")
+                        line = "".join(row)
+                        counter.add(len(line))
+                        lines.append(line)
+                count = len(lines)
+                lines.append("")  # the last line's "\n"
+                out.append(TextRows(fmt, "\n".join(lines) if count else "", count, counter.largest))
+
+        try:
+            self.run_on_driver(conn, "SELECT ... rows as COPY text", work)
+        finally:
+            conn.rollback()
+            conn.connection.dbapi_connection.rollback()  # (a BEGIN of its own, above)
+        return out
 
     def generic_type(self, source_type):
         if isinstance(source_type, sa.types.NullType):
