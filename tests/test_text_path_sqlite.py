@@ -32,6 +32,9 @@ GOOD = [
     "(4, NULL, NULL, 1, 1.0/3, 9e999, -1.5, 1.0/3, NULL, '2000-01-01', 'x\\ty', 'back\\\\slash')",
     "(5, 7, 7, 0, 5, -9e999, 0.125, 12345678901234567890, '2024-01-02 03:04:05', '2024-01-02', '%s', '''')",
     "(6, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+    # each character COPY escapes, alone
+    "(7, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, char(10), 'x' || char(13))",
+    "(8, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, char(9), '\\')",
 ]
 # each of these has one value the text path does not spell: the batch takes the Python path
 ODD = [
@@ -74,7 +77,7 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
                    "INSERT INTO items (id, s, num) VALUES (100, 'x\\Ny', 0.1 + 0.2)")
     replicate_both_ways(monkeypatch, text, python)
     changed = spelled(dest_text.engine)
-    assert [r[0] for r in changed] == [1, 2, 6, 70, 100] and changed == spelled(dest_py.engine)
+    assert [r[0] for r in changed] == [1, 2, 6, 7, 8, 70, 100] and changed == spelled(dest_py.engine)
 
 
 @pytest.mark.parametrize("odd", ODD)
@@ -135,3 +138,14 @@ def test_sqlite_spellings_by_type():
         ["0.1", "1e+16", "5", "\\N", "Infinity", "-0.0"]
     with pytest.raises(NotImplementedError):
         crosstext.sqlite_number_text("12.5")
+
+
+def test_connections_keep_a_small_page_cache(make_target):
+    # a worker keeps several SQLite connections open: each holds at most CACHE_KIB of pages
+    from django_pdr.connections import connect
+    from django_pdr.dialects.sqlite import SQLiteDialect
+
+    source = make_target("sqlite")
+    with connect(source.model("src")) as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -SQLiteDialect.CACHE_KIB
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000

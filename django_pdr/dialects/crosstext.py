@@ -240,10 +240,13 @@ def _sqlite_flag(expr):
 
 def _sqlite_escaped(expr):
     """Text in COPY's text form (backslash, newline, carriage return and tab escaped)."""
-    text = sa.type_coerce(expr, sa.Text)
+    plain = sa.type_coerce(expr, sa.Text)
+    text = plain
     for char, escaped in (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
         text = sa.func.replace(text, sa.literal(char, sa.Text), sa.literal(escaped, sa.Text))
-    return sa.case((_stored(expr, "text"), text))
+    # most text has nothing to escape: one scan for the four characters, not four copies
+    needs = plain.op("GLOB")(sa.literal("*[\\\n\r\t]*", sa.Text))
+    return sa.case((_stored(expr, "text"), sa.case((needs, text), else_=plain)))
 
 
 def _sqlite_form(*patterns, hour=False):
