@@ -622,7 +622,7 @@ class Bench:
         return runs
 
     # -- (b) latency ----------------------------------------------------------------
-    def _latency_run(self, write_conns, read_conn, seconds, rate):
+    def _latency_run(self, write_conns, read_conn, seconds, rate, base=10 ** 9):
         """One-row durable commits at ``rate``/s spread over the connections of
         ``write_conns`` (one thread each, ids interleaved), for ``seconds``; a poller on the
         destination notes when each id appears (every 5 ms: the ids above the lowest one
@@ -631,7 +631,6 @@ class Bench:
         commits: dict[int, float] = {}
         visible: dict[int, float] = {}
         stop = threading.Event()
-        base = 10 ** 9
         writers = len(write_conns)
         written = [0] * writers
 
@@ -689,7 +688,7 @@ class Bench:
 
         return {"rate": len(commits) / elapsed, "p50": pct(50), "p95": pct(95), "p99": pct(99),
                 "max": lat[-1] if lat else 0, "samples": len(lat), "missing": missing, "commits": len(commits),
-                "writers": writers}
+                "writers": writers, "lat": lat}
 
     def start_worker(self, refl, interval, label):
         """``pdr-reflect -i interval -r refl`` as a real process (stop it with stop_worker)."""
@@ -739,40 +738,20 @@ class Bench:
             return tuple(counts)
         return finish
 
-    def latency(self, seconds, rate, interval, writers=1):
-        out = {}
-        # PDR: pdr-reflect -i <interval> as a real process
+    def latency(self, seconds, rate, interval, writers=1, rounds=3):
+        """django-pdr (``pdr-reflect -i interval`` as a real process) and native logical
+        replication, measured in ``rounds`` alternating windows of ``seconds / rounds``
+        each (pdr, native, pdr, native, ...): background work left by the sections before
+        (autovacuum of the catch-ups' tables) falls on both alike.  Percentiles are of all
+        the windows' commits pooled; each window's p50/p99 are kept too."""
+        from django_pdr.connections import dispose_all
+
+        window = seconds / rounds
         src = Source.create("postgresql", self.pga, "lat_src")
         dst = dest_pg(self.pgb, "lat_dst")
         refl = self.reflection(src.model("lat-src"), "t", dst.model("lat-dst"), "latency")
         self.worker_pass(refl)
-        from django_pdr.connections import dispose_all
-
         dispose_all()
-        proc = self.start_worker(refl, interval, "latency")
-        try:
-            time.sleep(3)
-            ws, r = [src.connect() for _ in range(writers)], dst.connect()
-            r.autocommit = True
-            pids = {w.get_backend_pid() for w in ws}
-            heard = self._notification_counter("lat_src", lambda p: p in pids)
-            spy = None
-            if self.py_spy:  # the worker's stacks (all threads, idle included) while it keeps up
-                spy = subprocess.Popen([os.path.join(os.path.dirname(PY), "py-spy"), "record", "--pid",
-                                        str(proc.pid), "--threads", "--idle", "--nonblocking", "--format", "raw",
-                                        "--rate", "200", "-d", str(int(seconds)), "-o", self.py_spy],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
-            out["pdr"] = self._latency_run(ws, r, seconds, rate)
-            if spy is not None:
-                spy.wait()
-            out["pdr"]["worker_cpu"] = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-            out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = heard()
-            [w.close() for w in ws], r.close()
-        finally:
-            self.stop_worker(proc)
-        log(f"latency PDR: {out['pdr']}")
-        # native logical replication
         pg_admin(self.pga, 'CREATE DATABASE "latlr_src"')
         lsrc = Source("postgresql", self.pga, "latlr_src")
         lsrc.execute(DDL["postgresql"], "CREATE PUBLICATION latlr_pub FOR TABLE t")
@@ -781,16 +760,46 @@ class Bench:
         pg_admin(self.pgb, f"CREATE SUBSCRIPTION latlr_sub CONNECTION 'host={HOST} port={self.pga.port} "
                            f"user={USER} password={PASSWORD} dbname=latlr_src' PUBLICATION latlr_pub "
                            f"WITH (copy_data = false)", db="latlr_dst")
-        # wait for the apply worker to stream
-        lsrc.execute("INSERT INTO t (id, n) VALUES (1, 0)")
+        lsrc.execute("INSERT INTO t (id, n) VALUES (1, 0)")  # wait for the apply worker to stream
         t0 = time.time()
         while ldst.summary()[0] < 1 and time.time() - t0 < 60:
             time.sleep(0.05)
-        ws, r = [lsrc.connect() for _ in range(writers)], ldst.connect()
-        r.autocommit = True
-        out["lr"] = self._latency_run(ws, r, seconds, rate)
-        [w.close() for w in ws], r.close()
+        proc = self.start_worker(refl, interval, "latency")
+        runs = {"pdr": [], "lr": []}
+        try:
+            time.sleep(3)
+            pdr_ws, pdr_r = [src.connect() for _ in range(writers)], dst.connect()
+            lr_ws, lr_r = [lsrc.connect() for _ in range(writers)], ldst.connect()
+            pdr_r.autocommit = lr_r.autocommit = True
+            pids = {w.get_backend_pid() for w in pdr_ws}
+            heard = self._notification_counter("lat_src", lambda p: p in pids)
+            cpu = busy = 0.0
+            for n in range(rounds):
+                base = 10 ** 9 + n * 10 ** 7
+                spy = None
+                if self.py_spy and n == 0:  # the worker's stacks (all threads, idle included) while it keeps up
+                    spy = subprocess.Popen([os.path.join(os.path.dirname(PY), "py-spy"), "record", "--pid",
+                                            str(proc.pid), "--threads", "--idle", "--nonblocking", "--format",
+                                            "raw", "--rate", "200", "-d", str(int(window)), "-o", self.py_spy],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                cpu0, started = _cpu_seconds(proc.pid), time.monotonic()
+                runs["pdr"].append(self._latency_run(pdr_ws, pdr_r, window, rate, base))
+                if spy is not None:
+                    spy.wait()
+                cpu, busy = cpu + _cpu_seconds(proc.pid) - cpu0, busy + time.monotonic() - started
+                runs["lr"].append(self._latency_run(lr_ws, lr_r, window, rate, base))
+                log(f"latency round {n + 1}: django-pdr p50 {runs['pdr'][-1]['p50']:.1f} / p99 "
+                    f"{runs['pdr'][-1]['p99']:.1f} ms, native p50 {runs['lr'][-1]['p50']:.1f} / p99 "
+                    f"{runs['lr'][-1]['p99']:.1f} ms")
+            notified = heard()
+            [w.close() for w in pdr_ws + lr_ws], pdr_r.close(), lr_r.close()
+        finally:
+            self.stop_worker(proc)
         pg_admin(self.pgb, "DROP SUBSCRIPTION latlr_sub", db="latlr_dst")
+        out = {key: _pooled(values) for key, values in runs.items()}
+        out["pdr"]["worker_cpu"] = cpu / max(busy, 1e-9)
+        out["pdr"]["notified"], out["pdr"]["notified_by_worker"] = notified
+        log(f"latency PDR: {out['pdr']}")
         log(f"latency logical replication: {out['lr']}")
         return out
 
@@ -1000,6 +1009,20 @@ def med(values):
     return statistics.median(values) if values else float("nan")
 
 
+def _pooled(windows):
+    """One latency result of several windows (``_latency_run``): percentiles of all their
+    commits pooled, rates averaged, each window's p50 and p99 kept."""
+    lat = sorted(x for w in windows for x in w["lat"])
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
+
+    return {"rate": sum(w["rate"] for w in windows) / len(windows), "p50": pct(50), "p95": pct(95),
+            "p99": pct(99), "max": lat[-1] if lat else 0, "samples": len(lat),
+            "missing": sum(w["missing"] for w in windows), "commits": sum(w["commits"] for w in windows),
+            "writers": windows[0]["writers"], "windows": [(w["p50"], w["p99"]) for w in windows]}
+
+
 def fmt_runs(values, unit_fmt="{:,.0f}"):
     return " / ".join(unit_fmt.format(v) for v in values)
 
@@ -1167,13 +1190,19 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
         if "notified" in p:
             notified = (f"; {p['notified']:,} commits notified ({p['notified'] / max(1, p['commits']):.1%}), "
                         f"the worker {p['notified_by_worker']:,} times")
+        def windows(r):
+            return " / ".join(f"{a:.1f}·{b:.1f}" for a, b in r.get("windows", ()))
+
         print(f"| (b) latency commit→visible PG→PG, django-pdr (`pdr-reflect -i {args.interval}`; "
-              f"{p['rate']:,.0f} tx/s from {p.get('writers', 1)} connection(s) for {lat_seconds:.0f} s) | p50 {p['p50']:.1f} ms, p95 {p['p95']:.1f} ms, "
-              f"p99 {p['p99']:.1f} ms | {p['samples']:,} commits, {p['missing']} unseen; worker CPU "
+              f"{p['rate']:,.0f} tx/s from {p.get('writers', 1)} connection(s), {lat_seconds:.0f} s in "
+              f"{len(p.get('windows', ())) or 1} windows alternating with native) | p50 {p['p50']:.1f} ms, "
+              f"p95 {p['p95']:.1f} ms, p99 {p['p99']:.1f} ms | windows p50·p99 {windows(p)}; "
+              f"{p['samples']:,} commits, {p['missing']} unseen; worker CPU "
               f"{p.get('worker_cpu', float('nan')) * 100:.0f}% of a core{notified} | p50 ≤ 2× native, p99 ≤ 4× native | "
               f"p50 {p['p50'] / max(l['p50'], 1e-9):.1f}× native, p99 {p['p99'] / max(l['p99'], 1e-9):.1f}× native |")
         print(f"| (b) latency commit→visible, native logical replication ({l['rate']:,.0f} tx/s) | "
-              f"p50 {l['p50']:.1f} ms, p95 {l['p95']:.1f} ms, p99 {l['p99']:.1f} ms | {l['samples']:,} commits | "
+              f"p50 {l['p50']:.1f} ms, p95 {l['p95']:.1f} ms, p99 {l['p99']:.1f} ms | windows p50·p99 {windows(l)}; "
+              f"{l['samples']:,} commits | "
               f"baseline | (5 ms poller included in both) |")
     cap = res.get("capture")
     if cap:
