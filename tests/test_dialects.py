@@ -1396,6 +1396,12 @@ def test_postgresql_statement_parameters_keep_negative_zero():
     assert adapt(row["a"]).getquoted() == b"'-0'::float8"
     assert row["b"] == 0.0 and str(row["b"]) == "0.0" and row["c"] == -1.5 and row["d"] == "x"
     assert adapt(-0.0).getquoted() == b" -0.0"  # what it guards against (psycopg2's own spelling)
+    # psycopg2 spells every Decimal that is not finite as NaN
+    (row,) = PostgreSQLDialect(postgresql.dialect()).driver_rows(
+        [{"a": decimal.Decimal("Infinity"), "b": decimal.Decimal("-Infinity"), "c": decimal.Decimal("NaN")}])
+    assert [adapt(row[k]).getquoted() for k in "abc"] == [b"'Infinity'::numeric", b"'-Infinity'::numeric",
+                                                         b"'NaN'::numeric"]
+    assert adapt(decimal.Decimal("-Infinity")).getquoted() == b"'NaN'::numeric"
     rows = [{"a": -0.0}]
     assert SQLiteDialect(sqlite.dialect()).driver_rows(rows) is rows  # other drivers send doubles as they are
 

@@ -79,6 +79,13 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
     changed = spelled(dest_text.engine)
     assert [r[0] for r in changed] == [1, 2, 6, 7, 8, 70, 100] and changed == spelled(dest_py.engine)
 
+    # one row alone: the Python path binds its values as parameters, where psycopg2 spells
+    # an infinite Decimal as 'NaN'::numeric (the dialect spells it itself)
+    source.execute("INSERT INTO items (id, dec, d) VALUES (101, -9e999, 9e999)")
+    replicate_both_ways(monkeypatch, text, python, all_text=False)
+    alone = dict(spelled(dest_py.engine))[101]
+    assert alone == "(101,,,,,Infinity,,-Infinity,,,,)" and spelled(dest_text.engine) == spelled(dest_py.engine)
+
 
 @pytest.mark.parametrize("odd", ODD)
 def test_values_without_a_spelling_take_the_python_path(make_target, settings, monkeypatch, odd):

@@ -770,7 +770,7 @@ class Dialect:
     def driver_rows(self, rows: list[dict]) -> list[dict]:
         """``rows`` as parameters of statements run through SQLAlchemy, with any value
         the driver would misspell replaced by one it spells exactly (PostgreSQL:
-        -0.0).  Base: unchanged."""
+        -0.0, infinite Decimals).  Base: unchanged."""
         return rows
 
     def guard_rows(self, conn, table: sa.Table | None, rows: list[dict]) -> None:

@@ -31,26 +31,33 @@ _NUL_REFUSED = "A string literal cannot contain NUL (0x00) characters."
 _REPEATED_SQL: dict = {}
 
 
-class _NegativeZero:
-    """-0.0 as psycopg2 must send it.  psycopg2 spells a float as a bare literal, and
-    ``-0.0`` reads in PostgreSQL as minus applied to the numeric 0.0: a plain 0.  This
-    object adapts itself (psycopg2's ``__conform__`` protocol): nothing is registered
-    globally."""
+class _Spelled:
+    """A value psycopg2 must send spelled as given (its ``__conform__`` protocol: nothing
+    is registered globally).  psycopg2 spells -0.0 as a bare literal, which PostgreSQL
+    reads as minus applied to the numeric 0.0 (a plain 0), and every Decimal that is not
+    finite as 'NaN'::numeric (an infinity would become NaN)."""
+
+    def __init__(self, sql: bytes):
+        self.sql = sql
 
     def __conform__(self, protocol):
         return self
 
-    @staticmethod
-    def getquoted():
-        return b"'-0'::float8"
+    def getquoted(self):
+        return self.sql
 
 
-_NEGATIVE_ZERO = _NegativeZero()
+_NEGATIVE_ZERO = _Spelled(b"'-0'::float8")
+_INFINITY = {False: _Spelled(b"'Infinity'::numeric"), True: _Spelled(b"'-Infinity'::numeric")}
 
 
 def _signed_zero(value):
-    if type(value) is float and value == 0 and math.copysign(1.0, value) < 0:
+    """``value`` as a parameter psycopg2 spells exactly (see _Spelled)."""
+    kind = type(value)
+    if kind is float and value == 0 and math.copysign(1.0, value) < 0:
         return _NEGATIVE_ZERO
+    if kind is decimal.Decimal and value.is_infinite():
+        return _INFINITY[value.is_signed()]
     return value
 
 
