@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.live]
 SQLITE_TABLE = ("CREATE TABLE items (id INTEGER PRIMARY KEY, n INT, big BIGINT, b BOOLEAN, r REAL, d DOUBLE, "
                 "num NUMERIC(12,2), dec NUMERIC, ts DATETIME, da DATE, s VARCHAR(100), t TEXT)")
 POSTGRES_TABLE = ("CREATE TABLE items (id integer PRIMARY KEY, n int, big bigint, b boolean, r real, "
-                  "d double precision, num numeric(12,2), dec numeric, ts timestamp, da date, s varchar(100), t text)")
+                  "d double precision, num numeric(12,2), dec numeric, ts timestamp, da date, "
+                  "s varchar(100), t text)")
 
 # every value below is one the text path spells (stored as SQLite stores it)
 GOOD = [
@@ -42,7 +43,8 @@ ODD = [
     "(11, 1, 1, 2, 1, 1, 1, 1, NULL, NULL, NULL, NULL)",  # a boolean stored as 2
     "(12, 1, 1, 1, 1, 1, 'abc', 1, NULL, NULL, NULL, NULL)",  # text in a NUMERIC column
     "(13, 1, 1, 1, 1, 1, 1, 1, '2024-01-01T10:00:00', NULL, NULL, NULL)",  # "T"
-    "(14, 1, 1, 1, 1, 1, 1, 1, '2024-01-01 10:00:00+02:00', NULL, NULL, NULL)",  # a zone: UTC on the Python path
+    # a zone: converted to UTC on the Python path
+    "(14, 1, 1, 1, 1, 1, 1, 1, '2024-01-01 10:00:00+02:00', NULL, NULL, NULL)",
     "(15, 1, 1, 1, 1, 1, 1, 1, '2024-01-01 10:00:00.5', NULL, NULL, NULL)",  # fewer digits
     "(16, 1, 1, 1, 1, 1, 1, 1, NULL, NULL, x'00ff', NULL)",  # a BLOB in a text column
     "(17, 1, 1, 1, 1, 1, 1, 1, '2024-01-01 24:00:00', NULL, NULL, NULL)",  # PostgreSQL reads it, Python not
@@ -60,7 +62,8 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
     settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
     source = make_target("sqlite")
     source.execute(SQLITE_TABLE, "INSERT INTO items VALUES " + ", ".join(GOOD))
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items",
+                                                            "postgresql")
     for dest in (dest_text, dest_py):
         dest.execute(POSTGRES_TABLE)
     assert runner_for(text).text_path
@@ -69,7 +72,8 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
     assert len(loaded) == len(GOOD) and loaded == spelled(dest_py.engine)
     values = {r["id"]: r for r in rows(dest_text.engine, "items", ["id"])}
     assert values[1]["s"] == "a\tb\nc\rd\\e" and values[3]["s"] == "😀 é" and values[6]["s"] is None
-    assert str(values[1]["num"]) == "1.01" and str(values[2]["dec"]) == "1.005"  # the shortest spelling, rounded
+    # the shortest spelling, then rounded by the column
+    assert str(values[1]["num"]) == "1.01" and str(values[2]["dec"]) == "1.005"
 
     # changes in batches of a few events: updates, deletes, a key change, new rows
     source.execute("UPDATE items SET r = r / 3, s = s || char(9) || '\\', ts = NULL WHERE id % 2 = 0",
@@ -84,7 +88,8 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
     source.execute("INSERT INTO items (id, dec, d) VALUES (101, -9e999, 9e999)")
     replicate_both_ways(monkeypatch, text, python, all_text=False)
     alone = dict(spelled(dest_py.engine))[101]
-    assert alone == "(101,,,,,Infinity,,-Infinity,,,,)" and spelled(dest_text.engine) == spelled(dest_py.engine)
+    assert alone == "(101,,,,,Infinity,,-Infinity,,,,)"
+    assert spelled(dest_text.engine) == spelled(dest_py.engine)
 
 
 @pytest.mark.parametrize("odd", ODD)
@@ -92,7 +97,8 @@ def test_values_without_a_spelling_take_the_python_path(make_target, settings, m
     settings.PDR = {"LOAD_CHUNK_SIZE": 4}
     source = make_target("sqlite")
     source.execute(SQLITE_TABLE, "INSERT INTO items VALUES " + ", ".join(GOOD))
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items",
+                                                            "postgresql")
     for dest in (dest_text, dest_py):
         dest.execute(POSTGRES_TABLE)
     replicate_both_ways(monkeypatch, text, python)

@@ -276,7 +276,9 @@ def sqlite_copy_spelling(source_type, dest_type=None):
     if isinstance(source_type, sa.DateTime):
         if getattr(source_type, "timezone", False) or getattr(dest_type, "timezone", False):
             return None  # an aware value is converted to UTC on the Python path
-        return _sqlite_form(_SQLITE_SECOND, _SQLITE_MICROSECOND, hour=True) if accepts(dest_type, sa.DateTime) else None
+        if not accepts(dest_type, sa.DateTime):
+            return None
+        return _sqlite_form(_SQLITE_SECOND, _SQLITE_MICROSECOND, hour=True)
     if isinstance(source_type, sa.Date):
         return _sqlite_form(_SQLITE_DAY) if accepts(dest_type, sa.Date, never=(sa.DateTime,)) else None
     if isinstance(source_type, sa.String) and not isinstance(source_type, (sa.Enum, sa.JSON)):

@@ -7,8 +7,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from ..errors import ValueRefused
-from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextCounter, TextRows, column_list, event_key_name,
-                   unencodable)
+from .base import (OP_DELETE, OP_INSERT, OP_UPDATE, Dialect, TextCounter, TextRows, column_list,
+                   event_key_name, unencodable)
 from .crosstext import sqlite_copy_query, sqlite_copy_spelling, sqlite_number_text
 
 #: Rows of one fetch of ``copy_out`` (the line pieces are small; the counter sees each).
@@ -194,7 +194,8 @@ class SQLiteDialect(Dialect):
                             for at in numbers:
                                 row[at] = sqlite_number_text(row[at])
                         if None in row:
-                            raise NotImplementedError("a value SQLite stores in a form the text path does not spell")
+                            raise NotImplementedError("a value SQLite stores in a form the text path "
+                                                      "does not spell")
                         line = "".join(row)
                         counter.add(len(line))
                         lines.append(line)
