@@ -58,14 +58,20 @@ def spelled(engine):
         return conn.exec_driver_sql("SELECT id, items::text FROM items ORDER BY id").all()
 
 
-def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, monkeypatch):
-    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
+def source_and_two_destinations(make_target):
+    """The SQLite source holding GOOD, and two PostgreSQL destinations (table made) with a
+    reflection each: (source, (destination, reflection) for text, the same for Python)."""
     source = make_target("sqlite")
     source.execute(SQLITE_TABLE, "INSERT INTO items VALUES " + ", ".join(GOOD))
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items",
-                                                            "postgresql")
-    for dest in (dest_text, dest_py):
+    made = two_destinations(make_target, source.model("src"), "items", "postgresql")
+    for dest, _ in made:
         dest.execute(POSTGRES_TABLE)
+    return source, *made
+
+
+def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, monkeypatch):
+    settings.PDR = {"LOAD_CHUNK_SIZE": 4, "BATCH_SIZE": 5}
+    source, (dest_text, text), (dest_py, python) = source_and_two_destinations(make_target)
     assert runner_for(text).text_path
     replicate_both_ways(monkeypatch, text, python)
     loaded = spelled(dest_text.engine)
@@ -95,12 +101,7 @@ def test_sqlite_rows_as_copy_text_equal_the_python_path(make_target, settings, m
 @pytest.mark.parametrize("odd", ODD)
 def test_values_without_a_spelling_take_the_python_path(make_target, settings, monkeypatch, odd):
     settings.PDR = {"LOAD_CHUNK_SIZE": 4}
-    source = make_target("sqlite")
-    source.execute(SQLITE_TABLE, "INSERT INTO items VALUES " + ", ".join(GOOD))
-    (dest_text, text), (dest_py, python) = two_destinations(make_target, source.model("src"), "items",
-                                                            "postgresql")
-    for dest in (dest_text, dest_py):
-        dest.execute(POSTGRES_TABLE)
+    source, (dest_text, text), (dest_py, python) = source_and_two_destinations(make_target)
     replicate_both_ways(monkeypatch, text, python)
     source.execute("INSERT INTO items VALUES " + odd)
     with monkeypatch.context() as patch:

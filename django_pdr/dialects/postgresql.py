@@ -51,7 +51,7 @@ _NEGATIVE_ZERO = _Spelled(b"'-0'::float8")
 _INFINITY = {False: _Spelled(b"'Infinity'::numeric"), True: _Spelled(b"'-Infinity'::numeric")}
 
 
-def _signed_zero(value):
+def _exact_parameter(value):
     """``value`` as a parameter psycopg2 spells exactly (see _Spelled)."""
     kind = type(value)
     if kind is float and value == 0 and math.copysign(1.0, value) < 0:
@@ -796,7 +796,7 @@ END
         return [_NESTED_LOOP]
 
     def driver_rows(self, rows):
-        return [{name: _signed_zero(value) for name, value in row.items()} for row in rows]
+        return [{name: _exact_parameter(value) for name, value in row.items()} for row in rows]
 
     def guard_rows(self, conn, table, rows):
         # what PostgreSQL cannot hold, named by its column (the driver's and the server's
@@ -1149,7 +1149,7 @@ END
             return text.replace("%", "%%")
 
         sql = f"INSERT INTO {esc(target)} ({esc(columns)}) VALUES %s ON CONFLICT ({esc(keys)}) {esc(action)}"
-        values = [tuple(map(_signed_zero, row)) for row in values]
+        values = [tuple(map(_exact_parameter, row)) for row in values]
         self.run_on_driver(conn, sql, lambda cursor: execute_values(cursor, sql, values, page_size=1000))
         return True
 
