@@ -580,22 +580,25 @@ class Bench:
                 f"peak RSS {rep['rss_peak_mb']:.0f} MB; destination {verdict}")
         return runs
 
-    def logical_replication(self, events, repeat, seed):
+    def logical_replication(self, events, repeat, seed, tag="lr"):
         """Native publication/subscription on the same workload; subscriptions created
         disabled (slots made) before the backlog, enabled one at a time and timed until
-        the sentinel row (in the last transaction) is visible on the subscriber."""
-        pg_admin(self.pga, 'CREATE DATABASE "lr_src"')
-        src = Source("postgresql", self.pga, "lr_src")
-        src.execute(DDL["postgresql"], "CREATE PUBLICATION lr_pub FOR TABLE t")
+        the sentinel row (in the last transaction) is visible on the subscriber.  ``tag``:
+        prefix of its databases, publication, subscriptions and slots."""
+        pg_admin(self.pga, f'CREATE DATABASE "{tag}_src"')
+        src = Source("postgresql", self.pga, f"{tag}_src")
+        src.execute(DDL["postgresql"], f"CREATE PUBLICATION {tag}_pub FOR TABLE t")
         dsts = []
         for i in range(repeat):
-            dst = dest_pg(self.pgb, f"lr_dst_{i}")
+            dst = dest_pg(self.pgb, f"{tag}_dst_{i}")
             dst.execute(DDL["postgresql"])
             pg_admin(self.pgb,
-                     f"CREATE SUBSCRIPTION lr_sub_{i} CONNECTION 'host={HOST} port={self.pga.port} user={USER} "
-                     f"password={PASSWORD} dbname=lr_src' PUBLICATION lr_pub "
-                     f"WITH (enabled = false, copy_data = false, create_slot = true, slot_name = 'lr_slot_{i}')",
-                     db=f"lr_dst_{i}")
+                     f"CREATE SUBSCRIPTION {tag}_sub_{i} CONNECTION "
+                     f"'host={HOST} port={self.pga.port} user={USER} "
+                     f"password={PASSWORD} dbname={tag}_src' PUBLICATION {tag}_pub "
+                     f"WITH (enabled = false, copy_data = false, create_slot = true, "
+                     f"slot_name = '{tag}_slot_{i}')",
+                     db=f"{tag}_dst_{i}")
             dsts.append(dst)
         log(f"logical replication: building a {events:,}-event backlog (subscriptions disabled)")
         n, secs = generate_backlog(src, events, seed=seed)
@@ -603,22 +606,22 @@ class Bench:
         expected = src.summary()
         runs = []
         for i, dst in enumerate(dsts):
-            conn = pg_connect(self.pgb, f"lr_dst_{i}", autocommit=True)
+            conn = pg_connect(self.pgb, f"{tag}_dst_{i}", autocommit=True)
             cur = conn.cursor()
             t0 = time.perf_counter()
-            cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} ENABLE")
+            cur.execute(f"ALTER SUBSCRIPTION {tag}_sub_{i} ENABLE")
             wait_for(cur, f"SELECT count(*) FROM t WHERE id = {SENTINEL}", lambda row: row[0], 3600,
                      "logical replication did not catch up")
             secs = time.perf_counter() - t0
-            cur.execute(f"ALTER SUBSCRIPTION lr_sub_{i} DISABLE")
+            cur.execute(f"ALTER SUBSCRIPTION {tag}_sub_{i} DISABLE")
             conn.close()
             got = dst.summary()
             runs.append({"events": n, "seconds": secs, "rate": n / secs, "ok": got == expected})
             log(f"logical replication run {i + 1}: {n:,} events in {secs:.1f} s -> {n / secs:,.0f} events/s; "
                 f"subscriber {'matches' if got == expected else 'DIFFERS'}")
         for i in range(repeat):
-            pg_admin(self.pgb, f"DROP SUBSCRIPTION lr_sub_{i}", db=f"lr_dst_{i}")
-        pg_admin(self.pga, 'DROP DATABASE "lr_src" WITH (FORCE)')
+            pg_admin(self.pgb, f"DROP SUBSCRIPTION {tag}_sub_{i}", db=f"{tag}_dst_{i}")
+        pg_admin(self.pga, f'DROP DATABASE "{tag}_src" WITH (FORCE)')
         return runs
 
     # -- (b) latency ----------------------------------------------------------------
@@ -1114,6 +1117,8 @@ def main():
                 res["pairs"][label] = bench.catchup_pair(label, s, d, size, n, seed=7)
         if args.mem5m and ("d" in only):
             res["mem5m"] = bench.catchup_pair("PG→PG 5M", "postgresql", "postgresql", 5_000_000, 1, seed=11)
+            if "a" in only:  # the control: does native replication slow down as much at 5M?
+                res["lr5m"] = bench.logical_replication(5_000_000, 1, seed=11, tag="lr5m")
         if "e" in only:
             res["load"], res["load_lr"] = bench.initial_loads(load_rows, 5)
         if "b" in only:
@@ -1130,6 +1135,7 @@ def main():
     print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, bench.library)
     bad = [label for label, runs in (res.get("pairs") or {}).items() if not all(r["ok"] for r in runs)]
     bad += ["logical replication"] if res.get("lr") and not all(r["ok"] for r in res["lr"]) else []
+    bad += ["logical replication 5M"] if res.get("lr5m") and not all(r["ok"] for r in res["lr5m"]) else []
     bad += ["initial load"] if res.get("load") and not all(r["ok"] for r in res["load"]) else []
     bad += ["native initial load"] if res.get("load_lr") and not all(r["ok"] for r in res["load_lr"]) else []
     if bad:
@@ -1256,6 +1262,16 @@ def print_table(res, events, args, total, lat_seconds, load_rows, cap_seconds, l
         r = res["mem5m"][0]
         print(f"| (d) worker peak RSS, PG→PG catch-up of {r['events']:,} events | {r['rss_peak_mb']:.0f} MB | "
               f"{r['rate']:,.0f} events/s | ≤ 150 MB, flat | {'within' if r['rss_peak_mb'] <= 150 else 'over'} |")
+        ours = med([x["rate"] for x in (res.get("pairs") or {}).get("PG→PG") or []] or [0])
+        if ours:
+            print(f"| (a) PG→PG catch-up at 5M against 1M | {r['rate']:,.0f} events/s | 1 run "
+                  f"| ≥ 0.95× the 1M rate | {r['rate'] / ours:.2f}× |")
+        if res.get("lr5m") and lr_rate and ours:
+            native = res["lr5m"][0]["rate"]
+            print(f"| (a) native logical replication at 5M against 1M (control) | {native:,.0f} events/s "
+                  f"| 1 run"
+                  f"{'' if res['lr5m'][0]['ok'] else ', subscriber DIFFERS'} | | {native / lr_rate:.2f}× "
+                  f"(django-pdr: {r['rate'] / ours:.2f}×) |")
     if res.get("load"):
         rate = med([r["rate"] for r in res["load"]])
         ok = all(r["ok"] for r in res["load"])

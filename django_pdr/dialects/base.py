@@ -666,6 +666,11 @@ class Dialect:
         finally:
             result.close()
 
+    def event_ids(self, conn, query) -> list[tuple]:
+        """The rows of ``query``, an event read without keys (columns ``pdr_id``, a NULL
+        ``pdr_key``, ``pdr_op``, ordered by ``pdr_id``), as plain (id, None, op) tuples."""
+        return self.plain_rows(conn, query)
+
     def run_repeated(self, conn, query) -> list:
         """The rows of ``query``, a statement a running worker sends again and again
         unchanged (its probes).  Engines that can keep it prepared on the connection do so

@@ -171,6 +171,8 @@ class EventReader:
         def fetch(query):
             if keys and not self._plain_keys(conn):
                 found = conn.execute(query).fetchall()  # one fetch: iterating fetches row by row
+            elif not keys and not extra:
+                found = self.dialect.event_ids(conn, query)
             else:
                 found = self.dialect.plain_rows(conn, query)
             if extra:  # the registry row as this statement saw it (NULL: no row)
