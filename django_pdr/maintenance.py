@@ -11,7 +11,7 @@ from django.utils import timezone
 from . import conf
 from .capture import plan as capture_plan
 from .capture import registration
-from .connections import begin, get_engine
+from .connections import begin, dialect_of, get_engine
 from .models import Reflection, Sample
 from .engine.visibility import Position
 
@@ -56,16 +56,31 @@ def purge(source_table) -> int:
             return sa.and_(registry.c.event_table == event.name, registry.c.incarnation == registered.incarnation,
                            registry.c.purged_through == low)
 
+        keep_last = dialect_of(source_table.database).range_delete_locks_next_row
         low = floor
         while low < horizon:
-            high = min(horizon, low + chunk)
+            high, delete = min(horizon, low + chunk), True
+            if keep_last:
+                # end the range below a row that is there (committed: it is settled), kept for
+                # the next purge: the DELETE then never reaches an uncommitted event above
+                top = conn.execute(sa.select(sa.func.max(event.c.pdr_id))
+                                   .where(event.c.pdr_id > low, event.c.pdr_id <= high)).scalar()
+                conn.rollback()
+                if top is not None:
+                    high = top - 1
+                else:  # no row to delete: only the floor moves
+                    delete = False
+                if high <= low:
+                    break
             with begin(conn):
                 # the registry row first (locked until the commit): reinstalled or purged by
                 # another worker meanwhile, this purge stops
                 if not conn.execute(sa.update(registry).where(still(low)).values(purged_through=high)).rowcount:
                     break
-                result = conn.execute(sa.delete(event).where(event.c.pdr_id > low, event.c.pdr_id <= high))
-            deleted += max(result.rowcount or 0, 0)
+                if delete:
+                    chunk_of = sa.delete(event).where(event.c.pdr_id > low, event.c.pdr_id <= high)
+                    result = conn.execute(chunk_of)
+                    deleted += max(result.rowcount or 0, 0)
             low = high
             type(source_table).objects.filter(pk=source_table.pk).update(purged_through=low)
     source_table.purged_through = low

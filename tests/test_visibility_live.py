@@ -71,8 +71,11 @@ def test_rolled_back_ids_do_not_stall_progress(make_target, kind):
     assert ids(dest) == [2, 3]
     reflection.refresh_from_db()
     assert reflection.position["g"] == []
-    # every event was applied, so every event was purged, up to the cursor
+    # every event was applied, so every event was purged, up to the cursor (MariaDB: but
+    # the last, kept so that a purge never reaches the row after it, see
+    # Dialect.range_delete_locks_next_row)
+    kept = 1 if kind == "mysql" else 0
     with source.engine.connect() as conn:
         left = conn.execute(sa.text(f"SELECT count(*) FROM {reflection.source.event_table}")).scalar()
     reflection.source.refresh_from_db()
-    assert left == 0 and reflection.source.purged_through == reflection.position["c"] >= 3
+    assert left == kept and reflection.source.purged_through == reflection.position["c"] - kept >= 2

@@ -614,6 +614,13 @@ class Dialect:
             return str(compiled), tuple(params[name] for name in compiled.positiontup)
         return str(compiled), params
 
+    #: A DELETE of a range of keys locks the row after the range too (InnoDB's next-key
+    #: locks, in every isolation level): a purge of applied events then waits for the
+    #: transaction that wrote the next event, uncommitted, for as long as it stays open
+    #: (up to its lock wait timeout, then fails).  Engines saying True here purge up to a
+    #: row that is there, committed, and keep it for the next purge (maintenance.purge).
+    range_delete_locks_next_row = False
+
     #: One statement reads one snapshot: what it reads first and last was committed
     #: alike (not Firebird 3's READ COMMITTED, where a statement sees commits made while
     #: it runs).

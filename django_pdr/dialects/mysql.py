@@ -338,6 +338,8 @@ class MySQLDialect(Dialect):
         self._run_statements(conn, self._literal_statements(conn, head, values, tail, key_names), head)
         return True
 
+    range_delete_locks_next_row = True
+
     # -- rows passed as text ---------------------------------------------------------
     #: Written: row literals spelled by the source ("values", see PostgreSQL's
     #: ``crosstext.values_query``); read: rows spelled in PostgreSQL's COPY text form.
