@@ -16,12 +16,19 @@ settings.load_profile("ci")
 
 @pytest.fixture(autouse=True)
 def _dispose_engines():
-    """Engines are cached per Database pk; tests reuse pks, so start clean."""
+    """Engines, table descriptions and learned row sizes are kept per Database or
+    Reflection pk; tests reuse pks (rolled back), so start clean."""
     from django_pdr.connections import dispose_all
+    from django_pdr.engine import budget, describe
 
-    dispose_all()
+    def forget():
+        dispose_all()
+        describe.forget_descriptions()
+        budget._LARGEST.clear()
+
+    forget()
     yield
-    dispose_all()
+    forget()
 
 
 _LAYERS = {"live", "browser", "docs", "packaging"}
