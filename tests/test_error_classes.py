@@ -478,7 +478,7 @@ def test_mariadb_row_over_max_allowed_packet_is_refused_before_sending(big_targe
         assert isinstance(error, RowTooLarge) and dialect.classify_error(error) == DATA
         assert str(error).startswith("value of column 'body' is 17,825,802 bytes as SQL; the destination's "
                                      "max_allowed_packet is 16,777,216 bytes: raise max_allowed_packet")
-    rows = TextRows("values", [(f"(2,'big','{body}')",)], 1)
+    rows = TextRows("values", [f"(2,'big','{body}')"], 1)
 
     def copied():
         with target.engine.begin() as conn:

@@ -82,7 +82,8 @@ class TextCounter:
 class TextRows:
     """Rows spelled as text by the source engine for the destination engine (``fmt``):
     ``data`` is COPY text for "copy" (one str, or a list of str to be read in turn: a
-    large batch is never joined), a list of literals for "values", a list of rows in the
+    large batch is never joined), a list of literals for "values" (with ``flags``, the
+    rows' marks, one byte a row, when the query had them), a list of rows in the
     engine's binary COPY form for "binary" (bytes, no header or trailer);
     ``largest``: characters (bytes) of the longest row; ``types``: for "binary", the
     columns' exact types (``binary_types``), checked again by the transactions that read
@@ -93,6 +94,7 @@ class TextRows:
     count: int
     largest: int = 0
     types: tuple = ()
+    flags: bytes | None = None
 
 
 @dataclass(frozen=True)

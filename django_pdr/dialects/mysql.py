@@ -442,12 +442,12 @@ class MySQLDialect(Dialect):
         return len(upserts) + len(deletes)
 
     def apply_marked(self, conn, table, names, key_names, update_names, rows):
-        upserts = [text for gone, text in rows.data if not gone]
-        deletes = [text for gone, text in rows.data if gone]
+        upserts = [text for gone, text in zip(rows.flags, rows.data, strict=True) if not gone]
+        deletes = [text for gone, text in zip(rows.flags, rows.data, strict=True) if gone]
         return self._run_literals(conn, table, names, key_names, update_names, upserts, deletes)
 
     def apply_copied(self, conn, table, names, key_names, update_names, rows, fresh=False):
-        return self._run_literals(conn, table, names, key_names, update_names, [r[0] for r in rows.data], [])
+        return self._run_literals(conn, table, names, key_names, update_names, rows.data, [])
 
     def upsert_batches(self, table, key_names, update_names, rows):
         # One multi-row INSERT per chunk rather than executemany: PyMySQL's executemany
