@@ -1387,6 +1387,23 @@ def test_postgresql_small_text_batches_are_read_as_copy_reads_them_or_left_to_co
         assert _small_text_batch(other, ["id", "v"], rows) is None  # JSON null would read as NULL, ...
 
 
+def test_postgresql_new_rows_are_split_from_a_marked_text():
+    from django_pdr.dialects.base import TextRows
+    from django_pdr.dialects.postgresql import _split_new
+
+    lines = ["n\t1\ta\\tb\n", "f\t2\tn\\nx\n", "t\t3\t\\N\n", "n\t4\tn\\n\n", "n\t5\t\\\\n\n"]
+    want = (["1\ta\\tb\n", "4\tn\\n\n", "5\t\\\\n\n"], ["f\t2\tn\\nx\n", "t\t3\t\\N\n"])
+    # one text (a MySQL source), or a part per row (a PostgreSQL source): the new lines
+    # without their flag, the others
+    assert _split_new(TextRows("copy", "".join(lines), 5)) == want
+    assert _split_new(TextRows("copy", lines, 5)) == want
+    assert _split_new(TextRows("copy", "n\t1\tx\n", 1)) == (["1\tx\n"], [])  # new rows only
+    # no new row, or not one line per row: nothing split
+    for data, count in [("f\t1\tx\n", 1), ("".join(lines), 4), ("n\t1\n\nf\t2\n", 3), ("", 0),
+                        (lines[:4], 5), (["n\t1\tx"], 1)]:
+        assert _split_new(TextRows("copy", data, count)) == ([], data)
+
+
 def test_postgresql_statement_parameters_keep_negative_zero():
     # psycopg2 spells -0.0 as the literal " -0.0", which PostgreSQL reads as minus the
     # numeric 0.0, i.e. 0: the dialect hands it a value that spells itself exactly

@@ -304,6 +304,37 @@ def test_new_keys_go_straight_into_the_target_and_a_key_found_there_is_upserted(
     check()
 
 
+@pytest.mark.parametrize("source_kind", ["postgresql", "mysql"])
+def test_a_batch_of_new_rows_only_with_a_key_already_there_is_upserted_whole(make_target, monkeypatch,
+                                                                             source_kind):
+    """Every row of the batch is new (nothing left to stage but them) and one key is in the
+    mirror already: the direct COPY is undone and all of them are upserted, none lost
+    (over 64 KiB of them: more than one piece of COPY's input)."""
+    from django_pdr.dialects import postgresql
+
+    postgresql._DIRECT_BACKOFF.clear()
+    calls, real = [], postgresql.PostgreSQLDialect._insert_new
+
+    def spy(conn, cursor, target, columns, lines):
+        calls.append(real(conn, cursor, target, columns, lines))
+        return calls[-1]
+
+    monkeypatch.setattr(postgresql.PostgreSQLDialect, "_insert_new", staticmethod(spy))
+    source, dest = make_target(source_kind), make_target("postgresql")
+    source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
+    dest.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
+    reflection = Reflection.objects.create(source=watch(source.model("src"), "t"), destination=dest.model("dst"),
+                                           destination_table="t")
+    assert runner_for(reflection).text_path
+    call_command("pdr-reflect", verbosity=0)
+    dest.execute("INSERT INTO t VALUES (150, 'written into the mirror')")
+    source.execute("INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, '{i:050d}')" for i in range(1, 1501)))
+    call_command("pdr-reflect", verbosity=0)
+    assert calls == [None]
+    got = rows(dest.engine, "t", ["id"])
+    assert got == rows(source.engine, "t", ["id"]) and len(got) == 1500 and got[149]["v"] == f"{150:050d}"
+
+
 @pytest.mark.parametrize("source_kind", ["postgresql", "sqlite"])
 def test_events_of_the_next_batch_are_read_ahead_on_a_second_connection(make_target, settings, monkeypatch,
                                                                        source_kind):
