@@ -250,13 +250,9 @@ def test_a_load_chunk_copies_straight_into_its_emptied_target_and_upserts_when_a
     assert len(chunks) >= 4 and copied and all(copied)
 
 
-@pytest.mark.parametrize("source_kind", ["postgresql", "mysql"])
-def test_new_keys_go_straight_into_the_target_and_a_key_found_there_is_upserted(make_target, monkeypatch,
-                                                                                 source_kind):
-    """Rows whose key was inserted since the last batch are COPYed into the target without a
-    staging table (batches above the small-batch size); a key that is there after all (written
-    into the mirror by someone else) undoes that COPY, the batch is upserted whole, and the
-    next batch skips the direct insert.  Values with tabs, newlines and backslashes."""
+def direct_insert_pair(make_target, monkeypatch, source_kind):
+    """(source, PostgreSQL destination, calls): table ``t`` (id, v) on both, replicated
+    once on the text path; ``calls``: what each direct insert of new rows returned."""
     from django_pdr.dialects import postgresql
 
     postgresql._DIRECT_BACKOFF.clear()
@@ -268,13 +264,24 @@ def test_new_keys_go_straight_into_the_target_and_a_key_found_there_is_upserted(
 
     monkeypatch.setattr(postgresql.PostgreSQLDialect, "_insert_new", staticmethod(spy))
     source, dest = make_target(source_kind), make_target("postgresql")
-    text = "concat('t\\tab n\\nl b\\\\s ', {})" if source_kind == "mysql" else "E't\\tab n\\nl b\\\\s ' || {}"
     source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
     dest.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
     reflection = Reflection.objects.create(source=watch(source.model("src"), "t"), destination=dest.model("dst"),
                                            destination_table="t")
     assert runner_for(reflection).text_path
     call_command("pdr-reflect", verbosity=0)
+    return source, dest, calls
+
+
+@pytest.mark.parametrize("source_kind", ["postgresql", "mysql"])
+def test_new_keys_go_straight_into_the_target_and_a_key_found_there_is_upserted(make_target, monkeypatch,
+                                                                                 source_kind):
+    """Rows whose key was inserted since the last batch are COPYed into the target without a
+    staging table (batches above the small-batch size); a key that is there after all (written
+    into the mirror by someone else) undoes that COPY, the batch is upserted whole, and the
+    next batch skips the direct insert.  Values with tabs, newlines and backslashes."""
+    source, dest, calls = direct_insert_pair(make_target, monkeypatch, source_kind)
+    text = "concat('t\\tab n\\nl b\\\\s ', {})" if source_kind == "mysql" else "E't\\tab n\\nl b\\\\s ' || {}"
 
     def insert(lo, hi):
         return f"INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, {text.format(i)})" for i in range(lo, hi))
@@ -310,23 +317,7 @@ def test_a_batch_of_new_rows_only_with_a_key_already_there_is_upserted_whole(mak
     """Every row of the batch is new (nothing left to stage but them) and one key is in the
     mirror already: the direct COPY is undone and all of them are upserted, none lost
     (over 64 KiB of them: more than one piece of COPY's input)."""
-    from django_pdr.dialects import postgresql
-
-    postgresql._DIRECT_BACKOFF.clear()
-    calls, real = [], postgresql.PostgreSQLDialect._insert_new
-
-    def spy(conn, cursor, target, columns, lines):
-        calls.append(real(conn, cursor, target, columns, lines))
-        return calls[-1]
-
-    monkeypatch.setattr(postgresql.PostgreSQLDialect, "_insert_new", staticmethod(spy))
-    source, dest = make_target(source_kind), make_target("postgresql")
-    source.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
-    dest.execute("CREATE TABLE t (id int PRIMARY KEY, v varchar(60))")
-    reflection = Reflection.objects.create(source=watch(source.model("src"), "t"), destination=dest.model("dst"),
-                                           destination_table="t")
-    assert runner_for(reflection).text_path
-    call_command("pdr-reflect", verbosity=0)
+    source, dest, calls = direct_insert_pair(make_target, monkeypatch, source_kind)
     dest.execute("INSERT INTO t VALUES (150, 'written into the mirror')")
     source.execute("INSERT INTO t (id, v) VALUES " + ", ".join(f"({i}, '{i:050d}')" for i in range(1, 1501)))
     call_command("pdr-reflect", verbosity=0)
