@@ -74,7 +74,7 @@ sys.exit(demo.main(sys.argv[1:]))
 
 
 def test_demo_fails_loudly_when_a_mirror_differs():
-    proc, output = run_demo("--rows", "50", "--timeout", "2", code=SABOTAGE)
+    proc, output = run_demo("--rows", "50", "--timeout", "8", code=SABOTAGE)  # room for destination 1 under load
     assert proc.returncode == 1, output
     assert re.search(r"^ +destination 1: \d+ rows, identical to the source ✓", proc.stdout, re.M), output
     assert re.search(r"^ +destination 2: \d+ rows, DIFFERS from the source ✗", proc.stdout, re.M), output

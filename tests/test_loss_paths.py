@@ -212,7 +212,7 @@ def test_item5_repair_cannot_write_an_older_row_over_a_newer_one(make_target):
         source.execute("UPDATE t SET v = 'v2' WHERE id = 1")  # the application writes v2
         apply = threading.Thread(target=worker.run_round, name="worker")
         apply.start()
-        apply.join(3)  # the worker applies v2 (or waits for the repair's lock)
+        apply.join(5)  # the worker applies v2 (or waits for the repair's lock; 5 s: room for a loaded machine)
         resume.set()
         repair.join(10)
         apply.join(30)
@@ -275,7 +275,8 @@ def _race_two_workers(st, reflection, owner_cls, method):
         assert applying.wait(10)
         b = threading.Thread(target=run, args=("b", runner_b))
         b.start()
-        b.join(2)  # B must wait for A's lock (or, without one, pass its fence now)
+        b.join(5)  # B must wait for A's lock (or, without one, pass its fence now; 5 s: time to
+        # connect and read its batch on a loaded machine, else this would pass without a lock)
         assert "b" not in outcome, outcome
         go_on.set()
         a.join(30)

@@ -80,13 +80,17 @@ def _listener(source):
     return raw
 
 
-def _notified(raw, wait=0.5):
+def _notified(raw, wait=0.5, until_one=False):
+    """NOTIFYs heard within ``wait`` s; ``until_one``: up to 5 s, as soon as one arrived
+    (a loaded machine may take longer than ``wait`` to deliver the one expected)."""
     import select
 
-    select.select([raw], [], [], wait)
-    raw.poll()
-    count = len(raw.notifies)
-    raw.notifies.clear()
+    deadline, count = time.monotonic() + (5 if until_one else wait), 0
+    while not (until_one and count) and (remaining := deadline - time.monotonic()) > 0:
+        select.select([raw], [], [], remaining)
+        raw.poll()
+        count += len(raw.notifies)
+        raw.notifies.clear()
     return count
 
 
@@ -104,16 +108,16 @@ def test_writers_notify_only_while_a_worker_sleeps(make_target):
         with get_engine(databases[0]).connect() as conn:  # the listener is not in the pool
             assert conn.connection.dbapi_connection.autocommit is False
         source.execute("UPDATE t SET v = 'y'")
-        assert _notified(bystander) == 1  # a worker sleeps: the writer notifies
+        assert _notified(bystander, until_one=True) == 1  # a worker sleeps: the writer notifies
         started = time.monotonic()
         assert waker.wait(databases, timeout=5) is True
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4
         assert waker._armed == {}  # woken: disarmed, writers stop notifying
         source.execute("DELETE FROM t")
         assert _notified(bystander) == 0
         assert waker.wait(databases, timeout=5) is True  # armed again; the look finds work:
         waker.busy()  # disarmed while the worker works
-        assert _notified(bystander) == 1  # (it tells workers that slept on its arm)
+        assert _notified(bystander, until_one=True) == 1  # (it tells workers that slept on its arm)
         source.execute("INSERT INTO t VALUES (2, 'z')")
         assert _notified(bystander) == 0
     finally:
@@ -131,7 +135,7 @@ def test_arming_waits_for_capturing_transactions_in_flight(make_target):
         cursor.execute("INSERT INTO t VALUES (1, 'x')")  # captured, not committed: it will not notify
         started = time.monotonic()
         assert waker.wait(databases, timeout=5) is False  # cannot arm: a short pause, not the interval
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 3
         assert waker._armed == {}
         writer.commit()
         assert waker.wait(databases, timeout=5) is True  # armed after the commit: look again
@@ -153,7 +157,7 @@ def test_two_sleeping_workers_are_both_woken(make_target):
         for waker in wakers:
             started = time.monotonic()
             assert waker.wait(databases, timeout=5) is True
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 4
         assert [w._armed for w in wakers] == [{}, {}]  # both awake: writers stop notifying
     finally:
         for waker in wakers:
@@ -210,7 +214,7 @@ def test_a_worker_that_finds_work_wakes_the_workers_sleeping_on_its_arm(make_tar
         holder.busy()  # its look found work: writers stop notifying, so the sharer must hear it now
         started = time.monotonic()
         assert sharer.wait(databases, timeout=5) is True
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4
         assert sharer.wait(databases, timeout=5) is True and sharer._armed == {databases[0].pk: "held"}
         assert holder.wait(databases, timeout=5) is True and holder._armed == {databases[0].pk: "shared"}
     finally:
@@ -238,7 +242,7 @@ def test_rolled_back_and_empty_statements_do_not_hold_off_a_sleeping_worker(make
         cursor.execute("INSERT INTO t VALUES (5, 'x')")
         cursor.execute("ROLLBACK TO SAVEPOINT s")
         writer.commit()  # the event of row 4 survived the rollback: it notified
-        assert _notified(bystander) == 1
+        assert _notified(bystander, until_one=True) == 1
     finally:
         waker.close()
         writer.close()
