@@ -1502,6 +1502,38 @@ def test_mysql_datetime_reader_reads_what_pymysql_reads(text):
     assert type(_read_datetime(text)) is type(converters.convert_datetime(text))
 
 
+def test_mysql_connections_share_one_preferred_tls_context_and_keep_their_own_options():
+    import ssl
+
+    from pymysql.connections import Connection
+
+    from django_pdr.dialects.mysql import MySQLDialect, _pymysql_connection_class
+
+    shared = _pymysql_connection_class()
+    plain = Connection(defer_connect=True)  # what PyMySQL builds for a connection given no TLS option
+    first, second = shared(defer_connect=True), shared(defer_connect=True)
+    assert first.ssl and not first._ssl_required  # "preferred": TLS if offered, as PyMySQL does
+    assert first.ctx is second.ctx  # one context, not one per connection
+    for attribute in ("verify_mode", "check_hostname", "options", "verify_flags", "minimum_version"):
+        assert getattr(first.ctx, attribute) == getattr(plain.ctx, attribute), attribute
+    own = shared(defer_connect=True, ssl={"check_hostname": False})  # an option: its own, required
+    assert own.ctx is not first.ctx and own._ssl_required and own.ctx.verify_mode == ssl.CERT_NONE
+    assert shared(defer_connect=True, ssl_disabled=True).ssl is False
+
+    engine = sa.create_engine("mysql+pymysql://u:p@127.0.0.1:9/x")
+    MySQLDialect.prepare_engine(engine)  # connections of a MySQL engine are built by it
+    made = []
+    real = shared.connect
+    shared.connect = lambda self, sock=None: made.append(self)
+    try:
+        engine.raw_connection()
+    except Exception:
+        pass
+    finally:
+        shared.connect = real
+    assert made and made[0].ctx is first.ctx and made[0].user == "u" and made[0].port == 9
+
+
 def test_mysql_decimal_literals_are_never_in_exponent_form():
     import decimal
 

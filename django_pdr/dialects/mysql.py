@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import functools
 import itertools
 import math
 import re
+import threading
 import uuid
 
 import sqlalchemy as sa
@@ -94,6 +96,15 @@ class MySQLDialect(Dialect):
     @classmethod
     def engine_kwargs(cls):
         return {"isolation_level": "READ COMMITTED"}
+
+    @classmethod
+    def prepare_engine(cls, engine):
+        if engine.dialect.driver != "pymysql":
+            return
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _connect(dialect, record, cargs, cparams):
+            return _pymysql_connection_class()(*cargs, **cparams)
 
     @classmethod
     def on_connect_statements(cls):
@@ -598,6 +609,33 @@ class MySQLDialect(Dialect):
         # PyMySQL refuses a float or Decimal infinity or NaN before sending (ProgrammingError
         # "inf can not be used with MySQL"; ours spell Decimals the same way)
         return str(error).endswith(" can not be used with MySQL")
+
+
+@functools.cache
+def _pymysql_connection_class():
+    """PyMySQL's Connection, sharing one TLS context per process in its "preferred" mode.
+
+    Given no TLS option, PyMySQL (1.1.1 and later) tries TLS without verifying the server
+    and goes on in clear if the server offers none; for that it builds a TLS context per
+    connection, with the system's certificate store loaded (~1 MB each, kept as long as
+    the connection). This one builds it once, as PyMySQL would, and shares it: a context
+    is safe to share between connections and threads, and is never changed after it is
+    built. Any TLS option of the connection (``Database.options``) builds its own, as before.
+    """
+    from pymysql.connections import Connection
+
+    lock, shared = threading.Lock(), []
+
+    class SharedPreferredTLS(Connection):
+        def _create_ssl_ctx(self, sslp):
+            if not (isinstance(sslp, dict) and not sslp):
+                return super()._create_ssl_ctx(sslp)
+            with lock:
+                if not shared:
+                    shared.append(super()._create_ssl_ctx(sslp))
+                return shared[0]
+
+    return SharedPreferredTLS
 
 
 def _decimal_literal(value) -> str:
