@@ -1519,6 +1519,10 @@ def test_mysql_connections_share_one_preferred_tls_context_and_keep_their_own_op
     own = shared(defer_connect=True, ssl={"check_hostname": False})  # an option: its own, required
     assert own.ctx is not first.ctx and own._ssl_required and own.ctx.verify_mode == ssl.CERT_NONE
     assert shared(defer_connect=True, ssl_disabled=True).ssl is False
+    # the options docs/security.md names reach PyMySQL as such a dict (a context of its own)
+    url = sa.engine.make_url("mysql+pymysql://u:p@h/x?ssl_ca=/ca.pem&ssl_check_hostname=true")
+    assert sa.create_engine(url).dialect.create_connect_args(url)[1]["ssl"] == {"ca": "/ca.pem",
+                                                                              "check_hostname": True}
 
     engine = sa.create_engine("mysql+pymysql://u:p@127.0.0.1:9/x")
     MySQLDialect.prepare_engine(engine)  # connections of a MySQL engine are built by it
