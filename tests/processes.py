@@ -161,12 +161,32 @@ class Writer(threading.Thread):
         self.join(timeout=60)
 
 
+def catches(pid, signum) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (Linux: SigCgt)."""
+    with open(f"/proc/{pid}/status") as status:
+        caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+    return bool(caught >> (signum - 1) & 1)
+
+
+def wait_started(proc, timeout=60):
+    """Wait until ``pdr-reflect`` (``proc``) is past its start-up (Django set up, checks
+    run): it then handles SIGTERM.  Start-up takes 0.5 s on a quiet machine, 2.5 s and
+    more on a loaded one: a fixed wait would often end before any work began."""
+    deadline = time.monotonic() + timeout
+    while not catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None, f"pdr-reflect exited during start-up ({proc.returncode})"
+        assert time.monotonic() < deadline, "pdr-reflect never finished its start-up"
+        time.sleep(0.02)
+
+
 def kill_cycle(env, kills: int, rng: random.Random, min_run=0.2, max_run=1.5, log=None, between=None) -> int:
-    """Start the worker and SIGKILL it at random moments, ``kills`` times (``between(n)``:
-    called after the n-th kill, before the next start)."""
+    """Start the worker and SIGKILL it at random moments of its work (``min_run`` to
+    ``max_run`` seconds after its start-up), ``kills`` times (``between(n)``: called after
+    the n-th kill, before the next start)."""
     done = 0
     for _ in range(kills):
         proc = start_worker(env, "-i", "0.05", log=log)
+        wait_started(proc)
         time.sleep(rng.uniform(min_run, max_run))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

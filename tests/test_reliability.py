@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from django_pdr import worker
 from django_pdr.models import DeadLetter, Reflection
 from tests.targets import watch as shared_watch
+from tests.processes import wait_started
 from tests.targets import rows
 
 pytestmark = [pytest.mark.django_db, pytest.mark.live]
@@ -140,22 +141,12 @@ def _manage(env, *args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "django", *args], env=env, **kwargs)
 
 
-def _catches(pid, signum) -> bool:
-    """Whether process ``pid`` has a handler installed for ``signum`` (Linux: SigCgt)."""
-    with open(f"/proc/{pid}/status") as status:
-        caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
-    return bool(caught >> (signum - 1) & 1)
-
-
 @pytest.mark.django_db(transaction=True)
 def test_sigterm_finishes_cleanly(make_target, tmp_path):
     env = _django_env(tmp_path)
     subprocess.run([sys.executable, "-m", "django", "migrate", "-v", "0"], env=env, check=True)
     proc = _manage(env, "pdr-reflect", "-i", "0.2", stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not _catches(proc.pid, signal.SIGTERM):  # start-up done: a fixed wait was too short under load
-        assert proc.poll() is None and time.monotonic() < deadline, "pdr-reflect never installed its handler"
-        time.sleep(0.05)
+    wait_started(proc)  # a fixed wait was too short under load
     time.sleep(0.5)  # into its loop
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
