@@ -615,7 +615,7 @@ class MySQLDialect(Dialect):
 def _pymysql_connection_class():
     """PyMySQL's Connection, sharing one TLS context per process in its "preferred" mode.
 
-    Given no TLS option, PyMySQL (1.1.1 and later) tries TLS without verifying the server
+    Given no TLS option, PyMySQL (1.2 and later) tries TLS without verifying the server
     and goes on in clear if the server offers none; for that it builds a TLS context per
     connection, with the system's certificate store loaded (~1 MB each, kept as long as
     the connection). This one builds it once, as PyMySQL would, and shares it: a context
